@@ -1,0 +1,739 @@
+//! Console persistence: users, organisations and their members' roles, invitations,
+//! sessions, the audit trail, rate-limit counters and the organisation's job history.
+//! It shares the job store's database (SQLite or PostgreSQL, migration
+//! `0004_console.sql`) and holds no secrets in the clear: passwords arrive here already
+//! hashed (argon2id, by the console), sessions are stored as the SHA-256 of their token,
+//! rate limits are keyed by a salted SHA-256 of the client IP.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use crate::store::{JobStore, now_ms};
+use crate::{JobId, JobStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("account store query failed: {0}. Check that the database is reachable")]
+    Query(#[from] sqlx::Error),
+    #[error("an account with this e-mail address already exists: sign in instead")]
+    EmailTaken,
+    #[error("the account store holds a record portshift cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// A member's role in an organisation. What each role may do is decided by the console's
+/// permission table; this is only what is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Owner, Role::Admin, Role::Member];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            other => Err(format!(
+                "unknown role {other:?}: use owner, admin or member"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Organisation {
+    pub id: String,
+    pub name: String,
+    pub retention_days: i64,
+    pub billing_plan: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user: User,
+    pub role: Role,
+    pub since_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invitation {
+    pub email: String,
+    pub role: Role,
+    pub invited_by: String,
+    pub created_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub csrf_token: String,
+    pub expires_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// One row of the job history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub started_by: String,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub status: JobStatus,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What the rate limiter decided for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed { remaining: u64 },
+    Refused { retry_after_s: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Accounts {
+    pool: AnyPool,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn role_of_row(row: &AnyRow, col: &str) -> Result<Role, AccountsError> {
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(AccountsError::Corrupt)
+}
+
+fn org_of_row(row: &AnyRow) -> Result<Organisation, AccountsError> {
+    Ok(Organisation {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        retention_days: row.try_get("retention_days")?,
+        billing_plan: row.try_get("billing_plan")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.message().contains("UNIQUE")
+                || d.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
+impl Accounts {
+    /// Uses the job store's database (its migrations include the console's tables).
+    pub fn new(store: &JobStore) -> Self {
+        Self {
+            pool: store.pool.clone(),
+        }
+    }
+
+    // --- users -----------------------------------------------------------------
+
+    /// Creates a user. `email` must already be normalised (trimmed, lower-case).
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<User, AccountsError> {
+        let id = new_id();
+        let done = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(User {
+                id,
+                email: email.to_string(),
+            }),
+            Err(e) if is_unique_violation(&e) => Err(AccountsError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user and their password hash.
+    pub async fn user_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<(User, String)>, AccountsError> {
+        let row = sqlx::query("SELECT id, email, password_hash FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                User {
+                    id: r.try_get("id")?,
+                    email: r.try_get("email")?,
+                },
+                r.try_get("password_hash")?,
+            ))
+        })
+        .transpose()
+    }
+
+    // --- organisations -------------------------------------------------------------
+
+    /// Creates an organisation with `owner` as its first owner.
+    pub async fn create_org(
+        &self,
+        name: &str,
+        owner: &User,
+    ) -> Result<Organisation, AccountsError> {
+        let id = new_id();
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO organisations (id, name, created_ms) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(&owner.id)
+        .bind(Role::Owner.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Organisation {
+            id,
+            name: name.to_string(),
+            retention_days: 90,
+            billing_plan: "trial".into(),
+        })
+    }
+
+    pub async fn org(&self, id: &str) -> Result<Option<Organisation>, AccountsError> {
+        let row = sqlx::query(
+            "SELECT id, name, retention_days, billing_plan FROM organisations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(org_of_row).transpose()
+    }
+
+    /// The organisations a user belongs to, with their role, by name.
+    pub async fn orgs_of(&self, user_id: &str) -> Result<Vec<(Organisation, Role)>, AccountsError> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.name, o.retention_days, o.billing_plan, m.role FROM organisations o \
+             JOIN memberships m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.name, o.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((org_of_row(r)?, role_of_row(r, "role")?)))
+            .collect()
+    }
+
+    pub async fn role_of(
+        &self,
+        org_id: &str,
+        user_id: &str,
+    ) -> Result<Option<Role>, AccountsError> {
+        let row = sqlx::query("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|r| role_of_row(r, "role")).transpose()
+    }
+
+    pub async fn members(&self, org_id: &str) -> Result<Vec<Member>, AccountsError> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.email, m.role, m.created_ms FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.org_id = $1 ORDER BY u.email",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Member {
+                    user: User {
+                        id: r.try_get("id")?,
+                        email: r.try_get("email")?,
+                    },
+                    role: role_of_row(r, "role")?,
+                    since_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a member, or changes the role of an existing one.
+    pub async fn set_role(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(), AccountsError> {
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
+        )
+        .bind(org_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_member(&self, org_id: &str, user_id: &str) -> Result<bool, AccountsError> {
+        let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn owner_count(&self, org_id: &str) -> Result<i64, AccountsError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM memberships WHERE org_id = $1 AND role = 'owner'",
+        )
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Invites an address: an existing user becomes a member at once (returns true),
+    /// otherwise the invitation waits for that address to sign up.
+    pub async fn invite(
+        &self,
+        org_id: &str,
+        email: &str,
+        role: Role,
+        invited_by: &str,
+    ) -> Result<bool, AccountsError> {
+        if let Some((user, _)) = self.user_by_email(email).await? {
+            if self.role_of(org_id, &user.id).await?.is_none() {
+                self.set_role(org_id, &user.id, role).await?;
+            }
+            return Ok(true);
+        }
+        sqlx::query(
+            "INSERT INTO invitations (org_id, email, role, invited_by, created_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (org_id, email) DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by",
+        )
+        .bind(org_id)
+        .bind(email)
+        .bind(role.as_str())
+        .bind(invited_by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
+    }
+
+    pub async fn invitations(&self, org_id: &str) -> Result<Vec<Invitation>, AccountsError> {
+        let rows = sqlx::query(
+            "SELECT email, role, invited_by, created_ms FROM invitations WHERE org_id = $1 ORDER BY email",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Invitation {
+                    email: r.try_get("email")?,
+                    role: role_of_row(r, "role")?,
+                    invited_by: r.try_get("invited_by")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Turns the invitations waiting for `user`'s address into memberships; returns the
+    /// organisations joined.
+    pub async fn accept_invitations(&self, user: &User) -> Result<Vec<String>, AccountsError> {
+        let rows = sqlx::query("SELECT org_id, role FROM invitations WHERE email = $1")
+            .bind(&user.email)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut joined = Vec::new();
+        for r in &rows {
+            let org: String = r.try_get("org_id")?;
+            self.set_role(&org, &user.id, role_of_row(r, "role")?)
+                .await?;
+            joined.push(org);
+        }
+        sqlx::query("DELETE FROM invitations WHERE email = $1")
+            .bind(&user.email)
+            .execute(&self.pool)
+            .await?;
+        Ok(joined)
+    }
+
+    pub async fn set_retention(&self, org_id: &str, days: i64) -> Result<(), AccountsError> {
+        sqlx::query("UPDATE organisations SET retention_days = $1 WHERE id = $2")
+            .bind(days)
+            .bind(org_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_billing_plan(&self, org_id: &str, plan: &str) -> Result<(), AccountsError> {
+        sqlx::query("UPDATE organisations SET billing_plan = $1 WHERE id = $2")
+            .bind(plan)
+            .bind(org_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the organisation, its memberships and invitations. Its jobs' records stay
+    /// (they are the export's evidence) but are no longer reachable from the console.
+    pub async fn delete_org(&self, org_id: &str) -> Result<(), AccountsError> {
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM memberships WHERE org_id = $1",
+            "DELETE FROM invitations WHERE org_id = $1",
+            "DELETE FROM organisations WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- sessions ------------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        token_sha256: &str,
+        user_id: &str,
+        csrf_token: &str,
+        expires_ms: i64,
+    ) -> Result<(), AccountsError> {
+        sqlx::query(
+            "INSERT INTO sessions (token_sha256, user_id, csrf_token, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_sha256)
+        .bind(user_id)
+        .bind(csrf_token)
+        .bind(now_ms())
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The live session with this token hash, if any (expired sessions are removed).
+    pub async fn session(&self, token_sha256: &str) -> Result<Option<Session>, AccountsError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.email, s.csrf_token, s.expires_ms FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let expires_ms: i64 = r.try_get("expires_ms")?;
+        if expires_ms <= now_ms() {
+            self.delete_session(token_sha256).await?;
+            return Ok(None);
+        }
+        Ok(Some(Session {
+            user: User {
+                id: r.try_get("id")?,
+                email: r.try_get("email")?,
+            },
+            csrf_token: r.try_get("csrf_token")?,
+            expires_ms,
+        }))
+    }
+
+    pub async fn delete_session(&self, token_sha256: &str) -> Result<(), AccountsError> {
+        sqlx::query("DELETE FROM sessions WHERE token_sha256 = $1")
+            .bind(token_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Signs a user out everywhere; returns how many sessions ended.
+    pub async fn delete_sessions_of(&self, user_id: &str) -> Result<u64, AccountsError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // --- audit trail -----------------------------------------------------------------
+
+    pub async fn audit(
+        &self,
+        org_id: &str,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), AccountsError> {
+        sqlx::query(
+            "INSERT INTO audit_events (id, org_id, actor, action, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(new_id())
+        .bind(org_id)
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of an organisation, newest first.
+    pub async fn audit_log(
+        &self,
+        org_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, AccountsError> {
+        let rows = sqlx::query(
+            "SELECT actor, action, detail, at_ms FROM audit_events WHERE org_id = $1 \
+             ORDER BY at_ms DESC, id DESC LIMIT $2",
+        )
+        .bind(org_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    // --- rate limits ---------------------------------------------------------------------
+
+    /// The installation's salt for hashing client addresses (created on first use).
+    pub async fn ip_salt(&self) -> Result<String, AccountsError> {
+        let fresh = hex::encode(uuid::Uuid::new_v4().as_bytes())
+            + &hex::encode(uuid::Uuid::new_v4().as_bytes());
+        sqlx::query(
+            "INSERT INTO console_settings (name, value) VALUES ('ip_salt', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(fresh)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM console_settings WHERE name = 'ip_salt'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    /// Counts one hit of `key_sha256` in a fixed window of `window_ms`; refuses once the
+    /// window already holds `limit` hits.
+    pub async fn hit(
+        &self,
+        key_sha256: &str,
+        bucket: &str,
+        window_ms: i64,
+        limit: u64,
+    ) -> Result<RateDecision, AccountsError> {
+        let now = now_ms();
+        let window = now - now.rem_euclid(window_ms);
+        let row = sqlx::query(
+            "INSERT INTO rate_limits (key_sha256, bucket, window_ms, hits) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (key_sha256, bucket) DO UPDATE SET \
+               hits = CASE WHEN rate_limits.window_ms = excluded.window_ms THEN rate_limits.hits + 1 ELSE 1 END, \
+               window_ms = excluded.window_ms \
+             RETURNING hits",
+        )
+        .bind(key_sha256)
+        .bind(bucket)
+        .bind(window)
+        .fetch_one(&self.pool)
+        .await?;
+        let hits: i64 = row.try_get("hits")?;
+        let hits = hits.max(0) as u64;
+        if hits > limit {
+            let retry_after_ms = (window + window_ms - now).max(1000);
+            Ok(RateDecision::Refused {
+                retry_after_s: (retry_after_ms as u64).div_ceil(1000),
+            })
+        } else {
+            Ok(RateDecision::Allowed {
+                remaining: limit - hits,
+            })
+        }
+    }
+
+    /// Every stored rate-limit key (for tests and audits: they must all be hashes).
+    pub async fn rate_limit_keys(&self) -> Result<Vec<String>, AccountsError> {
+        let rows = sqlx::query("SELECT key_sha256 FROM rate_limits ORDER BY key_sha256")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("key_sha256")?)).collect()
+    }
+
+    // --- job history ------------------------------------------------------------------------
+
+    /// One page of the organisation's jobs, newest first, and how many match in all.
+    pub async fn job_history(
+        &self,
+        org_id: &str,
+        status: Option<JobStatus>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<JobSummary>, i64), AccountsError> {
+        let filter = if status.is_some() {
+            "AND j.status = $4"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT j.id, j.started_by, j.created_ms, j.finished_ms, j.status, \
+             (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id) AS files, \
+             (SELECT CAST(COALESCE(SUM(f.bytes), 0) AS BIGINT) FROM files f WHERE f.job_id = j.id) AS bytes \
+             FROM jobs j WHERE j.organisation = $1 {filter} \
+             ORDER BY j.created_ms DESC, j.id DESC LIMIT $2 OFFSET $3"
+        );
+        let mut q = sqlx::query(&sql).bind(org_id).bind(limit).bind(offset);
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let jobs = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                let status: String = r.try_get("status")?;
+                let files: i64 = r.try_get("files")?;
+                let bytes: i64 = r.try_get("bytes")?;
+                Ok(JobSummary {
+                    id: id
+                        .parse()
+                        .map_err(|e| AccountsError::Corrupt(format!("{e}")))?,
+                    started_by: r.try_get("started_by")?,
+                    created_ms: r.try_get("created_ms")?,
+                    finished_ms: r.try_get("finished_ms")?,
+                    status: status.parse().map_err(AccountsError::Corrupt)?,
+                    files: files.max(0) as u64,
+                    bytes: bytes.max(0) as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, AccountsError>>()?;
+        let count_sql = format!(
+            "SELECT COUNT(*) AS n FROM jobs j WHERE j.organisation = $1 {}",
+            if status.is_some() {
+                "AND j.status = $2"
+            } else {
+                ""
+            }
+        );
+        let mut q = sqlx::query(&count_sql).bind(org_id);
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        let total: i64 = q.fetch_one(&self.pool).await?.try_get("n")?;
+        Ok((jobs, total))
+    }
+
+    /// The organisation a job belongs to (the console checks it before showing a job).
+    pub async fn job_organisation(&self, job: &JobId) -> Result<Option<String>, AccountsError> {
+        let row = sqlx::query("SELECT organisation FROM jobs WHERE id = $1")
+            .bind(job.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("organisation")?)).transpose()
+    }
+
+    /// Jobs by status across all organisations (for `/metrics`).
+    pub async fn jobs_by_status(&self) -> Result<Vec<(String, i64)>, AccountsError> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Store-derived per-stage totals across all jobs: recordings listed, recordings
+    /// settled (fetch), files uploaded, manifests written, jobs notified (finished).
+    pub async fn stage_totals(&self) -> Result<Vec<(&'static str, i64)>, AccountsError> {
+        let one = |sql: &'static str| async move {
+            let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+            Ok::<i64, AccountsError>(row.try_get("n")?)
+        };
+        Ok(vec![
+            ("list", one("SELECT COUNT(*) AS n FROM recordings").await?),
+            (
+                "fetch",
+                one("SELECT COUNT(*) AS n FROM recordings WHERE status <> 'pending'").await?,
+            ),
+            ("upload", one("SELECT COUNT(*) AS n FROM files").await?),
+            (
+                "manifest",
+                one("SELECT COUNT(*) AS n FROM jobs WHERE manifest_key IS NOT NULL").await?,
+            ),
+            (
+                "notify",
+                one("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('finished', 'finished_with_failures')").await?,
+            ),
+        ])
+    }
+}

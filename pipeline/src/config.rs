@@ -1,0 +1,154 @@
+//! Where portshift keeps its state and how it reaches its services: the data folder,
+//! the job store URL and the NATS URL. With neither URL given, it runs on one machine:
+//! SQLite in the data folder and a `nats-server` child process (see `embedded_nats`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::embedded_nats::{EmbeddedNats, EmbeddedNatsError};
+use crate::store::{JobStore, StoreError};
+use crate::topology::{self, TopologyError};
+
+/// The platform's data directory plus `portshift` (e.g. `~/.local/share/portshift`).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("portshift")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    EmbeddedNats(#[from] EmbeddedNatsError),
+    #[error(
+        "could not connect to NATS at {url}: {source}. Check PORTSHIFT_NATS_URL (or --nats-url) and that the server runs with JetStream.{hint}"
+    )]
+    Nats {
+        url: String,
+        /// Extra advice (TLS problems), empty or starting with a space.
+        hint: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("could not create the data folder {dir}: {source}. Choose another with --data-dir")]
+    DataDir { dir: String, source: std::io::Error },
+}
+
+/// The job store and JetStream, connected, with the streams in place.
+pub struct Services {
+    pub store: JobStore,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    embedded: Option<EmbeddedNats>,
+}
+
+/// Environment variable naming an extra CA bundle (PEM) trusted for NATS (and, in the
+/// stages, for outbound HTTPS). Read only at the edge ([`Services::start`]).
+pub const CA_FILE_ENV: &str = "PORTSHIFT_CA_FILE";
+
+/// Connects to NATS. `tls://` URLs require TLS (a server that offers none is refused);
+/// `ca_file` adds a CA bundle (PEM) to the system roots, for a private CA. Certificate
+/// validation is always on, and rustls speaks TLS 1.2 and 1.3 only.
+pub async fn connect_nats(
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<async_nats::Client, ServicesError> {
+    // async-nats builds its rustls config with the process-wide crypto provider; with
+    // more than one provider compiled in (ring for NATS, aws-lc-rs for the AWS SDK)
+    // rustls cannot pick one and would panic on the first TLS handshake. Choose ring,
+    // unless the process already chose.
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+    let mut options = async_nats::ConnectOptions::new()
+        .name("portshift")
+        .connection_timeout(Duration::from_secs(10))
+        // Keep reconnecting: a restarted nats-server must not end the job.
+        .max_reconnects(None);
+    if url.starts_with("tls://") {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = ca_file {
+        options = options.add_root_certificates(ca.to_path_buf());
+    }
+    options.connect(url).await.map_err(|e| ServicesError::Nats {
+        url: url.to_string(),
+        hint: nats_hint(&e.to_string(), ca_file),
+        source: Box::new(e),
+    })
+}
+
+/// What to do about a failed NATS connection, beyond checking the URL.
+fn nats_hint(error: &str, ca_file: Option<&Path>) -> String {
+    let lower = error.to_ascii_lowercase();
+    let tls = [
+        "certificate",
+        "unknownissuer",
+        "tls",
+        "handshake",
+        "invalid peer",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    match (tls, ca_file) {
+        (true, None) => format!(
+            " The TLS handshake failed: if the server's certificate comes from a private CA, \
+             set {CA_FILE_ENV} to that CA's PEM file."
+        ),
+        (true, Some(ca)) => format!(
+            " The TLS handshake failed: check that {} holds the CA that signed the server's \
+             certificate and that the certificate names the host in the URL.",
+            ca.display()
+        ),
+        (false, _) => String::new(),
+    }
+}
+
+impl Services {
+    pub async fn start(
+        data_dir: &Path,
+        nats_url: Option<&str>,
+        database_url: Option<&str>,
+    ) -> Result<Self, ServicesError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| ServicesError::DataDir {
+            dir: data_dir.display().to_string(),
+            source,
+        })?;
+        let store = match database_url {
+            Some(url) => JobStore::connect(url).await?,
+            None => JobStore::open_sqlite_in(data_dir).await?,
+        };
+        let (embedded, url) = match nats_url {
+            Some(url) => (None, url.to_string()),
+            None => {
+                let server = EmbeddedNats::start(data_dir).await?;
+                let url = server.url();
+                (Some(server), url)
+            }
+        };
+        let ca_file = std::env::var_os(CA_FILE_ENV)
+            .filter(|v| !v.to_string_lossy().trim().is_empty())
+            .map(PathBuf::from);
+        let nats = connect_nats(&url, ca_file.as_deref()).await?;
+        let js = jetstream::new(nats.clone());
+        topology::ensure_streams(&js).await?;
+        Ok(Self {
+            store,
+            nats,
+            js,
+            embedded,
+        })
+    }
+
+    /// Flushes, closes the store and stops the embedded server, if any.
+    pub async fn stop(self) {
+        let _ = self.nats.flush().await;
+        self.store.close().await;
+        if let Some(server) = self.embedded {
+            server.stop().await;
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! portshift's core: the job model, the stage messages and their JetStream topology,
+//! the stage runner (pull, ack only when durable, nak with backoff, dead-letter), the
+//! job store (SQLite or PostgreSQL), secrets and the embedded `nats-server`.
+//!
+//! This crate knows nothing of Chorus, destinations or the console: stages and the UI
+//! depend on it, never the other way round.
+
+pub mod accounts;
+pub mod backoff;
+pub mod config;
+pub mod embedded_nats;
+pub mod job;
+pub mod keys;
+pub mod messages;
+pub mod replay;
+pub mod runner;
+pub mod schedules;
+pub mod schema;
+pub mod secrets;
+pub mod store;
+pub mod topology;
+
+pub use job::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};

@@ -1,0 +1,645 @@
+//! The job store: jobs, per-recording and per-file progress, over sqlx with either
+//! SQLite (the embedded default) or PostgreSQL, chosen by the URL. One portable set of
+//! migrations serves both, and one contract test suite runs against both.
+//!
+//! Completion is derived from rows, never guessed: a job is settled when its listing is
+//! complete and no recording is still pending.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::{FileKind, JobId, JobSpec, JobStatus};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "could not open the job store at {url}: {source}. Check PORTSHIFT_DATABASE_URL (or --database-url) and that the database is reachable."
+    )]
+    Connect { url: String, source: sqlx::Error },
+    #[error(
+        "could not migrate the job store: {0}. The database may belong to a newer portshift; upgrade portshift."
+    )]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("job store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("the job store holds a record portshift cannot read: {0}")]
+    Corrupt(String),
+    #[error("no job {0} in the job store: check the id (`portshift jobs` lists them)")]
+    NoSuchJob(JobId),
+    #[error(
+        "the job store URL asks for sslmode={mode}, which encrypts without checking the server's certificate. \
+         Use sslmode=verify-full (with sslrootcert=<CA file> for a private CA), or sslmode=disable for a local server"
+    )]
+    UnverifiedTls { mode: String },
+}
+
+/// Refuses PostgreSQL TLS modes that skip certificate validation when asked for by
+/// name (`require`, `prefer`, `allow`): portshift never turns validation off, so a URL
+/// that asks for it is a configuration mistake, reported before connecting.
+/// `verify-full`, `verify-ca` and `disable` pass, as does a URL without `sslmode`.
+pub fn check_tls_mode(url: &str) -> Result<(), StoreError> {
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return Ok(());
+    }
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(()); // sqlx reports an unparsable URL itself
+    };
+    for (name, value) in parsed.query_pairs() {
+        let mode = value.to_ascii_lowercase();
+        if name == "sslmode" && matches!(mode.as_str(), "require" | "prefer" | "allow") {
+            return Err(StoreError::UnverifiedTls { mode });
+        }
+    }
+    Ok(())
+}
+
+/// A recording as the list stage found it (no personal data).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListedRecording {
+    pub recording_id: String,
+    pub recorded_at: Option<i64>,
+    pub duration_s: Option<f64>,
+    pub engagement_type: Option<String>,
+}
+
+/// A file durably written at its final key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRow {
+    pub recording_id: String,
+    pub file: FileKind,
+    pub key: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub organisation: String,
+    pub started_by: String,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub status: JobStatus,
+    pub status_reason: Option<String>,
+    pub spec: JobSpec,
+    pub listing_complete: bool,
+    pub manifest_key: Option<String>,
+    pub manifest_sha256: Option<String>,
+}
+
+/// Counts derived from the progress rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub listing_complete: bool,
+    pub listed: u64,
+    pub pending: u64,
+    pub exported: u64,
+    pub skipped: u64,
+    pub dead: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Progress {
+    pub fn settled(&self) -> bool {
+        self.listing_complete && self.pending == 0
+    }
+}
+
+/// A recording that did not export, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub recording_id: String,
+    pub status: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobStore {
+    pub(crate) pool: AnyPool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl JobStore {
+    /// Opens (creating if needed) the store at `url` and applies migrations.
+    /// `sqlite://<path>` or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        check_tls_mode(url)?;
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let url_full = if is_sqlite && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // WAL lets readers (the progress bar) run beside the writers;
+                        // the busy timeout makes concurrent workers wait, not fail.
+                        sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout=10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous=NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url_full)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The store in a data folder: `<dir>/portshift.sqlite3`.
+    pub async fn open_sqlite_in(dir: &Path) -> Result<Self, StoreError> {
+        Self::connect(&format!(
+            "sqlite://{}",
+            dir.join("portshift.sqlite3").display()
+        ))
+        .await
+    }
+
+    pub async fn create_job(
+        &self,
+        id: &JobId,
+        organisation: &str,
+        started_by: &str,
+        spec: &JobSpec,
+    ) -> Result<(), StoreError> {
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO jobs (id, organisation, started_by, created_ms, updated_ms, status, spec_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id.as_str())
+        .bind(organisation)
+        .bind(started_by)
+        .bind(now)
+        .bind(now)
+        .bind(JobStatus::Running.as_str())
+        .bind(spec_json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &JobId) -> Result<JobRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, organisation, started_by, created_ms, finished_ms, status, status_reason, \
+             spec_json, listing_complete, manifest_key, manifest_sha256 FROM jobs WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchJob(id.clone()))?;
+        job_from_row(&row)
+    }
+
+    /// The most recent jobs first.
+    pub async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, organisation, started_by, created_ms, finished_ms, status, status_reason, \
+             spec_json, listing_complete, manifest_key, manifest_sha256 FROM jobs \
+             ORDER BY created_ms DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn set_status(
+        &self,
+        id: &JobId,
+        status: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let finished = if status.is_final() { Some(now) } else { None };
+        let done = sqlx::query(
+            "UPDATE jobs SET status = $1, status_reason = $2, updated_ms = $3, finished_ms = $4 WHERE id = $5",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(finished)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchJob(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records recordings found by the listing as pending (idempotent: a re-listed
+    /// recording keeps whatever state it already has).
+    pub async fn add_listed(
+        &self,
+        job: &JobId,
+        found: &[ListedRecording],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for r in found {
+            sqlx::query(
+                "INSERT INTO recordings (job_id, recording_id, status, recorded_at, duration_s, engagement_type, updated_ms) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6) ON CONFLICT (job_id, recording_id) DO NOTHING",
+            )
+            .bind(job.as_str())
+            .bind(&r.recording_id)
+            .bind(r.recorded_at)
+            .bind(r.duration_s)
+            .bind(r.engagement_type.as_deref())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn mark_listing_complete(&self, job: &JobId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET listing_complete = 1, updated_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Upserts a file's progress row (keyed by job, recording, file: a redelivery
+    /// overwrites, never duplicates).
+    pub async fn record_file(&self, job: &JobId, f: &FileRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO files (job_id, recording_id, file, object_key, bytes, sha256, content_type, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (job_id, recording_id, file) DO UPDATE SET object_key = excluded.object_key, \
+             bytes = excluded.bytes, sha256 = excluded.sha256, content_type = excluded.content_type, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(job.as_str())
+        .bind(&f.recording_id)
+        .bind(f.file.as_str())
+        .bind(&f.key)
+        .bind(f.bytes as i64)
+        .bind(&f.sha256)
+        .bind(&f.content_type)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Files of one recording already durably exported in this job.
+    pub async fn files_of(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+    ) -> Result<Vec<FileRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, file, object_key, bytes, sha256, content_type FROM files \
+             WHERE job_id = $1 AND recording_id = $2",
+        )
+        .bind(job.as_str())
+        .bind(recording_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Marks a recording exported. Final unless replaced by a later export of it.
+    pub async fn mark_exported(&self, job: &JobId, recording_id: &str) -> Result<(), StoreError> {
+        self.set_recording(
+            job,
+            recording_id,
+            "exported",
+            None,
+            &["pending", "dead", "skipped"],
+        )
+        .await
+    }
+
+    /// Marks a recording skipped for a permanent reason (404, private, no media).
+    pub async fn mark_skipped(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.set_recording(
+            job,
+            recording_id,
+            "skipped",
+            Some(reason),
+            &["pending", "dead"],
+        )
+        .await
+    }
+
+    /// Marks a recording dead (its message was dead-lettered). Never overrides an export
+    /// that succeeded on another delivery.
+    pub async fn mark_dead(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.set_recording(job, recording_id, "dead", Some(reason), &["pending"])
+            .await
+    }
+
+    async fn set_recording(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        status: &str,
+        reason: Option<&str>,
+        from: &[&str],
+    ) -> Result<(), StoreError> {
+        // `from` is a fixed list of literals chosen above, never input.
+        let allowed = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE recordings SET status = $1, reason = $2, updated_ms = $3 \
+             WHERE job_id = $4 AND recording_id = $5 AND status IN ({allowed})"
+        );
+        let done = sqlx::query(&sql)
+            .bind(status)
+            .bind(reason)
+            .bind(now_ms())
+            .bind(job.as_str())
+            .bind(recording_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            // Either already in a state this transition must not override, or a
+            // recording the listing never recorded (a hand-made message): record it.
+            sqlx::query(
+                "INSERT INTO recordings (job_id, recording_id, status, reason, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, recording_id) DO NOTHING",
+            )
+            .bind(job.as_str())
+            .bind(recording_id)
+            .bind(status)
+            .bind(reason)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn progress(&self, job: &JobId) -> Result<Progress, StoreError> {
+        let listing: i64 = sqlx::query("SELECT listing_complete FROM jobs WHERE id = $1")
+            .bind(job.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchJob(job.clone()))?
+            .try_get(0)?;
+        let mut p = Progress {
+            listing_complete: listing != 0,
+            ..Default::default()
+        };
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) FROM recordings WHERE job_id = $1 GROUP BY status",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let status: String = row.try_get(0)?;
+            let n = row.try_get::<i64, _>(1)? as u64;
+            p.listed += n;
+            match status.as_str() {
+                "pending" => p.pending = n,
+                "exported" => p.exported = n,
+                "skipped" => p.skipped = n,
+                "dead" => p.dead = n,
+                other => return Err(StoreError::Corrupt(format!("recording status {other:?}"))),
+            }
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM files WHERE job_id = $1",
+        )
+        .bind(job.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        p.files = row.try_get::<i64, _>(0)? as u64;
+        p.bytes = row.try_get::<i64, _>(1)? as u64;
+        Ok(p)
+    }
+
+    /// Whether every listed recording is settled, by an indexed lookup: called after
+    /// each recording, so it must not scan the job's rows as `progress` does.
+    pub async fn is_settled(&self, job: &JobId) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT listing_complete, \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM recordings WHERE job_id = $1 AND status = 'pending' LIMIT 1) AS p) \
+             FROM jobs WHERE id = $1",
+        )
+        .bind(job.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchJob(job.clone()))?;
+        let listing_complete: i64 = row.try_get(0)?;
+        let pending: i64 = row.try_get(1)?;
+        Ok(listing_complete != 0 && pending == 0)
+    }
+
+    /// Every file durably written in this job, ordered by key: the manifest's content.
+    /// It lists every complete file at the destination, including files of a recording
+    /// whose other files later failed (the manifest's `failed` section names those).
+    pub async fn manifest_entries(&self, job: &JobId) -> Result<Vec<FileRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, file, object_key, bytes, sha256, content_type FROM files \
+             WHERE job_id = $1 ORDER BY object_key",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    /// Non-personal facts about each exported recording (for the manifest JSON).
+    pub async fn recording_facts(&self, job: &JobId) -> Result<Vec<ListedRecording>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
+             WHERE job_id = $1 AND status = 'exported' ORDER BY recording_id",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ListedRecording {
+                    recording_id: r.try_get(0)?,
+                    recorded_at: r.try_get(1)?,
+                    duration_s: r.try_get(2)?,
+                    engagement_type: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Recordings that were skipped or died, with reasons, for the summary.
+    pub async fn problems(&self, job: &JobId) -> Result<Vec<Problem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, status, COALESCE(reason, '') FROM recordings \
+             WHERE job_id = $1 AND status IN ('skipped', 'dead') ORDER BY status, recording_id",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Problem {
+                    recording_id: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    reason: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn set_manifest(
+        &self,
+        job: &JobId,
+        key: &str,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET manifest_key = $1, manifest_sha256 = $2, updated_ms = $3 WHERE id = $4")
+            .bind(key)
+            .bind(sha256)
+            .bind(now_ms())
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A worker of the job is alive (called every few seconds by each worker).
+    pub async fn heartbeat(&self, job: &JobId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET heartbeat_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Running jobs whose every worker went quiet for `stale_after` lost their
+    /// credentials with their worker: they move to needs_credentials, to be resumed.
+    /// Returns how many jobs moved.
+    pub async fn expire_silent_workers(&self, stale_after: Duration) -> Result<u64, StoreError> {
+        let cutoff = now_ms() - stale_after.as_millis() as i64;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'needs_credentials', updated_ms = $1, \
+             status_reason = 'its worker stopped (no heartbeat); resume the job with its credentials' \
+             WHERE status = 'running' AND COALESCE(heartbeat_ms, created_ms) < $2",
+        )
+        .bind(now_ms())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts a job that stopped (needs credentials, failed, finished with failures) back
+    /// to running, for `resume` and `replay`. A finished job stays finished.
+    pub async fn reopen(&self, job: &JobId) -> Result<JobStatus, StoreError> {
+        let current = self.job(job).await?.status;
+        if matches!(current, JobStatus::Finished | JobStatus::Cancelled) {
+            return Ok(current);
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = 'running', status_reason = NULL, finished_ms = NULL, \
+             heartbeat_ms = $1, updated_ms = $1 WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(job.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(JobStatus::Running)
+    }
+
+    /// Closes the pool (lets SQLite checkpoint its WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get(0)?;
+    let status: String = row.try_get(5)?;
+    let spec_json: String = row.try_get(7)?;
+    Ok(JobRecord {
+        id: id
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+        organisation: row.try_get(1)?,
+        started_by: row.try_get(2)?,
+        created_ms: row.try_get(3)?,
+        finished_ms: row.try_get(4)?,
+        status: JobStatus::from_str(&status).map_err(StoreError::Corrupt)?,
+        status_reason: row.try_get(6)?,
+        spec: serde_json::from_str(&spec_json)
+            .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?,
+        listing_complete: row.try_get::<i64, _>(8)? != 0,
+        manifest_key: row.try_get(9)?,
+        manifest_sha256: row.try_get(10)?,
+    })
+}
+
+fn file_from_row(row: &AnyRow) -> Result<FileRow, StoreError> {
+    let file: String = row.try_get(1)?;
+    Ok(FileRow {
+        recording_id: row.try_get(0)?,
+        file: FileKind::from_str(&file).map_err(StoreError::Corrupt)?,
+        key: row.try_get(2)?,
+        bytes: row.try_get::<i64, _>(3)? as u64,
+        sha256: row.try_get(4)?,
+        content_type: row.try_get(5)?,
+    })
+}
+
+/// Hides a password in a database URL before it goes into an error message.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

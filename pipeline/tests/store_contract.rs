@@ -1,0 +1,255 @@
+//! One contract suite for the job store, run against both backends: SQLite (a fresh
+//! file per test) and PostgreSQL (a fresh database per test on the server `scripts/test`
+//! starts, `PORTSHIFT_TEST_POSTGRES_URL`).
+
+use pipeline::store::{FileRow, JobStore, ListedRecording, StoreError};
+use pipeline::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+
+async fn sqlite() -> (JobStore, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().unwrap();
+    (
+        JobStore::open_sqlite_in(dir.path()).await.unwrap(),
+        Some(dir),
+    )
+}
+
+async fn postgres() -> (JobStore, Option<tempfile::TempDir>) {
+    let base = std::env::var("PORTSHIFT_TEST_POSTGRES_URL")
+        .expect("PORTSHIFT_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL");
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    (JobStore::connect(url.as_str()).await.unwrap(), None)
+}
+
+fn spec() -> JobSpec {
+    JobSpec {
+        chorus_url: "https://chorus.example/".into(),
+        from: "2024-01-01T00:00:00Z".parse().unwrap(),
+        to: "2024-12-31T23:59:59Z".parse().unwrap(),
+        kinds: ExportKinds::default(),
+        destination: "s3://bucket/prefix".into(),
+        webhook_url: None,
+        schedule: None,
+    }
+}
+
+fn listed(id: &str) -> ListedRecording {
+    ListedRecording {
+        recording_id: id.into(),
+        recorded_at: Some(1_717_000_000),
+        duration_s: Some(61.5),
+        engagement_type: Some("meeting".into()),
+    }
+}
+
+fn file(rec: &str, kind: FileKind, sha: char) -> FileRow {
+    FileRow {
+        recording_id: rec.into(),
+        file: kind,
+        key: format!("2024/05/29/{rec}/{rec}.{}", kind.as_str()),
+        bytes: 10,
+        sha256: sha.to_string().repeat(64),
+        content_type: "application/json".into(),
+    }
+}
+
+async fn job_round_trip(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    let j = store.job(&id).await.unwrap();
+    assert_eq!(
+        (
+            j.status,
+            j.spec,
+            j.organisation.as_str(),
+            j.started_by.as_str()
+        ),
+        (JobStatus::Running, spec(), "org", "ana")
+    );
+    assert!(j.finished_ms.is_none());
+    store
+        .set_status(&id, JobStatus::NeedsCredentials, Some("token refused"))
+        .await
+        .unwrap();
+    let j = store.job(&id).await.unwrap();
+    assert_eq!(
+        (j.status, j.status_reason.as_deref()),
+        (JobStatus::NeedsCredentials, Some("token refused"))
+    );
+    store
+        .set_status(&id, JobStatus::Finished, None)
+        .await
+        .unwrap();
+    assert!(store.job(&id).await.unwrap().finished_ms.is_some());
+    let missing = JobId::new();
+    assert!(matches!(
+        store.job(&missing).await,
+        Err(StoreError::NoSuchJob(_))
+    ));
+    assert!(matches!(
+        store.set_status(&missing, JobStatus::Failed, None).await,
+        Err(StoreError::NoSuchJob(_))
+    ));
+    let other = JobId::new();
+    store
+        .create_job(&other, "org", "ana", &spec())
+        .await
+        .unwrap();
+    let recent: Vec<JobId> = store
+        .recent_jobs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(recent, vec![other, id], "newest first");
+}
+
+async fn completion_is_derived_from_rows(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B"), listed("C")])
+        .await
+        .unwrap();
+    // Re-listing (a redelivered list page) adds nothing and resets nothing.
+    store.mark_exported(&id, "A").await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B")])
+        .await
+        .unwrap();
+    let p = store.progress(&id).await.unwrap();
+    assert_eq!((p.listed, p.pending, p.exported), (3, 2, 1));
+    assert!(!p.settled(), "listing not complete yet");
+    assert!(!store.is_settled(&id).await.unwrap());
+    store.mark_listing_complete(&id).await.unwrap();
+    assert!(
+        !store.progress(&id).await.unwrap().settled(),
+        "B and C pending"
+    );
+    store
+        .mark_skipped(&id, "B", "deleted in Chorus")
+        .await
+        .unwrap();
+    store.mark_dead(&id, "C", "gave up").await.unwrap();
+    let p = store.progress(&id).await.unwrap();
+    assert_eq!((p.pending, p.exported, p.skipped, p.dead), (0, 1, 1, 1));
+    assert!(p.settled());
+    assert!(store.is_settled(&id).await.unwrap());
+    let problems = store.problems(&id).await.unwrap();
+    assert_eq!(problems.len(), 2);
+    assert_eq!(
+        problems
+            .iter()
+            .find(|p| p.recording_id == "C")
+            .unwrap()
+            .reason,
+        "gave up"
+    );
+}
+
+async fn transitions_never_lose_a_success(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B")])
+        .await
+        .unwrap();
+    store.mark_exported(&id, "A").await.unwrap();
+    // A late duplicate of A that died must not undo A's export.
+    store.mark_dead(&id, "A", "duplicate failed").await.unwrap();
+    // A replay of a dead recording that then succeeds must count as exported.
+    store.mark_dead(&id, "B", "gave up").await.unwrap();
+    store.mark_exported(&id, "B").await.unwrap();
+    let p = store.progress(&id).await.unwrap();
+    assert_eq!((p.exported, p.dead), (2, 0));
+}
+
+async fn file_rows_are_idempotent(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B")])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        store
+            .record_file(&id, &file("B", FileKind::Media, 'b'))
+            .await
+            .unwrap();
+        store
+            .record_file(&id, &file("A", FileKind::Media, 'a'))
+            .await
+            .unwrap();
+    }
+    store
+        .record_file(&id, &file("A", FileKind::Transcript, 'c'))
+        .await
+        .unwrap();
+    // A redelivery that re-uploads replaces the row, not adds one.
+    store
+        .record_file(&id, &file("A", FileKind::Media, 'd'))
+        .await
+        .unwrap();
+    let entries = store.manifest_entries(&id).await.unwrap();
+    let keys: Vec<&str> = entries.iter().map(|f| f.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "ordered by key");
+    assert_eq!(entries.len(), 3);
+    assert_eq!(
+        entries
+            .iter()
+            .find(|f| f.recording_id == "A" && f.file == FileKind::Media)
+            .unwrap()
+            .sha256,
+        "d".repeat(64)
+    );
+    assert_eq!(store.files_of(&id, "A").await.unwrap().len(), 2);
+    let p = store.progress(&id).await.unwrap();
+    assert_eq!((p.files, p.bytes), (3, 30));
+    store.mark_exported(&id, "A").await.unwrap();
+    let facts = store.recording_facts(&id).await.unwrap();
+    assert_eq!(facts, vec![listed("A")]);
+    store
+        .set_manifest(&id, "prefix/portshift-manifest.txt", &"e".repeat(64))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(&id).await.unwrap().manifest_sha256,
+        Some("e".repeat(64))
+    );
+}
+
+macro_rules! contract {
+    ($($case:ident),*) => {
+        mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
+        mod postgres_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::postgres().await; super::$case(s).await; } )* }
+    };
+}
+
+contract!(
+    job_round_trip,
+    completion_is_derived_from_rows,
+    transitions_never_lose_a_success,
+    file_rows_are_idempotent
+);
+
+#[tokio::test]
+async fn an_unreachable_database_gets_an_actionable_error() {
+    let err = JobStore::connect("postgres://portshift:hunter2@127.0.0.1:1/nothing")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PORTSHIFT_DATABASE_URL"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "password leaked into the error: {err}"
+    );
+}

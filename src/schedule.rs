@@ -1,0 +1,213 @@
+//! `portshift schedule ...` (create, list, pause, resume, delete) and `portshift
+//! scheduler` (runs due schedules). Schedules hold credential references only.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::DateTime;
+use pipeline::config::Services;
+use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
+use stages::destination::DestinationUrl;
+use tokio::sync::watch;
+
+use crate::StateArgs;
+
+#[derive(clap::Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a recurring incremental sync.
+    Create(Box<CreateArgs>),
+    /// List schedules with their next and last runs.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Show one schedule's run history.
+    Runs {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    Pause {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    Resume {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    name: String,
+    /// Cron expression, e.g. "0 2 * * *" (minute hour day month weekday).
+    #[arg(long)]
+    cron: String,
+    /// IANA time zone the cron expression is read in.
+    #[arg(long, default_value = "UTC")]
+    tz: String,
+    #[arg(long)]
+    dest: String,
+    #[arg(long, default_value = "https://chorus.ai/")]
+    chorus_url: String,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "media,transcript,metadata"
+    )]
+    include: Vec<String>,
+    /// The first run exports from this day (YYYY-MM-DD).
+    #[arg(long)]
+    start: String,
+    /// Where each run finds the Chorus token: env:NAME or file:/path.
+    #[arg(long)]
+    chorus_token_ref: String,
+    /// Where each run finds S3 keys: aws:default (the machine's chain or role), env:NAME or file:/path (JSON).
+    #[arg(long)]
+    s3_ref: Option<String>,
+    #[arg(long)]
+    webhook_url: Option<String>,
+    #[arg(long)]
+    webhook_secret_ref: Option<String>,
+    /// Days before the watermark each run looks again for late recordings.
+    #[arg(long, default_value_t = 7)]
+    lookback_days: i64,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    /// Seconds between looks for due schedules.
+    #[arg(long, default_value_t = 15)]
+    tick_secs: u64,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+async fn store(state: &StateArgs) -> anyhow::Result<pipeline::store::JobStore> {
+    Ok(match &state.database_url {
+        Some(url) => pipeline::store::JobStore::connect(url).await?,
+        None => {
+            std::fs::create_dir_all(state.data_dir())?;
+            pipeline::store::JobStore::open_sqlite_in(&state.data_dir()).await?
+        }
+    })
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ScheduleCommand::Create(a) => {
+            let dest: DestinationUrl = a.dest.parse()?;
+            let kinds = crate::export::parse_kinds(&a.include)?;
+            let start = crate::export::parse_time(&a.start, false)?;
+            let template = ScheduleTemplate {
+                chorus_url: a.chorus_url,
+                kinds,
+                destination: dest.to_string(),
+                webhook_url: a.webhook_url,
+                lookback_s: a.lookback_days.max(0) * 24 * 3600,
+            };
+            let refs = CredentialRefs {
+                chorus_token: a.chorus_token_ref,
+                s3: a.s3_ref,
+                webhook_secret: a.webhook_secret_ref,
+            };
+            let s = store(&a.state)
+                .await?
+                .create_schedule("local", &a.name, &a.cron, &a.tz, &template, &refs, start)
+                .await?;
+            println!(
+                "schedule {} created; first run {}",
+                s.id,
+                when(Some(s.next_run_ms))
+            );
+        }
+        ScheduleCommand::List { state } => {
+            let store = store(&state).await?;
+            for s in store.schedules().await? {
+                let last = store.schedule_runs(&s.id, 1).await?.into_iter().next();
+                println!(
+                    "{}  {:<20} {:<14} {:<16} {}  next {}  last {}  watermark {}",
+                    s.id,
+                    s.name,
+                    s.cron,
+                    s.timezone,
+                    if s.paused { "paused " } else { "active " },
+                    if s.paused {
+                        "-".to_string()
+                    } else {
+                        when(Some(s.next_run_ms))
+                    },
+                    last.map(|r| format!("{} ({} files)", r.status, r.files.unwrap_or(0)))
+                        .unwrap_or_else(|| "-".into()),
+                    when(s.watermark_s.map(|w| w * 1000)),
+                );
+            }
+        }
+        ScheduleCommand::Runs { id, state } => {
+            let store = store(&state).await?;
+            store.schedule(&id).await?;
+            for r in store.schedule_runs(&id, 100).await? {
+                println!(
+                    "{}  {:<24} job {:<32} files {:<6} bytes {:<12} {}",
+                    when(Some(r.slot_ms)),
+                    r.status,
+                    r.job_id.unwrap_or_default(),
+                    r.files.unwrap_or(0),
+                    r.bytes.unwrap_or(0),
+                    r.reason.unwrap_or_default()
+                );
+            }
+        }
+        ScheduleCommand::Pause { id, state } => {
+            store(&state).await?.set_schedule_paused(&id, true).await?
+        }
+        ScheduleCommand::Resume { id, state } => {
+            store(&state).await?.set_schedule_paused(&id, false).await?
+        }
+        ScheduleCommand::Delete { id, state } => store(&state).await?.delete_schedule(&id).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let services = Services::start(
+        &a.state.data_dir(),
+        a.state.nats_url.as_deref(),
+        a.state.database_url.as_deref(),
+    )
+    .await
+    .context("starting the scheduler's services")?;
+    let scheduler = stages::scheduler::Scheduler {
+        store: services.store.clone(),
+        js: services.js.clone(),
+        options: stages::worker::WorkerOptions::default(),
+        tick: Duration::from_secs(a.tick_secs.max(1)),
+        name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
+    };
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    eprintln!("scheduler running; Ctrl-C stops it after the runs in progress");
+    scheduler.run(rx).await;
+    services.stop().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,107 @@
+//! What every stage of one job shares: the job's spec, the store, JetStream, the Chorus
+//! client, the destination, and the job's secrets (in memory only). Also the two
+//! decisions several stages make the same way: how a Chorus or destination error maps
+//! to a stage outcome, and when the job is settled enough for its manifest.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use pipeline::messages::ManifestTask;
+use pipeline::runner::StageError;
+use pipeline::store::{JobStore, StoreError};
+use pipeline::topology::{self, Stage, TopologyError};
+use pipeline::{JobId, JobSpec, JobStatus};
+use secrecy::SecretString;
+
+use crate::chorus::{ChorusClient, ChorusError, EngagementFilter};
+use crate::destination::{Destination, DestinationError};
+
+pub struct JobContext {
+    pub job: JobId,
+    pub spec: JobSpec,
+    pub store: JobStore,
+    pub js: jetstream::Context,
+    pub chorus: ChorusClient,
+    pub destination: Arc<dyn Destination>,
+    pub webhook_secret: Option<SecretString>,
+    /// For the webhook (built by `http::client_builder`: TLS validation on).
+    pub http: reqwest::Client,
+    /// The optional BigQuery metadata sink (one row per exported recording).
+    pub metadata_sink: Option<Arc<crate::bigquery::BigQuerySink>>,
+}
+
+impl JobContext {
+    pub fn filter(&self) -> EngagementFilter {
+        EngagementFilter {
+            min_date: self.spec.from,
+            max_date: self.spec.to,
+            engagement_type: None,
+        }
+    }
+
+    /// Records that the job cannot go on without new credentials (or a fixed
+    /// destination) and returns the stage outcome that keeps the message for later.
+    pub async fn blocked(&self, reason: String) -> StageError {
+        if let Err(e) = self
+            .store
+            .set_status(&self.job, JobStatus::NeedsCredentials, Some(&reason))
+            .await
+        {
+            tracing::warn!(job = %self.job, error = %e, "could not record the blocked state");
+        }
+        StageError::NeedsCredentials(reason)
+    }
+
+    pub async fn chorus_error(&self, e: ChorusError) -> StageError {
+        if e.is_job_fatal() {
+            self.blocked(e.to_string()).await
+        } else {
+            StageError::Transient(e.to_string())
+        }
+    }
+
+    pub async fn sink_error(&self, e: crate::bigquery::SinkError) -> StageError {
+        match e {
+            crate::bigquery::SinkError::Refused { .. } => self.blocked(e.to_string()).await,
+            crate::bigquery::SinkError::Transient { .. } => StageError::Transient(e.to_string()),
+        }
+    }
+
+    pub async fn destination_error(&self, e: DestinationError) -> StageError {
+        match e {
+            DestinationError::Refused { .. } => self.blocked(e.to_string()).await,
+            DestinationError::UnsafeKey(_) => StageError::Invalid(e.to_string()),
+            other => StageError::Transient(other.to_string()),
+        }
+    }
+
+    /// Publishes the manifest task if every recording is settled. Called after anything
+    /// that can settle the last recording; concurrent callers publish the same msg-id,
+    /// so JetStream keeps one. The counts in the id let a later replay (which changes
+    /// them) trigger a fresh manifest.
+    pub async fn maybe_request_manifest(&self) -> Result<(), StageError> {
+        if !self.store.is_settled(&self.job).await.map_err(store_err)? {
+            return Ok(());
+        }
+        let p = self.store.progress(&self.job).await.map_err(store_err)?;
+        let signature = format!("{}-{}-{}", p.exported, p.skipped, p.dead);
+        topology::publish_json(
+            &self.js,
+            Stage::Manifest.subject(&self.job),
+            &topology::msg_id(&self.job, "manifest", &[&signature]),
+            &ManifestTask {
+                job: self.job.clone(),
+            },
+        )
+        .await
+        .map_err(publish_err)
+    }
+}
+
+pub fn store_err(e: StoreError) -> StageError {
+    StageError::Transient(format!("job store: {e}"))
+}
+
+pub fn publish_err(e: TopologyError) -> StageError {
+    StageError::Transient(e.to_string())
+}

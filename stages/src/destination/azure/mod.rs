@@ -1,0 +1,454 @@
+//! Azure Blob Storage, with Microsoft's official `azure_storage_blob` crate (the
+//! maintained successor of the deprecated `azure_storage_blobs`).
+//!
+//! Authentication is a SAS token for the container (what customers hand us), held in
+//! memory and only ever placed on request URLs; it needs exactly create (c) and write
+//! (w). Small files go in one Put Blob; larger ones stream as staged blocks (cut from
+//! the body in memory by [`PartReader`], several in flight) and one Put Block List, so
+//! the blob appears at its final key only when the list is committed. Every request
+//! body carries `Content-MD5`, which the service checks, and a block blob gets the
+//! whole body's MD5 as its `Content-MD5` property for downloads to check. A failed upload leaves only
+//! uncommitted blocks, which are invisible, never readable at the key, and discarded
+//! by the service (at the next commit of that blob, or after a week). An optional
+//! encryption scope (customer-managed keys) is sent with every write.
+//!
+//! The SDK runs on our own HTTP transport (`transport.rs`): rustls, certificate
+//! validation always on, the optional extra CA bundle.
+
+mod transport;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::error::ErrorKind;
+use azure_core::http::{
+    ClientOptions, ExponentialRetryOptions, RequestContent, RetryOptions, Transport, Url,
+};
+use azure_storage_blob::models::{
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientStageBlockOptions,
+    BlockBlobClientUploadOptions, BlockLookupList,
+};
+use azure_storage_blob::{BlobClient, BlobClientOptions, BlockBlobClient, BlockBlobClientOptions};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use md5::{Digest, Md5};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::task::JoinSet;
+
+use self::transport::{ContentMd5Policy, RustlsTransport};
+use super::parts::PartReader;
+use super::url::AzureUrl;
+use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
+
+/// Environment variable the SAS token is read from when the credentials document has
+/// none (the CLI's `portshift export`).
+pub const SAS_ENV: &str = "AZURE_STORAGE_SAS_TOKEN";
+
+/// What the missing-permission errors tell the user to grant.
+const NEEDED: &str =
+    "portshift needs exactly create (c) and write (w) on the container; see docs/permissions.md";
+
+pub struct AzureDestination {
+    /// `<endpoint>/<container>`, without the SAS token.
+    container_url: Url,
+    sas: SecretString,
+    prefix: String,
+    location: String,
+    tuning: Tuning,
+    encryption_scope: Option<String>,
+    client_options: ClientOptions,
+}
+
+impl AzureDestination {
+    /// Sets the destination up; sends nothing yet (a SAS token with only create+write
+    /// cannot be checked without writing).
+    pub fn connect(
+        url: &AzureUrl,
+        credentials: Option<&pipeline::secrets::AzureCredentials>,
+        tuning: &Tuning,
+        extra_ca_file: Option<&Path>,
+    ) -> Result<Self, DestinationError> {
+        let location = format!("azure://{}/{}/{}", url.account, url.container, url.prefix);
+        let refused = |detail: String| DestinationError::Refused {
+            destination: location.clone(),
+            detail,
+        };
+        let sas = match credentials {
+            Some(c) => c.sas_token.clone(),
+            None => match std::env::var(SAS_ENV) {
+                Ok(v) if !v.trim().is_empty() => SecretString::from(v),
+                _ => {
+                    return Err(refused(format!(
+                        "no SAS token: give one in the credentials (\"azure\": {{\"sas_token\": \"...\"}}) or set {SAS_ENV}; {NEEDED}"
+                    )));
+                }
+            },
+        };
+        let sas = normalize_sas(sas.expose_secret()).map_err(refused)?;
+        let mut container_url = Url::parse(&url.endpoint)
+            .map_err(|e| refused(format!("the endpoint {:?} is not a URL: {e}", url.endpoint)))?;
+        container_url
+            .path_segments_mut()
+            .map_err(|_| {
+                refused(format!(
+                    "the endpoint {:?} cannot take a path",
+                    url.endpoint
+                ))
+            })?
+            .pop_if_empty()
+            .push(&url.container);
+        if tuning.part_size == 0 || tuning.part_size > 4000 * 1024 * 1024 {
+            return Err(refused(
+                "the block size must be between 1 byte and 4000 MiB (Azure's limit)".into(),
+            ));
+        }
+        let http = crate::http::client_builder(extra_ca_file)
+            .map_err(|e| refused(e.to_string()))?
+            // The SDK follows no redirects either; a redirect would resend the SAS.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| refused(format!("could not build the HTTP client: {e}")))?;
+        let client_options = ClientOptions {
+            per_call_policies: vec![Arc::new(ContentMd5Policy)],
+            retry: RetryOptions::exponential(ExponentialRetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(200),
+                max_retries: 4,
+                max_total_elapsed: azure_core::time::Duration::seconds(30),
+                max_delay: azure_core::time::Duration::seconds(5),
+            }),
+            transport: Some(Transport::new(Arc::new(RustlsTransport(http)))),
+            ..Default::default()
+        };
+        Ok(Self {
+            container_url,
+            sas: SecretString::from(sas),
+            prefix: url.prefix.clone(),
+            location,
+            tuning: tuning.clone(),
+            encryption_scope: url.encryption_scope.clone(),
+            client_options,
+        })
+    }
+
+    fn key(&self, rel: &str) -> String {
+        pipeline::keys::join(&self.prefix, rel)
+    }
+
+    /// The blob's URL with the SAS token as its query. Never logged or shown.
+    fn blob_url(&self, key: &str) -> Result<Url, DestinationError> {
+        let mut url = self.container_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| self.transient("the container URL cannot take a path".into()))?
+            .extend(key.split('/'));
+        url.set_query(Some(self.sas.expose_secret()));
+        Ok(url)
+    }
+
+    fn block_client(&self, key: &str) -> Result<BlockBlobClient, DestinationError> {
+        BlockBlobClient::new(
+            self.blob_url(key)?,
+            None,
+            Some(BlockBlobClientOptions {
+                client_options: self.client_options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| self.classify("creating the blob client", e))
+    }
+
+    fn transient(&self, detail: String) -> DestinationError {
+        DestinationError::Transient {
+            destination: self.location.clone(),
+            detail,
+        }
+    }
+
+    fn classify(&self, what: &str, err: azure_core::Error) -> DestinationError {
+        classify(&self.location, self.sas.expose_secret(), what, err)
+    }
+
+    async fn put_single(
+        &self,
+        client: &BlockBlobClient,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), DestinationError> {
+        let len = body.len();
+        let options = BlockBlobClientUploadOptions {
+            blob_content_type: Some(content_type.to_string()),
+            encryption_scope: self.encryption_scope.clone(),
+            // One request: the partition is at least the whole body.
+            partition_size: std::num::NonZero::new(len.max(1) as u64),
+            ..Default::default()
+        };
+        client
+            .upload(body.into(), Some(options))
+            .await
+            .map_err(|e| self.classify("Put Blob", e))?;
+        Ok(())
+    }
+
+    async fn put_blocks(
+        &self,
+        client: BlockBlobClient,
+        already_read: Vec<Bytes>,
+        parts: &mut PartReader,
+        content_type: &str,
+    ) -> Result<u64, DestinationError> {
+        let client = Arc::new(client);
+        // Unique per upload, so two deliveries of the same file writing at once can
+        // never mix each other's blocks; all ids of one blob have the same length.
+        let upload = uuid::Uuid::new_v4().simple().to_string();
+        let mut inflight: JoinSet<Result<(), DestinationError>> = JoinSet::new();
+        let mut ids: Vec<Vec<u8>> = Vec::new();
+        let mut total = 0u64;
+        // The whole blob's MD5, stored as its Content-MD5 property so downloads
+        // (azcopy, the SDKs) can check what they got; each block's own MD5 is checked
+        // by the service on the way in (`transport::ContentMd5Policy`).
+        let mut whole = Md5::new();
+        let mut next = already_read.into_iter();
+        loop {
+            let part = match next.next() {
+                Some(p) => p,
+                None => match parts.next_part().await.map_err(DestinationError::Source)? {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            while inflight.len() >= self.tuning.parts_in_flight.max(1) {
+                if let Some(r) = inflight.join_next().await {
+                    joined(r, &self.location)??;
+                }
+            }
+            whole.update(&part);
+            let id = format!("{upload}-{:06}", ids.len()).into_bytes();
+            ids.push(id.clone());
+            total += part.len() as u64;
+            let client = client.clone();
+            let location = self.location.clone();
+            let sas = self.sas.expose_secret().to_string();
+            let options = BlockBlobClientStageBlockOptions {
+                encryption_scope: self.encryption_scope.clone(),
+                ..Default::default()
+            };
+            inflight.spawn(async move {
+                let len = part.len() as u64;
+                client
+                    .stage_block(&id, len, part.into(), Some(options))
+                    .await
+                    .map_err(|e| classify(&location, &sas, "Put Block", e))?;
+                Ok(())
+            });
+        }
+        while let Some(r) = inflight.join_next().await {
+            joined(r, &self.location)??;
+        }
+        let list = BlockLookupList {
+            latest: Some(ids),
+            ..Default::default()
+        };
+        let content: RequestContent<BlockLookupList, _> = list
+            .try_into()
+            .map_err(|e| self.classify("encoding the block list", e))?;
+        client
+            .commit_block_list(
+                content,
+                Some(BlockBlobClientCommitBlockListOptions {
+                    blob_content_type: Some(content_type.to_string()),
+                    blob_content_md5: Some(whole.finalize().to_vec()),
+                    encryption_scope: self.encryption_scope.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| self.classify("Put Block List", e))?;
+        Ok(total)
+    }
+}
+
+/// Accepts the token with or without its leading `?`, and refuses what is clearly not
+/// a SAS token (without quoting it).
+fn normalize_sas(raw: &str) -> Result<String, String> {
+    let sas = raw.trim().trim_start_matches('?');
+    let has = |k: &str| sas.split('&').any(|p| p.starts_with(k));
+    if sas.is_empty() || !has("sig=") || sas.contains(char::is_whitespace) {
+        return Err(format!(
+            "the SAS token is not a SAS query string (expected something like sp=cw&se=...&sig=...); copy the whole token; {NEEDED}"
+        ));
+    }
+    Ok(sas.to_string())
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>, location: &str) -> Result<T, DestinationError> {
+    r.map_err(|e| DestinationError::Transient {
+        destination: location.to_string(),
+        detail: format!("upload task failed: {e}"),
+    })
+}
+
+/// Removes the SAS token (and any `sig=` value) from text bound for errors and logs.
+fn redact(text: &str, sas: &str) -> String {
+    let mut out = if sas.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(sas, "[sas redacted]")
+    };
+    while let Some(pos) = out.find("sig=") {
+        let end = out[pos..]
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .map(|e| pos + e)
+            .unwrap_or(out.len());
+        out.replace_range(pos..end, "sig[redacted]");
+    }
+    out
+}
+
+fn classify(location: &str, sas: &str, what: &str, err: azure_core::Error) -> DestinationError {
+    let destination = location.to_string();
+    let (status, code) = match err.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => (
+            Some(u16::from(*status)),
+            error_code.clone().unwrap_or_default(),
+        ),
+        _ => (None, String::new()),
+    };
+    let refused_hint = match code.as_str() {
+        "AuthorizationPermissionMismatch" => Some(format!(
+            "the SAS token does not grant the write (w) permission {what} needs; {NEEDED}"
+        )),
+        "AuthenticationFailed" => Some(format!(
+            "the SAS token was not accepted (expired, revoked, or made for another account or container); create a new one; {NEEDED}"
+        )),
+        "AuthorizationResourceTypeMismatch" => Some(format!(
+            "the SAS token is not valid for blobs (an account SAS needs srt=o, or use a container SAS); {NEEDED}"
+        )),
+        "AuthorizationSourceIPMismatch" => {
+            Some("the SAS token does not allow requests from this machine's IP address".into())
+        }
+        "AuthorizationProtocolMismatch" => {
+            Some("the SAS token allows HTTPS only: use an https:// endpoint".into())
+        }
+        "ContainerNotFound" => Some(
+            "the container does not exist: create it (portshift never creates containers) or fix the destination URL".into(),
+        ),
+        "EncryptionScopeNotFound" | "EncryptionScopeDisabled" => Some(
+            "the encryption scope does not exist or is disabled on this storage account: fix encryption_scope in the destination URL".into(),
+        ),
+        _ if matches!(status, Some(401 | 403)) => Some(format!(
+            "Azure refused the request ({code}); check the SAS token; {NEEDED}"
+        )),
+        _ => None,
+    };
+    if let Some(hint) = refused_hint {
+        return DestinationError::Refused {
+            destination,
+            detail: format!(
+                "{what} refused (HTTP {} {code}): {hint}",
+                status.unwrap_or(0)
+            ),
+        };
+    }
+    if matches!(code.as_str(), "BlobNotFound") {
+        return DestinationError::NotFound(location.to_string());
+    }
+    let detail = match status {
+        Some(s) => format!("{what} failed with HTTP {s} {code}"),
+        None => format!("{what} failed: {}", redact(&err.to_string(), sas)),
+    };
+    DestinationError::Transient {
+        destination,
+        detail,
+    }
+}
+
+#[async_trait]
+impl Destination for AzureDestination {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn put(
+        &self,
+        relative_path: &str,
+        body: ByteStream,
+        content_type: &str,
+        _size_hint: Option<u64>,
+    ) -> Result<Written, DestinationError> {
+        let key = self.key(checked(relative_path)?);
+        let client = self.block_client(&key)?;
+        let mut parts = PartReader::new(body, self.tuning.part_size);
+        let first = parts
+            .next_part()
+            .await
+            .map_err(DestinationError::Source)?
+            .unwrap_or_default();
+        let second = if parts.is_finished() {
+            None
+        } else {
+            parts.next_part().await.map_err(DestinationError::Source)?
+        };
+        let bytes = match second {
+            None => {
+                let n = first.len() as u64;
+                self.put_single(&client, first, content_type).await?;
+                n
+            }
+            Some(second) => {
+                self.put_blocks(client, vec![first, second], &mut parts, content_type)
+                    .await?
+            }
+        };
+        Ok(Written { key, bytes })
+    }
+
+    async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {
+        let key = self.key(checked(relative_path)?);
+        let client = BlobClient::new(
+            self.blob_url(&key)?,
+            None,
+            Some(BlobClientOptions {
+                client_options: self.client_options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| self.classify("creating the blob client", e))?;
+        let result =
+            client
+                .download(None)
+                .await
+                .map_err(|e| match self.classify("Get Blob", e) {
+                    DestinationError::NotFound(_) => DestinationError::NotFound(key.clone()),
+                    other => other,
+                })?;
+        let sas = self.sas.expose_secret().to_string();
+        Ok(Box::pin(result.body.map_err(move |e| {
+            std::io::Error::other(redact(&e.to_string(), &sas))
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sas_tokens_are_normalised_and_checked_without_quoting_them() {
+        assert_eq!(
+            normalize_sas(" ?sp=cw&sig=abc ").unwrap(),
+            "sp=cw&sig=abc".to_string()
+        );
+        let e = normalize_sas("CANARY-not-a-token").unwrap_err();
+        assert!(!e.contains("CANARY"), "{e}");
+        assert!(e.contains("create (c) and write (w)"), "{e}");
+    }
+
+    #[test]
+    fn redaction_removes_the_token_and_any_signature() {
+        let text = "GET https://a.blob.core.windows.net/c/x?sp=cw&sig=SECRET123&se=1 failed; other sig=XYZ";
+        let out = redact(text, "sp=cw&sig=SECRET123&se=1");
+        assert!(!out.contains("SECRET123") && !out.contains("XYZ"), "{out}");
+    }
+}

@@ -1,0 +1,409 @@
+//! Amazon S3 and S3-compatible servers, with `aws-sdk-s3`.
+//!
+//! Small files go in one `PutObject`; larger ones stream as a multipart upload whose
+//! parts are cut from the body in memory (never on disk), several in flight at once, and
+//! the upload is aborted if anything fails, so no object and no orphaned parts remain.
+//! Every part and every single PUT carries `x-amz-checksum-sha256`, so S3 itself rejects
+//! bytes corrupted on the way. Server-side encryption is asked for per destination
+//! (`sse=AES256` for SSE-S3, `sse=aws:kms[&kms_key_id=..]` for SSE-KMS) on every
+//! `PutObject` and `CreateMultipartUpload`. Only `s3:PutObject`,
+//! `s3:AbortMultipartUpload` and `s3:ListMultipartUploadParts` (plus `kms:GenerateDataKey`
+//! on the key for SSE-KMS) are needed to write.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+};
+use aws_smithy_types::byte_stream::ByteStream as SdkByteStream;
+use base64::Engine;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use super::parts::PartReader;
+use super::url::{S3Encryption, S3Url};
+use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
+
+pub struct S3Destination {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    location: String,
+    tuning: Tuning,
+    sse: Option<S3Encryption>,
+}
+
+impl S3Destination {
+    /// Builds the client. Credentials: the given ones (from the worker's memory), else
+    /// the standard AWS chain (environment, profile, instance role).
+    pub async fn connect(
+        url: &S3Url,
+        credentials: Option<&pipeline::secrets::S3Credentials>,
+        tuning: &Tuning,
+    ) -> Result<Self, DestinationError> {
+        use secrecy::ExposeSecret;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &url.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.expose_secret().to_string(),
+                c.session_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string()),
+                None,
+                "portshift-worker",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared);
+        if shared.region().is_none() {
+            config = config.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(endpoint) = &url.endpoint {
+            config = config.endpoint_url(endpoint).force_path_style(true);
+        }
+        let location = format!("s3://{}/{}", url.bucket, url.prefix);
+        if tuning.part_size < 5 * 1024 * 1024 {
+            return Err(DestinationError::Refused {
+                destination: location,
+                detail: "the part size must be at least 5 MiB (S3's minimum)".into(),
+            });
+        }
+        Ok(Self {
+            client: Client::from_conf(config.build()),
+            bucket: url.bucket.clone(),
+            prefix: url.prefix.clone(),
+            location,
+            tuning: tuning.clone(),
+            sse: url.sse.clone(),
+        })
+    }
+
+    /// The `x-amz-server-side-encryption` value and KMS key id for every new object.
+    fn encryption(&self) -> (Option<ServerSideEncryption>, Option<String>) {
+        match &self.sse {
+            None => (None, None),
+            Some(S3Encryption::Aes256) => (Some(ServerSideEncryption::Aes256), None),
+            Some(S3Encryption::Kms { key_id }) => {
+                (Some(ServerSideEncryption::AwsKms), key_id.clone())
+            }
+        }
+    }
+
+    fn key(&self, rel: &str) -> String {
+        pipeline::keys::join(&self.prefix, rel)
+    }
+
+    fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        &self,
+        what: &str,
+        err: SdkError<E>,
+    ) -> DestinationError {
+        classify(&self.location, what, err)
+    }
+
+    async fn put_single(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), DestinationError> {
+        let checksum = b64_sha256(&body);
+        let (sse, kms_key) = self.encryption();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .checksum_sha256(checksum)
+            .body(SdkByteStream::from(body))
+            .customize()
+            // The x-amz-checksum-sha256 above already makes S3 verify every byte; a
+            // signed payload would hash the whole body once more for nothing.
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| self.classify("PutObject", e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        already_read: Vec<Bytes>,
+        parts: &mut PartReader,
+        content_type: &str,
+    ) -> Result<u64, DestinationError> {
+        let (sse, kms_key) = self.encryption();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map_err(|e| self.classify("CreateMultipartUpload", e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(DestinationError::Transient {
+                destination: self.location.clone(),
+                detail: "CreateMultipartUpload returned no upload id".into(),
+            });
+        };
+        let result = self
+            .upload_parts(key, &upload_id, already_read, parts)
+            .await;
+        if result.is_err() {
+            // Abort so nothing is left billed or visible; retried because an abort that
+            // fails would leave orphaned parts.
+            for attempt in 0..3u32 {
+                let aborted = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                match aborted {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "abort of a failed multipart upload failed");
+                        tokio::time::sleep(pipeline::backoff::delay(
+                            attempt,
+                            std::time::Duration::from_millis(200),
+                            std::time::Duration::from_secs(2),
+                        ))
+                        .await;
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        already_read: Vec<Bytes>,
+        parts: &mut PartReader,
+    ) -> Result<u64, DestinationError> {
+        let mut inflight: JoinSet<Result<CompletedPart, DestinationError>> = JoinSet::new();
+        let mut done: Vec<CompletedPart> = Vec::new();
+        let mut total = 0u64;
+        let mut next = already_read.into_iter();
+        let mut number = 1i32;
+        let shared = Arc::new((
+            self.client.clone(),
+            self.bucket.clone(),
+            key.to_string(),
+            upload_id.to_string(),
+            self.location.clone(),
+        ));
+        loop {
+            let part = match next.next() {
+                Some(p) => p,
+                None => match parts.next_part().await.map_err(DestinationError::Source)? {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            while inflight.len() >= self.tuning.parts_in_flight.max(1) {
+                if let Some(r) = inflight.join_next().await {
+                    done.push(joined(r, &self.location)??);
+                }
+            }
+            total += part.len() as u64;
+            let shared = shared.clone();
+            let this_number = number;
+            inflight.spawn(async move {
+                let (client, bucket, key, upload_id, location) = &*shared;
+                let checksum = b64_sha256(&part);
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(this_number)
+                    .checksum_sha256(&checksum)
+                    .body(SdkByteStream::from(part))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(|e| classify(location, "UploadPart", e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(this_number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .checksum_sha256(
+                        out.checksum_sha256()
+                            .map(str::to_string)
+                            .unwrap_or(checksum),
+                    )
+                    .build())
+            });
+            number += 1;
+        }
+        while let Some(r) = inflight.join_next().await {
+            done.push(joined(r, &self.location)??);
+        }
+        done.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.classify("CompleteMultipartUpload", e))?;
+        Ok(total)
+    }
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>, location: &str) -> Result<T, DestinationError> {
+    r.map_err(|e| DestinationError::Transient {
+        destination: location.to_string(),
+        detail: format!("upload task failed: {e}"),
+    })
+}
+
+fn b64_sha256(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    location: &str,
+    what: &str,
+    err: SdkError<E>,
+) -> DestinationError {
+    let destination = location.to_string();
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or_default().to_string();
+    let message = err.message().unwrap_or_default().to_string();
+    let refused = matches!(
+        code.as_str(),
+        "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "NoSuchBucket"
+            | "AllAccessDisabled"
+            | "InvalidBucketName"
+            | "ExpiredToken"
+            | "InvalidToken"
+    ) || code.starts_with("KMS.")
+        || matches!(status, Some(401 | 403));
+    if refused {
+        let hint = match code.as_str() {
+            "NoSuchBucket" => "the bucket does not exist: create it or fix the destination URL",
+            c if c.starts_with("KMS.") => {
+                "the KMS key refused: check kms_key_id, that the key is enabled and in the bucket's region, and that the key policy grants kms:GenerateDataKey and kms:Decrypt (docs/permissions.md)"
+            }
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" => {
+                "S3 rejected the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the role) and the region"
+            }
+            _ => {
+                "S3 denied the request: the bucket policy must allow s3:PutObject, s3:AbortMultipartUpload and s3:ListMultipartUploadParts (docs/permissions.md)"
+            }
+        };
+        return DestinationError::Refused {
+            destination,
+            detail: format!("{what} refused ({code} {message}): {hint}"),
+        };
+    }
+    let detail = match status {
+        Some(s) => format!("{what} failed with HTTP {s} {code} {message}"),
+        None => format!(
+            "{what} failed: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&err)
+        ),
+    };
+    DestinationError::Transient {
+        destination,
+        detail,
+    }
+}
+
+#[async_trait]
+impl Destination for S3Destination {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn put(
+        &self,
+        relative_path: &str,
+        body: ByteStream,
+        content_type: &str,
+        _size_hint: Option<u64>,
+    ) -> Result<Written, DestinationError> {
+        let key = self.key(checked(relative_path)?);
+        let mut parts = PartReader::new(body, self.tuning.part_size);
+        let first = parts
+            .next_part()
+            .await
+            .map_err(DestinationError::Source)?
+            .unwrap_or_default();
+        // Peek: if the body ended within the first part, one PUT does it.
+        let second = if parts.is_finished() {
+            None
+        } else {
+            parts.next_part().await.map_err(DestinationError::Source)?
+        };
+        let bytes = match second {
+            None => {
+                let n = first.len() as u64;
+                self.put_single(&key, first, content_type).await?;
+                n
+            }
+            Some(second) => {
+                self.put_multipart(&key, vec![first, second], &mut parts, content_type)
+                    .await?
+            }
+        };
+        Ok(Written { key, bytes })
+    }
+
+    async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {
+        let key = self.key(checked(relative_path)?);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .map(|s| s.is_no_such_key())
+                    .unwrap_or(false)
+                {
+                    DestinationError::NotFound(key.clone())
+                } else {
+                    self.classify("GetObject", e)
+                }
+            })?;
+        let reader = out.body.into_async_read();
+        Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+            reader,
+            256 * 1024,
+        )))
+    }
+}

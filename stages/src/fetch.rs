@@ -1,0 +1,285 @@
+//! The fetch stage, with hash and upload in the same streaming pass: for one recording,
+//! asks Chorus for its details (which also tells whether it still exists), then streams
+//! each requested file from Chorus through the SHA-256 tee into the destination. No byte
+//! touches a disk of ours or NATS; memory per transfer is bounded by the destination's
+//! part buffers. Files already exported in this job are not fetched again, so a
+//! redelivered message only finishes what is missing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::DateTime;
+use pipeline::messages::{FetchTask, HashRecord, UploadRecord};
+use pipeline::runner::{StageError, StageHandler};
+use pipeline::store::FileRow;
+use pipeline::topology::{self, Stage};
+use pipeline::{FileKind, keys};
+
+use crate::chorus::ChorusError;
+use crate::context::{JobContext, store_err};
+use crate::destination::ByteStream;
+use crate::hash;
+
+/// Conversation fields exported as the metadata file (everything but the transcript,
+/// which is its own file).
+pub const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "owner",
+    "participants",
+    "account",
+    "deal",
+    "language",
+    "metrics",
+    "status",
+    "recording.start_time",
+    "recording.duration",
+    "recording.trackers",
+    "_created_at",
+    "_modified_at",
+];
+
+/// Attempts per file inside one delivery before the message is nakked: a body cut short
+/// is usually fixed by asking again at once, without waiting for a redelivery.
+const FILE_ATTEMPTS: u32 = 3;
+
+pub struct FetchStage(pub Arc<JobContext>);
+
+enum Failure {
+    /// The recording is gone (404): skip it, permanently.
+    Gone(String),
+    Stage(StageError),
+}
+
+impl FetchStage {
+    async fn chorus(&self, e: ChorusError) -> Failure {
+        if e.is_permanent() {
+            Failure::Gone(e.to_string())
+        } else {
+            Failure::Stage(self.0.chorus_error(e).await)
+        }
+    }
+
+    async fn export_file(
+        &self,
+        task: &FetchTask,
+        kind: FileKind,
+        metadata: &serde_json::Value,
+    ) -> Result<(), Failure> {
+        let ctx = &self.0;
+        let recorded_at = task
+            .recorded_at
+            .and_then(|s| DateTime::from_timestamp(s, 0));
+        let (body, expected, content_type, extension): (ByteStream, Option<u64>, String, &str) =
+            match kind {
+                FileKind::Metadata => json_body(metadata),
+                FileKind::Transcript => match ctx.chorus.transcript(&task.recording_id).await {
+                    Ok(t) => json_body(&t),
+                    Err(e) => return Err(self.chorus(e).await),
+                },
+                FileKind::Media => match ctx.chorus.media(&task.recording_id).await {
+                    Ok(m) => (m.body, m.content_length, m.content_type, m.extension),
+                    Err(e) => return Err(self.chorus(e).await),
+                },
+            };
+        let rel = keys::relative_path(&task.recording_id, recorded_at, kind, extension);
+        let started = Instant::now();
+        let (tee, digest) = hash::tee(body, expected);
+        let written = match ctx
+            .destination
+            .put(&rel, tee, &content_type, expected)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => return Err(Failure::Stage(ctx.destination_error(e).await)),
+        };
+        let Some(d) = digest.result() else {
+            return Err(Failure::Stage(StageError::Transient(format!(
+                "{rel}: the destination finished before the whole body was read"
+            ))));
+        };
+        if d.bytes != written.bytes {
+            return Err(Failure::Stage(StageError::Transient(format!(
+                "{rel}: hashed {} bytes but the destination wrote {}",
+                d.bytes, written.bytes
+            ))));
+        }
+        let row = FileRow {
+            recording_id: task.recording_id.clone(),
+            file: kind,
+            key: rel,
+            bytes: d.bytes,
+            sha256: d.sha256.clone(),
+            content_type,
+        };
+        ctx.store
+            .record_file(&ctx.job, &row)
+            .await
+            .map_err(|e| Failure::Stage(store_err(e)))?;
+        self.publish_records(task, kind, &row, &written.key, started.elapsed())
+            .await;
+        Ok(())
+    }
+
+    /// The hash and upload records feed the console's per-stage throughput. They are
+    /// observations, not state: the file row above is the durable effect, so a failed
+    /// publish is logged rather than failing an upload that succeeded.
+    async fn publish_records(
+        &self,
+        task: &FetchTask,
+        kind: FileKind,
+        row: &FileRow,
+        key: &str,
+        took: Duration,
+    ) {
+        let ctx = &self.0;
+        let id = keys::sanitize_segment(&task.recording_id);
+        let hash = HashRecord {
+            job: ctx.job.clone(),
+            recording_id: task.recording_id.clone(),
+            file: kind,
+            sha256: row.sha256.clone(),
+            bytes: row.bytes,
+        };
+        let upload = UploadRecord {
+            job: ctx.job.clone(),
+            recording_id: task.recording_id.clone(),
+            file: kind,
+            key: key.to_string(),
+            bytes: row.bytes,
+            elapsed_ms: took.as_millis() as u64,
+        };
+        let r1 = topology::publish_json(
+            &ctx.js,
+            topology::hash_subject(&ctx.job),
+            &topology::msg_id(&ctx.job, "hash", &[&id, kind.as_str()]),
+            &hash,
+        )
+        .await;
+        let r2 = topology::publish_json(
+            &ctx.js,
+            topology::upload_subject(&ctx.job),
+            &topology::msg_id(&ctx.job, "upload", &[&id, kind.as_str()]),
+            &upload,
+        )
+        .await;
+        if let Err(e) = r1.and(r2) {
+            tracing::warn!(job = %ctx.job, error = %e, "could not publish a progress record");
+        }
+    }
+
+    async fn skip(&self, task: &FetchTask, reason: &str) -> Result<(), StageError> {
+        let ctx = &self.0;
+        ctx.store
+            .mark_skipped(&ctx.job, &task.recording_id, reason)
+            .await
+            .map_err(store_err)?;
+        ctx.maybe_request_manifest().await
+    }
+}
+
+fn json_body(value: &serde_json::Value) -> (ByteStream, Option<u64>, String, &'static str) {
+    let bytes = Bytes::from(serde_json::to_vec_pretty(value).unwrap_or_default());
+    let len = bytes.len() as u64;
+    (
+        Box::pin(futures::stream::once(async move { Ok(bytes) })),
+        Some(len),
+        "application/json".into(),
+        "json",
+    )
+}
+
+#[async_trait]
+impl StageHandler for FetchStage {
+    type Task = FetchTask;
+
+    fn stage(&self) -> Stage {
+        Stage::Fetch
+    }
+
+    async fn handle(&self, task: FetchTask) -> Result<(), StageError> {
+        let ctx = &self.0;
+        if task.recording_id.is_empty() || task.recording_id.len() > 1024 {
+            return Err(StageError::Invalid(
+                "the recording id is empty or longer than 1024 bytes".into(),
+            ));
+        }
+        let done: HashSet<FileKind> = ctx
+            .store
+            .files_of(&ctx.job, &task.recording_id)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|f| f.file)
+            .collect();
+        let todo: Vec<FileKind> = ctx
+            .spec
+            .kinds
+            .kinds()
+            .filter(|k| !done.contains(k))
+            .collect();
+        let mut conversation = None;
+        if !todo.is_empty() {
+            // The details call comes first: a deleted or private recording is skipped
+            // before anything of it is written.
+            let metadata = match ctx
+                .chorus
+                .conversation(&task.recording_id, METADATA_FIELDS)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    return match self.chorus(e).await {
+                        Failure::Gone(reason) => self.skip(&task, &reason).await,
+                        Failure::Stage(e) => Err(e),
+                    };
+                }
+            };
+            for kind in todo {
+                let mut attempt = 0;
+                loop {
+                    match self.export_file(&task, kind, &metadata).await {
+                        Ok(()) => break,
+                        Err(Failure::Gone(reason)) => return self.skip(&task, &reason).await,
+                        Err(Failure::Stage(StageError::Transient(reason)))
+                            if attempt + 1 < FILE_ATTEMPTS =>
+                        {
+                            tracing::info!(job = %ctx.job, recording = %task.recording_id, file = kind.as_str(), %reason, "retrying file");
+                            tokio::time::sleep(pipeline::backoff::delay(
+                                attempt,
+                                Duration::from_millis(200),
+                                Duration::from_secs(3),
+                            ))
+                            .await;
+                            attempt += 1;
+                        }
+                        Err(Failure::Stage(e)) => return Err(e),
+                    }
+                }
+            }
+            conversation = Some(metadata);
+        }
+        // The BigQuery row goes in before the recording counts as exported, so a failed
+        // insert is retried by redelivery (its insertId keeps it to one row).
+        crate::bigquery::record(ctx, &task, conversation).await?;
+        ctx.store
+            .mark_exported(&ctx.job, &task.recording_id)
+            .await
+            .map_err(store_err)?;
+        ctx.maybe_request_manifest().await
+    }
+
+    async fn on_dead(&self, task: Option<FetchTask>, reason: &str) -> Result<(), StageError> {
+        let ctx = &self.0;
+        if let Some(task) = task {
+            ctx.store
+                .mark_dead(&ctx.job, &task.recording_id, reason)
+                .await
+                .map_err(store_err)?;
+            ctx.maybe_request_manifest().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! The hash stage, in stream: a tee that computes SHA-256 and the byte count of a file
+//! while its bytes flow from Chorus to the destination, and that turns a body shorter
+//! or longer than announced into an error *before* the destination could commit it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use sha2::{Digest, Sha256};
+
+use crate::destination::ByteStream;
+
+/// The digest of a finished stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digested {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    hasher: Sha256,
+    bytes: u64,
+    result: Option<Digested>,
+}
+
+/// Reads the digest once the stream has ended cleanly.
+#[derive(Clone)]
+pub struct DigestHandle(Arc<Mutex<State>>);
+
+impl DigestHandle {
+    /// `None` unless the whole stream was consumed and matched its expected length.
+    pub fn result(&self) -> Option<Digested> {
+        self.0.lock().ok().and_then(|s| s.result.clone())
+    }
+}
+
+struct Tee {
+    inner: ByteStream,
+    state: Arc<Mutex<State>>,
+    expected: Option<u64>,
+    ended: bool,
+}
+
+/// Wraps `inner` so every byte passing through is hashed and counted. If `expected` is
+/// given, a stream ending early or running long yields an `Err` as its last item.
+pub fn tee(inner: ByteStream, expected: Option<u64>) -> (ByteStream, DigestHandle) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let handle = DigestHandle(state.clone());
+    (
+        Box::pin(Tee {
+            inner,
+            state,
+            expected,
+            ended: false,
+        }),
+        handle,
+    )
+}
+
+impl Stream for Tee {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                let expected = self.expected;
+                let Ok(mut st) = self.state.lock() else {
+                    return Poll::Ready(Some(Err(io::Error::other("hash state poisoned"))));
+                };
+                st.hasher.update(&chunk);
+                st.bytes += chunk.len() as u64;
+                if let Some(exp) = expected
+                    && st.bytes > exp
+                {
+                    let got = st.bytes;
+                    drop(st);
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the body is longer than announced: {got} bytes > {exp}"),
+                    ))));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                let expected = self.expected;
+                let Ok(mut st) = self.state.lock() else {
+                    return Poll::Ready(Some(Err(io::Error::other("hash state poisoned"))));
+                };
+                if let Some(exp) = expected
+                    && st.bytes != exp
+                {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the body was cut short: {} of {exp} bytes arrived",
+                            st.bytes
+                        ),
+                    ))));
+                }
+                let hasher = std::mem::take(&mut st.hasher);
+                let bytes = st.bytes;
+                st.result = Some(Digested {
+                    sha256: hex::encode(hasher.finalize()),
+                    bytes,
+                });
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn body(parts: &[&'static [u8]]) -> ByteStream {
+        Box::pin(futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn digest_matches_sha256_of_the_whole() {
+        let (mut s, h) = tee(body(&[b"hello ", b"world"]), Some(11));
+        while let Some(c) = s.next().await {
+            c.unwrap();
+        }
+        let d = h.result().unwrap();
+        assert_eq!(d.bytes, 11);
+        assert_eq!(d.sha256, hex::encode(Sha256::digest(b"hello world")));
+    }
+
+    #[tokio::test]
+    async fn short_and_long_bodies_are_errors_and_give_no_digest() {
+        for (parts, expected) in [(vec![&b"abc"[..]], 4u64), (vec![&b"abcde"[..]], 4)] {
+            let (mut s, h) = tee(body(&parts), Some(expected));
+            let mut failed = false;
+            while let Some(c) = s.next().await {
+                failed |= c.is_err();
+            }
+            assert!(failed);
+            assert!(h.result().is_none());
+        }
+    }
+}

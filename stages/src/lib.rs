@@ -1,0 +1,25 @@
+//! portshift's stages and the things they talk to.
+//!
+//! - `list`, `fetch` (with the in-stream `hash` tee and the destination upload),
+//!   `manifest`, `notify`: one module per stage, each a [`pipeline::runner::StageHandler`];
+//! - `worker`: runs all stages of one job until it reaches a final state;
+//! - `chorus`: the Chorus API client and its simulator;
+//! - `destination`: local folder, S3, Azure Blob and GCS behind one trait;
+//! - `bigquery`: the optional metadata sink (one row per exported recording);
+//! - `gcp_auth`: Google access tokens (service-account key or keyless) for GCS and BigQuery;
+//! - `http`: the one place outbound HTTP clients are built (rustls, validation on).
+
+pub mod bigquery;
+pub mod chorus;
+pub mod context;
+pub mod destination;
+pub mod fetch;
+pub mod gcp_auth;
+pub mod hash;
+pub mod http;
+pub mod list;
+pub mod manifest;
+pub mod notify;
+pub mod scheduler;
+pub mod verify;
+pub mod worker;

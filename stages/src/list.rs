@@ -1,0 +1,140 @@
+//! The list stage: one page of the Chorus engagement listing per message. Records each
+//! recording as pending (so completion can be derived), emits a fetch task per
+//! recording, then the next page's list task; the last page marks the listing complete.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pipeline::messages::{FetchTask, ListTask};
+use pipeline::runner::{StageError, StageHandler};
+use pipeline::store::ListedRecording;
+use pipeline::topology::{self, Stage};
+use pipeline::{JobStatus, keys};
+
+use crate::context::{JobContext, publish_err, store_err};
+
+pub struct ListStage(pub Arc<JobContext>);
+
+#[async_trait]
+impl StageHandler for ListStage {
+    type Task = ListTask;
+
+    fn stage(&self) -> Stage {
+        Stage::List
+    }
+
+    async fn handle(&self, task: ListTask) -> Result<(), StageError> {
+        let ctx = &self.0;
+        let page = match ctx
+            .chorus
+            .list_engagements(&ctx.filter(), task.continuation_key.as_deref())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if e.is_permanent() => return Err(StageError::Invalid(e.to_string())),
+            Err(e) => return Err(ctx.chorus_error(e).await),
+        };
+
+        let mut listed = Vec::with_capacity(page.engagements.len());
+        let mut no_media = Vec::new();
+        for e in &page.engagements {
+            let row = ListedRecording {
+                recording_id: e.engagement_id.clone(),
+                recorded_at: e.recorded_at().map(|t| t.timestamp()),
+                duration_s: e.duration.filter(|d| d.is_finite()),
+                engagement_type: e.engagement_type.clone(),
+            };
+            if !e.has_recording() {
+                no_media.push((
+                    e.engagement_id.clone(),
+                    format!(
+                        "no recording to export (engagement type {}, processing state {})",
+                        e.engagement_type.as_deref().unwrap_or("unknown"),
+                        e.processing_state.as_deref().unwrap_or("unknown")
+                    ),
+                ));
+            }
+            listed.push(row);
+        }
+        if let Some(schedule) = &ctx.spec.schedule {
+            // An incremental run: what this schedule already exported to this
+            // destination is neither listed nor fetched again.
+            let ids: Vec<String> = listed.iter().map(|r| r.recording_id.clone()).collect();
+            let done = ctx
+                .store
+                .already_exported(schedule, &ctx.spec.destination, &ids)
+                .await
+                .map_err(store_err)?;
+            listed.retain(|r| !done.contains(&r.recording_id));
+            no_media.retain(|(id, _)| !done.contains(id));
+        }
+        ctx.store
+            .add_listed(&ctx.job, &listed)
+            .await
+            .map_err(store_err)?;
+        for (id, reason) in &no_media {
+            ctx.store
+                .mark_skipped(&ctx.job, id, reason)
+                .await
+                .map_err(store_err)?;
+        }
+
+        for row in listed
+            .iter()
+            .filter(|r| !no_media.iter().any(|(id, _)| *id == r.recording_id))
+        {
+            let id_token = keys::sanitize_segment(&row.recording_id);
+            topology::publish_json(
+                &ctx.js,
+                Stage::Fetch.subject(&ctx.job),
+                &topology::msg_id(&ctx.job, "fetch", &[&id_token]),
+                &FetchTask {
+                    job: ctx.job.clone(),
+                    recording_id: row.recording_id.clone(),
+                    recorded_at: row.recorded_at,
+                },
+            )
+            .await
+            .map_err(publish_err)?;
+        }
+
+        match page.next_key(task.continuation_key.as_deref()) {
+            Some(next) => {
+                let next_page = task.page + 1;
+                topology::publish_json(
+                    &ctx.js,
+                    Stage::List.subject(&ctx.job),
+                    &topology::msg_id(&ctx.job, "list", &[&next_page.to_string()]),
+                    &ListTask {
+                        job: ctx.job.clone(),
+                        page: next_page,
+                        continuation_key: Some(next),
+                    },
+                )
+                .await
+                .map_err(publish_err)?;
+            }
+            None => {
+                ctx.store
+                    .mark_listing_complete(&ctx.job)
+                    .await
+                    .map_err(store_err)?;
+                ctx.maybe_request_manifest().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_dead(&self, _task: Option<ListTask>, reason: &str) -> Result<(), StageError> {
+        // Without the rest of the listing the export cannot be complete: say so loudly.
+        let ctx = &self.0;
+        ctx.store
+            .set_status(
+                &ctx.job,
+                JobStatus::Failed,
+                Some(&format!("listing Chorus failed: {reason}")),
+            )
+            .await
+            .map_err(store_err)
+    }
+}

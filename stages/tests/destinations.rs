@@ -1,0 +1,1010 @@
+//! One behaviour suite for every destination (the arrow-rs `object_store` way): each
+//! promise of the `Destination` trait is checked against the local folder, S3 (the
+//! project's SeaweedFS server), Azure Blob (Azurite) and GCS (fake-gcs-server), all
+//! started by `scripts/test`. Then what only one provider has: Azure SAS permissions,
+//! the GCS resumable resume from the server's committed offset (gcp-storage-emulator),
+//! and an emulator stopped mid-file.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use stages::destination::{
+    self, ByteStream, Destination, DestinationCredentials, DestinationError, DestinationUrl, Tuning,
+};
+
+const MIB: usize = 1024 * 1024;
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the suite with scripts/test"))
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        part_size: 5 * MIB,
+        parts_in_flight: 2,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A body delivered in uneven chunks, optionally failing after `fail_after` bytes.
+fn body(data: Vec<u8>, fail_after: Option<usize>) -> ByteStream {
+    let mut chunks: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+    let mut off = 0;
+    let mut step = 7919;
+    while off < data.len() {
+        if let Some(limit) = fail_after
+            && off >= limit
+        {
+            chunks.push(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "source cut short",
+            )));
+            return Box::pin(futures::stream::iter(chunks));
+        }
+        let end = (off + step).min(data.len());
+        chunks.push(Ok(Bytes::copy_from_slice(&data[off..end])));
+        off = end;
+        step = (step * 3) % 700_000 + 1000;
+    }
+    Box::pin(futures::stream::iter(chunks))
+}
+
+async fn read_back(d: &dyn Destination, path: &str) -> Result<Vec<u8>, DestinationError> {
+    let mut s = d.open(path).await?;
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.map_err(DestinationError::Source)?);
+    }
+    Ok(out)
+}
+
+async fn local() -> (Box<dyn Destination>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url: DestinationUrl = format!("file://{}/export", dir.path().display())
+        .parse()
+        .unwrap();
+    (destination::open(&url, None, &tuning()).await.unwrap(), dir)
+}
+
+async fn s3() -> (Box<dyn Destination>, tempfile::TempDir) {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
+        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        "secret_access_key": env("PORTSHIFT_TEST_S3_SECRET_KEY"),
+    }))
+    .unwrap();
+    let bucket = format!("d-{}", uuid::Uuid::new_v4().simple());
+    let create = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+        ])
+        .arg(format!(
+            "{}:{}",
+            env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+            env("PORTSHIFT_TEST_S3_SECRET_KEY")
+        ))
+        .arg(format!("{endpoint}/{bucket}"))
+        .status()
+        .unwrap();
+    assert!(create.success(), "could not create the test bucket");
+    let url: DestinationUrl = format!("s3://{bucket}/suite?region=us-east-1&endpoint={endpoint}")
+        .parse()
+        .unwrap();
+    (
+        destination::open(&url, Some(&creds), &tuning())
+            .await
+            .unwrap(),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// Runs `tests/support/cloud.py` with the project venv's Python (the providers' own
+/// SDKs); returns its standard output, trimmed.
+fn cloud_py(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/cloud.py");
+    let out = std::process::Command::new(env("PORTSHIFT_TEST_PYTHON"))
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run tests/support/cloud.py");
+    assert!(
+        out.status.success(),
+        "cloud.py {:?} failed: {}",
+        args.first(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A new Azurite container; returns its name and a SAS token granting `perms`.
+fn azure_container(endpoint: &str, perms: &str) -> (String, String) {
+    let container = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let sas = cloud_py(&[
+        "azure-container",
+        endpoint,
+        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
+        &env("PORTSHIFT_TEST_AZURE_KEY"),
+        &container,
+        perms,
+    ]);
+    (container, sas)
+}
+
+async fn azure_dest(endpoint: &str, container: &str, sas: &str) -> Box<dyn Destination> {
+    let creds: pipeline::secrets::AzureCredentials =
+        serde_json::from_value(serde_json::json!({ "sas_token": sas })).unwrap();
+    let url: DestinationUrl = format!(
+        "azure://{}/{container}/suite?endpoint={endpoint}",
+        env("PORTSHIFT_TEST_AZURE_ACCOUNT")
+    )
+    .parse()
+    .unwrap();
+    destination::open_with(
+        &url,
+        DestinationCredentials {
+            azure: Some(&creds),
+            ..Default::default()
+        },
+        &tuning(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+async fn azure() -> (Box<dyn Destination>, tempfile::TempDir) {
+    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    // Read too: the suite reads every object back through the destination.
+    let (container, sas) = azure_container(&endpoint, "rcw");
+    (
+        azure_dest(&endpoint, &container, &sas).await,
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// A throw-away RSA key (made by `openssl` once per test process) as a Google
+/// service-account key document whose `token_uri` is `token_uri`.
+fn service_account_json(token_uri: &str) -> String {
+    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pem = PEM.get_or_init(|| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("run openssl genpkey");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    });
+    serde_json::json!({
+        "type": "service_account",
+        "project_id": "portshift-test",
+        "private_key_id": "test-key-1",
+        "private_key": pem,
+        "client_email": "portshift-test@portshift-test.iam.gserviceaccount.com",
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+/// A local OAuth token endpoint that accepts the JWT bearer grant and counts calls.
+async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |body: String| {
+            let counter = counter.clone();
+            async move {
+                let ok = body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+                    && body.contains("assertion=");
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if ok {
+                    axum::Json(serde_json::json!({"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}))
+                } else {
+                    axum::Json(serde_json::json!({"error": "invalid_grant"}))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+async fn gcs_dest(endpoint: &str, bucket: &str, token_uri: &str) -> Box<dyn Destination> {
+    let creds: pipeline::secrets::GcsCredentials = serde_json::from_value(
+        serde_json::json!({ "service_account_json": service_account_json(token_uri) }),
+    )
+    .unwrap();
+    let url: DestinationUrl = format!("gs://{bucket}/suite?endpoint={endpoint}")
+        .parse()
+        .unwrap();
+    destination::open_with(
+        &url,
+        DestinationCredentials {
+            gcs: Some(&creds),
+            ..Default::default()
+        },
+        &tuning(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+fn gcs_bucket(endpoint: &str) -> String {
+    let bucket = format!("d-{}", uuid::Uuid::new_v4().simple());
+    cloud_py(&["gcs-bucket", endpoint, &bucket]);
+    bucket
+}
+
+async fn gcs() -> (Box<dyn Destination>, tempfile::TempDir) {
+    let endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let bucket = gcs_bucket(&endpoint);
+    let (token_uri, _) = token_server().await;
+    (
+        gcs_dest(&endpoint, &bucket, &token_uri).await,
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+async fn small_and_large_files_arrive_intact(d: Box<dyn Destination>) {
+    for (path, len) in [
+        ("a/small.bin", 1000),
+        ("a/empty.bin", 0),
+        ("b/exactly-one-part.bin", 5 * MIB),
+        ("b/large.bin", 12 * MIB + 17),
+    ] {
+        let data = pattern(len, 3);
+        let w = d
+            .put(
+                path,
+                body(data.clone(), None),
+                "application/octet-stream",
+                Some(len as u64),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.bytes, len as u64, "{path}");
+        assert_eq!(read_back(d.as_ref(), path).await.unwrap(), data, "{path}");
+    }
+}
+
+async fn a_failing_body_leaves_no_object(d: Box<dyn Destination>) {
+    for (path, len, fail) in [
+        ("cut/single.bin", 3 * MIB, MIB),
+        ("cut/multi.bin", 14 * MIB, 11 * MIB),
+    ] {
+        let err = d
+            .put(
+                path,
+                body(pattern(len, 5), Some(fail)),
+                "application/octet-stream",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DestinationError::Source(_)), "{path}: {err}");
+        assert!(
+            matches!(
+                read_back(d.as_ref(), path).await,
+                Err(DestinationError::NotFound(_))
+            ),
+            "{path} exists after a failed write"
+        );
+    }
+}
+
+async fn rewriting_a_key_replaces_it(d: Box<dyn Destination>) {
+    let first = pattern(6 * MIB, 1);
+    let second = pattern(2000, 2);
+    d.put(
+        "x/same.bin",
+        body(first, None),
+        "application/octet-stream",
+        None,
+    )
+    .await
+    .unwrap();
+    d.put(
+        "x/same.bin",
+        body(second.clone(), None),
+        "application/octet-stream",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_back(d.as_ref(), "x/same.bin").await.unwrap(), second);
+    // A failed rewrite keeps the previous complete object, never a partial one.
+    let _ = d
+        .put(
+            "x/same.bin",
+            body(pattern(7 * MIB, 9), Some(6 * MIB)),
+            "application/octet-stream",
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(read_back(d.as_ref(), "x/same.bin").await.unwrap(), second);
+}
+
+async fn keys_cannot_escape_the_prefix(d: Box<dyn Destination>) {
+    for bad in [
+        "../escape.bin",
+        "a/../../b",
+        "/abs",
+        "a//b",
+        "with space",
+        "new\nline",
+        "back\\slash",
+        "",
+    ] {
+        let err = d
+            .put_bytes(bad, Bytes::from_static(b"x"), "text/plain")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DestinationError::UnsafeKey(_)),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+macro_rules! suite {
+    ($($case:ident),*) => {
+        mod local_folder { $( #[tokio::test(flavor = "multi_thread")] async fn $case() { let (d, _t) = super::local().await; super::$case(d).await; } )* }
+        mod s3 { $( #[tokio::test(flavor = "multi_thread")] async fn $case() { let (d, _t) = super::s3().await; super::$case(d).await; } )* }
+        mod azure { $( #[tokio::test(flavor = "multi_thread")] async fn $case() { let (d, _t) = super::azure().await; super::$case(d).await; } )* }
+        mod gcs { $( #[tokio::test(flavor = "multi_thread")] async fn $case() { let (d, _t) = super::gcs().await; super::$case(d).await; } )* }
+    };
+}
+
+suite!(
+    small_and_large_files_arrive_intact,
+    a_failing_body_leaves_no_object,
+    rewriting_a_key_replaces_it,
+    keys_cannot_escape_the_prefix
+);
+
+#[tokio::test]
+async fn local_writes_leave_no_temporary_files() {
+    let (d, dir) = local().await;
+    d.put("a/ok.bin", body(pattern(3000, 1), None), "x", None)
+        .await
+        .unwrap();
+    let _ = d
+        .put("a/bad.bin", body(pattern(3 * MIB, 1), Some(MIB)), "x", None)
+        .await;
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("export/a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["ok.bin".to_string()]);
+}
+
+#[tokio::test]
+async fn s3_with_a_wrong_secret_is_refused_with_advice() {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
+        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        "secret_access_key": "wrong-secret-CANARY",
+    }))
+    .unwrap();
+    let url: DestinationUrl = format!("s3://any-bucket/p?endpoint={endpoint}")
+        .parse()
+        .unwrap();
+    let d = destination::open(&url, Some(&creds), &tuning())
+        .await
+        .unwrap();
+    let err = d
+        .put_bytes("f.txt", Bytes::from_static(b"x"), "text/plain")
+        .await
+        .unwrap_err();
+    assert!(err.is_refused(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("credentials") || text.contains("denied"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("CANARY"),
+        "the secret leaked into the error: {text}"
+    );
+}
+
+/// Least privilege on Azure: a SAS with only create+write does everything an export
+/// does (single puts, staged blocks, overwrites); one without write is refused with an
+/// error that names the missing permission.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_create_write_sas_is_enough_and_one_without_write_is_refused() {
+    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    let (container, sas) = azure_container(&endpoint, "cw");
+    let d = azure_dest(&endpoint, &container, &sas).await;
+    for (path, len) in [("a/small.bin", 1000), ("a/large.bin", 12 * MIB + 5)] {
+        for seed in [1, 2] {
+            d.put(
+                path,
+                body(pattern(len, seed), None),
+                "application/octet-stream",
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{path} with a create+write SAS: {e}"));
+        }
+    }
+    // Read back with the account key, through Microsoft's SDK.
+    let copy = tempfile::tempdir().unwrap();
+    let listing: serde_json::Value = serde_json::from_str(&cloud_py(&[
+        "azure-download",
+        &endpoint,
+        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
+        &env("PORTSHIFT_TEST_AZURE_KEY"),
+        &container,
+        "suite",
+        copy.path().to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(listing["objects"].as_object().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read(copy.path().join("a/large.bin")).unwrap(),
+        pattern(12 * MIB + 5, 2)
+    );
+    // Reading needs a permission portshift does not ask for.
+    assert!(matches!(
+        d.open("a/small.bin").await,
+        Err(DestinationError::Refused { .. })
+    ));
+
+    let create_only = cloud_py(&[
+        "azure-sas",
+        &endpoint,
+        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
+        &env("PORTSHIFT_TEST_AZURE_KEY"),
+        &container,
+        "c",
+    ]);
+    let d = azure_dest(&endpoint, &container, &create_only).await;
+    for (path, len) in [("a/small.bin", 1000), ("b/large.bin", 12 * MIB)] {
+        let err = d
+            .put(
+                path,
+                body(pattern(len, 3), None),
+                "application/octet-stream",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_refused(), "{path}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("write (w)"), "{path}: {text}");
+        assert!(!text.contains("sig="), "the SAS token leaked: {text}");
+    }
+}
+
+/// The GCS destination gets its token from the service-account key's token endpoint,
+/// once, and reuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_uses_the_service_account_key_and_caches_the_token() {
+    let endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let bucket = gcs_bucket(&endpoint);
+    let (token_uri, calls) = token_server().await;
+    let d = gcs_dest(&endpoint, &bucket, &token_uri).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    for i in 0..3 {
+        d.put_bytes(
+            &format!("t/{i}.txt"),
+            Bytes::from_static(b"x"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A TCP proxy that cuts the first connection through which more than `cut_after`
+/// client bytes have passed in total, and watches the client bytes for `needle`.
+struct CuttingProxy {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen_needle: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn cutting_proxy(upstream: &str, cut_after: usize, needle: &'static [u8]) -> CuttingProxy {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let total = Arc::new(AtomicUsize::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicBool::new(false));
+    let (cut2, seen2) = (cut.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (total, cut, seen) = (total.clone(), cut2.clone(), seen2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    let before = total.fetch_add(n, Ordering::SeqCst);
+                    if before + n > cut_after && !cut.swap(true, Ordering::SeqCst) {
+                        // Forward part of this read, then drop both sides mid-request.
+                        let _ = sw.write_all(&buf[..n / 2]).await;
+                        return;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    CuttingProxy {
+        url,
+        cut,
+        seen_needle: seen,
+    }
+}
+
+/// GCS resumable uploads continue from the offset the server says it committed: the
+/// connection is cut in the middle of the second chunk, the destination asks the
+/// session what it holds (`Content-Range: bytes */*`) and sends the rest, all within
+/// one `put` of a stream that cannot be read twice. Runs against gcp-storage-emulator,
+/// which answers the status query correctly (fake-gcs-server does not).
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_resumable_upload_resumes_from_the_committed_offset() {
+    let endpoint = env("PORTSHIFT_TEST_GCS_RESUMABLE_ENDPOINT");
+    let bucket = gcs_bucket(&endpoint);
+    let proxy = cutting_proxy(&endpoint, 7 * MIB, b"bytes */").await;
+    let (token_uri, _) = token_server().await;
+    let d = gcs_dest(&proxy.url, &bucket, &token_uri).await;
+    let data = pattern(13 * MIB + 77, 8);
+    let w = d
+        .put("r/big.bin", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(w.bytes, data.len() as u64);
+    assert!(
+        proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy never cut"
+    );
+    assert!(
+        proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
+        "no resumable status query was sent"
+    );
+    assert_eq!(read_back(d.as_ref(), "r/big.bin").await.unwrap(), data);
+}
+
+/// A body that yields `data` in 256 KiB chunks, pausing between them, counting what it
+/// handed out.
+fn slow_body(data: Vec<u8>, sent: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> ByteStream {
+    let data = Bytes::from(data);
+    Box::pin(futures::stream::unfold(0usize, move |off| {
+        let (data, sent) = (data.clone(), sent.clone());
+        async move {
+            if off >= data.len() {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            let end = (off + 256 * 1024).min(data.len());
+            sent.store(end, std::sync::atomic::Ordering::SeqCst);
+            Some((Ok(data.slice(off..end)), end))
+        }
+    }))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Emulator {
+    child: std::process::Child,
+}
+
+impl Emulator {
+    /// Starts `program args` and waits until `port` accepts connections.
+    async fn start(program: &str, args: &[String], port: u16) -> Self {
+        // Owned by the guard at once, so it is stopped and reaped on every path.
+        let mut emulator = Self {
+            child: std::process::Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {program}: {e}")),
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return emulator;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        emulator.kill();
+        panic!("{program} did not listen on {port}");
+    }
+
+    /// Stops it as an operator would (SIGTERM, so Azurite saves its metadata; its
+    /// in-flight requests are cut all the same), SIGKILL after 10 s.
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            for _ in 0..200 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stops the emulator once `sent` passes `at` bytes (mid-file).
+fn kill_when(
+    emulator: std::sync::Arc<std::sync::Mutex<Emulator>>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    at: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < at {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        emulator.lock().unwrap().kill();
+    })
+}
+
+/// Azurite is stopped in the middle of a staged-block upload: the put fails, no blob
+/// exists at the key after a restart on the same data, and writing again completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_stopped_mid_file_leaves_no_blob_and_a_retry_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        &port.to_string(),
+        "--location",
+        dir.path().to_str().unwrap(),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bin = env("PORTSHIFT_TEST_AZURITE_BIN");
+    let emulator = std::sync::Arc::new(std::sync::Mutex::new(
+        Emulator::start(&bin, &args, port).await,
+    ));
+    let endpoint = format!(
+        "http://127.0.0.1:{port}/{}",
+        env("PORTSHIFT_TEST_AZURE_ACCOUNT")
+    );
+    let (container, sas) = azure_container(&endpoint, "rcw");
+    let d = azure_dest(&endpoint, &container, &sas).await;
+    let data = pattern(30 * MIB, 4);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = kill_when(emulator.clone(), sent.clone(), 14 * MIB);
+    let err = d
+        .put(
+            "cut/video.mp4",
+            slow_body(data.clone(), sent),
+            "video/mp4",
+            None,
+        )
+        .await
+        .unwrap_err();
+    killer.await.unwrap();
+    assert!(matches!(err, DestinationError::Transient { .. }), "{err}");
+    *emulator.lock().unwrap() = Emulator::start(&bin, &args, port).await;
+    let after = read_back(d.as_ref(), "cut/video.mp4").await;
+    assert!(
+        matches!(after, Err(DestinationError::NotFound(_))),
+        "a blob exists after the interrupted upload: {:?}",
+        after.map(|b| b.len())
+    );
+    d.put("cut/video.mp4", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(read_back(d.as_ref(), "cut/video.mp4").await.unwrap(), data);
+}
+
+/// fake-gcs-server is stopped in the middle of a resumable upload: the put fails after
+/// its resume attempts, no object exists after a restart on the same data, and writing
+/// again completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_stopped_mid_file_leaves_no_object_and_a_retry_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        &port.to_string(),
+        "-backend",
+        "filesystem",
+        "-filesystem-root",
+        dir.path().to_str().unwrap(),
+        "-external-url",
+        &format!("http://127.0.0.1:{port}"),
+        "-public-host",
+        &format!("127.0.0.1:{port}"),
+        "-log-level",
+        "error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bin = env("PORTSHIFT_TEST_GCS_BIN");
+    let emulator = std::sync::Arc::new(std::sync::Mutex::new(
+        Emulator::start(&bin, &args, port).await,
+    ));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let bucket = gcs_bucket(&endpoint);
+    let (token_uri, _) = token_server().await;
+    let d = gcs_dest(&endpoint, &bucket, &token_uri).await;
+    let data = pattern(30 * MIB, 6);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = kill_when(emulator.clone(), sent.clone(), 14 * MIB);
+    let err = d
+        .put(
+            "cut/video.mp4",
+            slow_body(data.clone(), sent),
+            "video/mp4",
+            None,
+        )
+        .await
+        .unwrap_err();
+    killer.await.unwrap();
+    assert!(matches!(err, DestinationError::Transient { .. }), "{err}");
+    *emulator.lock().unwrap() = Emulator::start(&bin, &args, port).await;
+    let after = read_back(d.as_ref(), "cut/video.mp4").await;
+    assert!(
+        matches!(after, Err(DestinationError::NotFound(_))),
+        "an object exists after the interrupted upload: {:?}",
+        after.map(|b| b.len())
+    );
+    d.put("cut/video.mp4", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(read_back(d.as_ref(), "cut/video.mp4").await.unwrap(), data);
+}
+
+async fn s3_dest_at(endpoint: &str, bucket: &str, options: &str) -> Box<dyn Destination> {
+    let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
+        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        "secret_access_key": env("PORTSHIFT_TEST_S3_SECRET_KEY"),
+    }))
+    .unwrap();
+    let url: DestinationUrl =
+        format!("s3://{bucket}/enc?region=us-east-1&endpoint={endpoint}{options}")
+            .parse()
+            .unwrap();
+    destination::open(&url, Some(&creds), &tuning())
+        .await
+        .unwrap()
+}
+
+/// `sse=AES256` asks S3 for SSE-S3 on single puts and multipart uploads alike, and
+/// the server reports the objects as encrypted.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_sse_s3_encrypts_every_object() {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let bucket = format!("e-{}", uuid::Uuid::new_v4().simple());
+    let creds = aws_sdk_s3::config::Credentials::new(
+        env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        env("PORTSHIFT_TEST_S3_SECRET_KEY"),
+        None,
+        None,
+        "test",
+    );
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build(),
+    );
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    let d = s3_dest_at(&endpoint, &bucket, "&sse=AES256").await;
+    for (path, len) in [("small.bin", 1000), ("large.bin", 11 * MIB)] {
+        d.put(
+            path,
+            body(pattern(len, 1), None),
+            "application/octet-stream",
+            None,
+        )
+        .await
+        .unwrap();
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(format!("enc/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256),
+            "{path}"
+        );
+    }
+}
+
+/// `sse=aws:kms&kms_key_id=..` sends the SSE-KMS headers with the customer's key id
+/// (checked on the wire: the test server has no KMS).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_sse_kms_sends_the_key_id() {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    for (len, what) in [(1000, "PutObject"), (11 * MIB, "CreateMultipartUpload")] {
+        let proxy = cutting_proxy(
+            &endpoint,
+            usize::MAX,
+            b"x-amz-server-side-encryption-aws-kms-key-id: alias/portshift-exports",
+        )
+        .await;
+        let d = s3_dest_at(
+            &proxy.url,
+            "any-bucket",
+            "&sse=aws:kms&kms_key_id=alias/portshift-exports",
+        )
+        .await;
+        let _ = d
+            .put(
+                "k.bin",
+                body(pattern(len, 1), None),
+                "application/octet-stream",
+                None,
+            )
+            .await;
+        assert!(
+            proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
+            "{what} did not carry the KMS key id"
+        );
+    }
+}
+
+/// `encryption_scope=` goes with Azure writes (a single put, and a staged upload) and
+/// `kms_key=` with GCS uploads (single and resumable); checked on the wire, because
+/// neither emulator implements customer-managed keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_managed_keys_are_sent_with_every_write() {
+    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    let account = env("PORTSHIFT_TEST_AZURE_ACCOUNT");
+    let (container, sas) = azure_container(&endpoint, "cw");
+    let host = endpoint.rsplit_once('/').unwrap().0.to_string();
+    for len in [1000, 11 * MIB] {
+        let proxy = cutting_proxy(&host, usize::MAX, b"x-ms-encryption-scope: cmk-scope-1").await;
+        let creds: pipeline::secrets::AzureCredentials =
+            serde_json::from_value(serde_json::json!({ "sas_token": sas })).unwrap();
+        let url: DestinationUrl = format!(
+            "azure://{account}/{container}/cmk?endpoint={}/{account}&encryption_scope=cmk-scope-1",
+            proxy.url
+        )
+        .parse()
+        .unwrap();
+        let d = destination::open_with(
+            &url,
+            DestinationCredentials {
+                azure: Some(&creds),
+                ..Default::default()
+            },
+            &tuning(),
+            None,
+        )
+        .await
+        .unwrap();
+        let result = d
+            .put(
+                "k.bin",
+                body(pattern(len, 1), None),
+                "application/octet-stream",
+                None,
+            )
+            .await;
+        assert!(
+            proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
+            "{len} bytes: no x-ms-encryption-scope ({result:?})"
+        );
+    }
+    let gcs_endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let bucket = gcs_bucket(&gcs_endpoint);
+    let (token_uri, _) = token_server().await;
+    for len in [1000, 11 * MIB] {
+        let proxy = cutting_proxy(
+            &gcs_endpoint,
+            usize::MAX,
+            b"kmsKeyName=projects%2Fp1%2Flocations%2Feu%2FkeyRings%2Fr1%2FcryptoKeys%2Fk1",
+        )
+        .await;
+        let creds: pipeline::secrets::GcsCredentials = serde_json::from_value(
+            serde_json::json!({ "service_account_json": service_account_json(&token_uri) }),
+        )
+        .unwrap();
+        let url: DestinationUrl = format!(
+            "gs://{bucket}/cmk?endpoint={}&kms_key=projects/p1/locations/eu/keyRings/r1/cryptoKeys/k1",
+            proxy.url
+        )
+        .parse()
+        .unwrap();
+        let d = destination::open_with(
+            &url,
+            DestinationCredentials {
+                gcs: Some(&creds),
+                ..Default::default()
+            },
+            &tuning(),
+            None,
+        )
+        .await
+        .unwrap();
+        let result = d
+            .put(
+                "k.bin",
+                body(pattern(len, 1), None),
+                "application/octet-stream",
+                None,
+            )
+            .await;
+        assert!(
+            proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
+            "{len} bytes: no kmsKeyName ({result:?})"
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! The web console in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver + fantoccini) against a real `portshift serve` process, which starts a
+//! real `portshift worker` process per job, exporting from the Chorus simulator to the
+//! local S3 server. Covers sign-up (with a refused weak password), creating an
+//! organisation, inviting a member, an export form with a field error, the job page
+//! reaching "finished" without a reload, job history, the audit trail, and an invited
+//! member who cannot open admin pages. Screenshots go to `target/screenshots/`.
+//!
+//! Canary: the Chorus token and S3 secret typed into the form must not appear in the
+//! server's data folder (SQLite database and WAL, JetStream store, worker logs), the
+//! server's log, or the worker's `/proc/<pid>/cmdline` and `environ`.
+//!
+//! Needs `chromium` and `chromium-driver` (deploy/local/install.sh --with-browser; the
+//! test fails with that advice when they are missing).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+// S3 helpers (kept here, not in tests/common, so this test builds on its own).
+fn env_or_fail(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with scripts/test, which starts the local servers and exports it")
+    })
+}
+
+async fn s3_client() -> aws_sdk_s3::Client {
+    let creds = aws_sdk_s3::config::Credentials::new(
+        env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY"),
+        None,
+        None,
+        "test",
+    );
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT"))
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
+    let name = format!("t-{}", uuid::Uuid::new_v4().simple());
+    client.create_bucket().bucket(&name).send().await.unwrap();
+    name
+}
+
+fn s3_dest(bucket: &str, prefix: &str) -> String {
+    format!(
+        "s3://{bucket}/{prefix}?region=us-east-1&endpoint={}",
+        env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT")
+    )
+}
+
+async fn object_count(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> usize {
+    let out = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(format!("{prefix}/"))
+        .send()
+        .await
+        .unwrap();
+    out.contents().len()
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Starts `portshift serve` on a free port; returns the process and its base URL.
+fn start_console(data: &Path, log: &Path) -> (Killed, String) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORTSHIFT_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Ok(bin) = std::env::var("PORTSHIFT_NATS_SERVER_BIN") {
+        cmd.env("PORTSHIFT_NATS_SERVER_BIN", bin);
+    }
+    let child = Killed(cmd.spawn().expect("start portshift serve"));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, url)
+}
+
+async fn start_browser(profile: &Path) -> (Killed, Client) {
+    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+        assert!(
+            Path::new(path).exists(),
+            "{path} is missing: install Debian's {package} (deploy/local/install.sh --with-browser, which scripts/test runs)"
+        );
+    }
+    // fantoccini's rustls needs a process-wide provider; choose ring as connect_nats does.
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let driver = Killed(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match ClientBuilder::rustls()
+            .expect("rustls")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("could not start a Chromium session: {e}"),
+        }
+    };
+    (driver, client)
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = c
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn set_value(c: &Client, name: &str, value: &str) {
+    c.execute(
+        "document.querySelector('[name=\"' + arguments[0] + '\"]').value = arguments[1];",
+        vec![name.into(), value.into()],
+    )
+    .await
+    .unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The text of the first element matching `css`, waiting up to 10 s for it to appear.
+async fn text(c: &Client, css: &str) -> String {
+    match c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(e) => e.text().await.unwrap(),
+        Err(e) => {
+            let url = c
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let page = c.source().await.unwrap_or_default();
+            panic!("{css} not found on {url}: {e}\n{page}")
+        }
+    }
+}
+
+async fn sign_up(c: &Client, base: &str, email: &str, password: &str) {
+    c.goto(&format!("{base}/signup")).await.unwrap();
+    fill(c, "input[name=email]", email).await;
+    fill(c, "input[name=password]", password).await;
+    click(c, "#signup").await;
+}
+
+async fn sign_out(c: &Client) {
+    click(c, "header form[action='/signout'] button").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#signin"))
+        .await
+        .unwrap();
+}
+
+/// Every file under `dir` containing `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+/// Pids of `portshift worker` children of `parent`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmd.split(|b| *b == 0).any(|a| a == b"worker") {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("console");
+    let server_log = tmp.path().join("console.log");
+    let canary_token = format!("CANARY-UI-CHORUS-{}", uuid::Uuid::new_v4().simple());
+    let s3_secret = env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY");
+
+    let mut sim_cfg = stages::chorus::SimConfig::demo(24, 11);
+    sim_cfg.token = canary_token.clone();
+    sim_cfg.sizes.min = 16 * 1024;
+    sim_cfg.sizes.max = 1024 * 1024;
+    let sim = stages::chorus::sim::start(
+        sim_cfg,
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let s3 = s3_client().await;
+    let bucket = fresh_bucket(&s3).await;
+
+    let (server, base) = start_console(&data, &server_log);
+    let (_driver, c) = start_browser(&tmp.path().join("chromium-profile")).await;
+    let owner = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let member = format!("member-{}@example.com", uuid::Uuid::new_v4().simple());
+
+    // Sign up: a weak password is refused next to its field, then a strong one works.
+    sign_up(&c, &base, &owner, "password123456").await;
+    let err = text(&c, "#error-password").await;
+    assert!(err.contains("breached"), "{err}");
+    shot(&c, "01-signup-weak-password").await;
+    fill(&c, "input[name=password]", "tangerine-orbit-Violin-42").await;
+    click(&c, "#signup").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#create-org"))
+        .await
+        .unwrap();
+
+    // Create an organisation.
+    fill(&c, "input[name=name]", "Acme Recordings").await;
+    click(&c, "#create-org").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#jobs"))
+        .await
+        .unwrap();
+    let url = c.current_url().await.unwrap();
+    let org_id = url.path().split('/').nth(2).unwrap().to_string();
+
+    // Invite a member.
+    c.goto(&format!("{base}/orgs/{org_id}/members"))
+        .await
+        .unwrap();
+    fill(&c, "input[name=email]", &member).await;
+    click(&c, "#invite").await;
+    let notice = text(&c, "#notice").await;
+    assert!(notice.contains("joins when they sign up"), "{notice}");
+    assert!(text(&c, "#members").await.contains(&member));
+    shot(&c, "02-members-invited").await;
+
+    // The export form: a field error first, shown next to the field.
+    c.goto(&format!("{base}/orgs/{org_id}/exports/new"))
+        .await
+        .unwrap();
+    let dest = s3_dest(&bucket, "console");
+    fill(&c, "input[name=chorus_url]", sim.api_url.as_str()).await;
+    fill(&c, "input[name=chorus_token]", &canary_token).await;
+    set_value(&c, "from", "2024-01-01").await;
+    set_value(&c, "to", "2023-12-31").await;
+    fill(&c, "input[name=destination]", &dest).await;
+    fill(
+        &c,
+        "input[name=s3_access_key_id]",
+        &env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+    )
+    .await;
+    fill(&c, "input[name=s3_secret_access_key]", &s3_secret).await;
+    click(&c, "#start-export").await;
+    let err = text(&c, "#error-to").await;
+    assert!(err.contains("must not be before"), "{err}");
+    let page = c.source().await.unwrap();
+    assert!(
+        !page.contains(&canary_token) && !page.contains(&s3_secret),
+        "the form echoed a credential"
+    );
+    shot(&c, "03-export-form-field-error").await;
+
+    // Now a valid export: secrets typed again (never echoed back).
+    fill(&c, "input[name=chorus_token]", &canary_token).await;
+    set_value(&c, "to", "2024-12-31").await;
+    fill(&c, "input[name=s3_secret_access_key]", &s3_secret).await;
+    fill(
+        &c,
+        "input[name=s3_access_key_id]",
+        &env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+    )
+    .await;
+    click(&c, "#start-export").await;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#live"))
+        .await
+        .unwrap();
+    let job_url = c.current_url().await.unwrap();
+    let job_id = job_url.path().rsplit('/').next().unwrap().to_string();
+    // Marks this page load: a reload would lose the marker.
+    c.execute("window.__portshiftNoReload = 42;", vec![])
+        .await
+        .unwrap();
+    shot(&c, "04-job-running").await;
+
+    // While it runs: the worker's argv and environment hold no credential.
+    let server_pid = server.0.id();
+    let mut seen_worker = false;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        for pid in workers_of(server_pid) {
+            for what in ["cmdline", "environ"] {
+                if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{what}")) {
+                    seen_worker = true;
+                    for secret in [&canary_token, &s3_secret] {
+                        assert!(
+                            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                            "a credential is in the worker's /proc/{pid}/{what}"
+                        );
+                    }
+                }
+            }
+        }
+        let status = text(&c, "#job-status").await;
+        if status == "finished" {
+            break;
+        }
+        assert!(
+            !matches!(
+                status.as_str(),
+                "failed" | "finished_with_failures" | "needs_credentials"
+            ),
+            "job ended {status}: {}\nserver log:\n{}",
+            text(&c, "#live").await,
+            std::fs::read_to_string(&server_log).unwrap_or_default()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish in time: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_worker, "no worker process was observed");
+    let marker = c
+        .execute("return window.__portshiftNoReload;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, serde_json::json!(42), "the job page reloaded");
+    let manifest = text(&c, "#manifest-sha").await;
+    assert_eq!(manifest.len(), 64, "manifest SHA-256 shown: {manifest:?}");
+    assert!(
+        text(&c, "#stage-upload .items")
+            .await
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        c.find(Locator::Css("#stage-upload svg.chart rect"))
+            .await
+            .is_ok()
+    );
+    shot(&c, "05-job-finished").await;
+    assert!(
+        object_count(&s3, &bucket, "console").await > 0,
+        "nothing reached the S3 bucket"
+    );
+
+    // Job history lists it.
+    c.goto(&format!("{base}/orgs/{org_id}/jobs")).await.unwrap();
+    let history = text(&c, "#jobs").await;
+    assert!(
+        history.contains(&job_id) && history.contains("finished"),
+        "{history}"
+    );
+    shot(&c, "06-job-history").await;
+    c.goto(&format!("{base}/orgs/{org_id}/jobs?status=failed"))
+        .await
+        .unwrap();
+    assert!(
+        !text(&c, "#jobs").await.contains(&job_id),
+        "the status filter let it through"
+    );
+
+    // The audit trail has the export and the invitation.
+    c.goto(&format!("{base}/orgs/{org_id}/audit"))
+        .await
+        .unwrap();
+    let audit = text(&c, "#audit").await;
+    assert!(
+        audit.contains("export.started") && audit.contains("member.invited"),
+        "{audit}"
+    );
+    shot(&c, "07-audit-trail").await;
+
+    // The invited member signs up, sees the organisation and the job, but not admin pages.
+    sign_out(&c).await;
+    sign_up(&c, &base, &member, "lantern-Quartz-meadow-77").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#orgs"))
+        .await
+        .unwrap();
+    assert!(text(&c, "#orgs").await.contains("Acme Recordings"));
+    click(&c, "a.org-link").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#jobs"))
+        .await
+        .unwrap();
+    assert!(text(&c, "#jobs").await.contains(&job_id));
+    let nav = text(&c, "header.top nav").await;
+    assert!(
+        !nav.contains("Members") && !nav.contains("Settings") && !nav.contains("Audit"),
+        "{nav}"
+    );
+    for page in ["members", "settings", "audit"] {
+        c.goto(&format!("{base}/orgs/{org_id}/{page}"))
+            .await
+            .unwrap();
+        let e = text(&c, "#error").await;
+        assert!(e.contains("Your role (member) cannot"), "{page}: {e}");
+    }
+    shot(&c, "08-member-refused-settings").await;
+    c.close().await.unwrap();
+
+    // Canary: nothing the console or the worker persisted or logged holds a credential.
+    drop(server);
+    for secret in [&canary_token, &s3_secret] {
+        let hits = files_containing(tmp.path(), secret.as_bytes());
+        let hits: Vec<_> = hits
+            .into_iter()
+            .filter(|p| !p.starts_with(tmp.path().join("chromium-profile")))
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "a credential was persisted or logged in {hits:?}"
+        );
+    }
+    let worker_logs = std::fs::read_dir(data.join("logs")).unwrap().count();
+    assert!(worker_logs >= 1, "the worker's log was searched");
+}

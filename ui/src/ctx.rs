@@ -1,0 +1,137 @@
+//! Who is asking and what they may touch: the session behind a request's cookie and, for
+//! organisation routes, the caller's role checked against the permission table. Pages
+//! and the JSON API share this and differ only in how they say no.
+
+use axum::http::HeaderMap;
+use pipeline::accounts::{Organisation, Role, Session};
+
+use crate::app::AppState;
+use crate::auth;
+use crate::roles::{Action, allows};
+
+/// Why a request is refused.
+#[derive(Debug)]
+pub enum Denied {
+    /// No valid session: sign in.
+    SignIn,
+    /// No such organisation or job, or the caller is not a member (not told apart, so
+    /// outsiders learn nothing).
+    NotFound(String),
+    /// A member whose role does not allow the action.
+    Forbidden(String),
+    /// The form or request lacks a valid CSRF token.
+    Csrf,
+    /// A rate limit: retry after this many seconds.
+    RateLimited(u64),
+    /// The request itself is wrong; the message says how to fix it.
+    Invalid(String),
+    /// The request conflicts with the current state (e.g. removing the last owner).
+    Conflict(String),
+    Internal(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Denied
+where
+    E: std::error::Error,
+{
+    fn from(e: E) -> Self {
+        tracing::error!("console: {e}");
+        Denied::Internal(e.to_string())
+    }
+}
+
+pub struct OrgCtx {
+    pub session: Session,
+    pub org: Organisation,
+    pub role: Role,
+}
+
+pub async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Denied> {
+    let Some(token) = auth::cookie(headers, auth::SESSION_COOKIE) else {
+        return Err(Denied::SignIn);
+    };
+    state
+        .accounts
+        .session(&auth::sha256_hex(token.as_bytes()))
+        .await?
+        .ok_or(Denied::SignIn)
+}
+
+pub fn describe(action: Action) -> &'static str {
+    match action {
+        Action::ViewJobs => "view jobs",
+        Action::StartExport => "start exports",
+        Action::CancelExport => "cancel exports",
+        Action::RetryFailed => "retry failed recordings",
+        Action::ViewMembers => "see the members",
+        Action::ManageMembers => "manage members",
+        Action::ViewAudit => "see the audit trail",
+        Action::ManageSchedules => "manage schedules",
+        Action::ManageRetention => "manage retention",
+        Action::ManageBilling => "manage billing",
+        Action::DeleteOrganisation => "delete the organisation",
+    }
+}
+
+pub async fn org(
+    state: &AppState,
+    headers: &HeaderMap,
+    org_id: &str,
+    action: Action,
+) -> Result<OrgCtx, Denied> {
+    let session = session(state, headers).await?;
+    let not_found = || {
+        Denied::NotFound(
+            "No such organisation, or you are not a member: check the link, or ask an admin to invite you."
+                .into(),
+        )
+    };
+    let Some(role) = state.accounts.role_of(org_id, &session.user.id).await? else {
+        return Err(not_found());
+    };
+    let Some(org) = state.accounts.org(org_id).await? else {
+        return Err(not_found());
+    };
+    if !allows(role, action) {
+        return Err(Denied::Forbidden(format!(
+            "Your role ({role}) cannot {}: ask an owner{} of {} to do it or to change your role.",
+            describe(action),
+            if crate::roles::PERMISSIONS
+                .iter()
+                .any(|(a, r)| *a == action && r.contains(&Role::Admin))
+            {
+                " or admin"
+            } else {
+                ""
+            },
+            org.name
+        )));
+    }
+    Ok(OrgCtx { session, org, role })
+}
+
+/// Checks a submitted CSRF token against the session's.
+pub fn check_csrf(session: &Session, submitted: Option<&str>) -> Result<(), Denied> {
+    match submitted {
+        Some(s) if auth::tokens_match(s, &session.csrf_token) => Ok(()),
+        _ => Err(Denied::Csrf),
+    }
+}
+
+/// Checks that `job` belongs to the organisation.
+pub async fn job_in_org(
+    state: &AppState,
+    org_id: &str,
+    job: &str,
+) -> Result<pipeline::JobId, Denied> {
+    let not_found = || {
+        Denied::NotFound("No such job in this organisation: pick it from the job history.".into())
+    };
+    let Ok(id) = job.parse::<pipeline::JobId>() else {
+        return Err(not_found());
+    };
+    match state.accounts.job_organisation(&id).await? {
+        Some(o) if o == org_id => Ok(id),
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,452 @@
+//! Starting, cancelling and retrying exports from the console. The form's credentials
+//! live only in this request's memory: they are written as one JSON document to the new
+//! worker process's standard input and zeroed; the job record gets the spec (destination
+//! *location* only), the audit trail gets who and what, never a secret.
+
+use std::collections::BTreeMap;
+
+use chrono::{NaiveDate, NaiveTime};
+use pipeline::messages::ListTask;
+use pipeline::topology::{self, Stage};
+use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use serde::Deserialize;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::app::AppState;
+use crate::ctx::{Denied, OrgCtx};
+use crate::pages::{Errors, ExportValues};
+
+/// A checkbox (`"true"`/`"on"` from a form) or a JSON boolean.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        B(bool),
+        S(String),
+    }
+    Ok(match Option::<Flag>::deserialize(d)? {
+        None => false,
+        Some(Flag::B(b)) => b,
+        Some(Flag::S(s)) => !matches!(s.as_str(), "" | "false" | "off" | "0"),
+    })
+}
+
+/// The export form (and the API's body: the same fields). Secrets are zeroed on drop
+/// and never printed.
+#[derive(Deserialize, Default)]
+pub struct ExportForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub chorus_url: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+    #[serde(default, deserialize_with = "flag")]
+    pub media: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub transcript: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub metadata: bool,
+    #[serde(default)]
+    pub destination: String,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub chorus_token: String,
+    #[serde(default)]
+    pub s3_access_key_id: String,
+    #[serde(default)]
+    pub s3_secret_access_key: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+}
+
+impl Drop for ExportForm {
+    fn drop(&mut self) {
+        self.chorus_token.zeroize();
+        self.s3_secret_access_key.zeroize();
+        self.webhook_secret.zeroize();
+        self.s3_access_key_id.zeroize();
+    }
+}
+
+impl std::fmt::Debug for ExportForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportForm([credentials redacted])")
+    }
+}
+
+impl ExportForm {
+    pub fn values(&self) -> ExportValues {
+        ExportValues {
+            chorus_url: self.chorus_url.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            media: self.media,
+            transcript: self.transcript,
+            metadata: self.metadata,
+            destination: self.destination.clone(),
+            webhook_url: self.webhook_url.clone(),
+        }
+    }
+}
+
+pub fn default_values() -> ExportValues {
+    let today = chrono::Utc::now().date_naive();
+    ExportValues {
+        chorus_url: "https://chorus.ai/".into(),
+        from: (today - chrono::Duration::days(30)).to_string(),
+        to: today.to_string(),
+        media: true,
+        transcript: true,
+        metadata: true,
+        destination: String::new(),
+        webhook_url: String::new(),
+    }
+}
+
+fn day(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
+    let d = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+    let t = if end {
+        NaiveTime::from_hms_opt(23, 59, 59)?
+    } else {
+        NaiveTime::from_hms_opt(0, 0, 0)?
+    };
+    Some(d.and_time(t).and_utc())
+}
+
+const SCHEMES: &[&str] = &["s3", "file", "azure", "gs"];
+
+/// Checks the form; returns the job spec or an error per field.
+pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
+    let mut e: Errors = BTreeMap::new();
+    match url::Url::parse(f.chorus_url.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        _ => {
+            e.insert(
+                "chorus_url",
+                "Enter the Chorus API address, e.g. https://chorus.ai/".into(),
+            );
+        }
+    }
+    if f.chorus_token.trim().is_empty() {
+        e.insert(
+            "chorus_token",
+            "Paste your Chorus API token (Chorus: Settings > Personal settings > API access)."
+                .into(),
+        );
+    }
+    let from = day(&f.from, false);
+    let to = day(&f.to, true);
+    if from.is_none() {
+        e.insert("from", "Enter the first day as YYYY-MM-DD.".into());
+    }
+    if to.is_none() {
+        e.insert("to", "Enter the last day as YYYY-MM-DD.".into());
+    }
+    if let (Some(a), Some(b)) = (from, to)
+        && a > b
+    {
+        e.insert(
+            "to",
+            "The last day must not be before the first day.".into(),
+        );
+    }
+    if !(f.media || f.transcript || f.metadata) {
+        e.insert(
+            "kinds",
+            "Choose at least one of media, transcripts and metadata.".into(),
+        );
+    }
+    let dest = f.destination.trim();
+    match url::Url::parse(dest) {
+        Ok(u) if SCHEMES.contains(&u.scheme()) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                e.insert(
+                    "destination",
+                    "Do not put credentials in the destination URL: use the credential fields below.".into(),
+                );
+            }
+            if u.path().split('/').any(|s| s == "." || s == "..") {
+                e.insert(
+                    "destination",
+                    "The destination path must not contain . or .. segments.".into(),
+                );
+            }
+        }
+        _ => {
+            e.insert(
+                "destination",
+                "Enter a destination URL: s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path".into(),
+            );
+        }
+    }
+    let has_key = !f.s3_access_key_id.trim().is_empty();
+    let has_secret = !f.s3_secret_access_key.is_empty();
+    if has_key != has_secret {
+        e.insert(
+            if has_key {
+                "s3_secret_access_key"
+            } else {
+                "s3_access_key_id"
+            },
+            "Give both the access key id and its secret, or neither.".into(),
+        );
+    }
+    let webhook = f.webhook_url.trim();
+    if !webhook.is_empty() {
+        match url::Url::parse(webhook) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                if f.webhook_secret.is_empty() {
+                    e.insert(
+                        "webhook_secret",
+                        "A webhook needs a signing secret so receivers can verify it.".into(),
+                    );
+                }
+            }
+            _ => {
+                e.insert(
+                    "webhook_url",
+                    "Enter an https:// URL or leave it empty.".into(),
+                );
+            }
+        }
+    }
+    if !e.is_empty() {
+        return Err(e);
+    }
+    Ok(JobSpec {
+        chorus_url: f.chorus_url.trim().to_string(),
+        from: from.unwrap_or_default(),
+        to: to.unwrap_or_default(),
+        kinds: ExportKinds {
+            media: f.media,
+            transcript: f.transcript,
+            metadata: f.metadata,
+        },
+        destination: dest.to_string(),
+        webhook_url: (!webhook.is_empty()).then(|| webhook.to_string()),
+        schedule: None,
+    })
+}
+
+/// The worker's credentials document (pipeline::secrets::Credentials), zeroed on drop.
+pub fn credentials_json(
+    chorus_token: &str,
+    s3_key: &str,
+    s3_secret: &str,
+    webhook_secret: &str,
+) -> Zeroizing<Vec<u8>> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("chorus_token".into(), chorus_token.trim().into());
+    if !s3_key.trim().is_empty() {
+        doc.insert(
+            "s3".into(),
+            serde_json::json!({"access_key_id": s3_key.trim(), "secret_access_key": s3_secret}),
+        );
+    }
+    if !webhook_secret.is_empty() {
+        doc.insert("webhook_secret".into(), webhook_secret.into());
+    }
+    let mut value = serde_json::Value::Object(doc);
+    let bytes = Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default());
+    zero_value(&mut value);
+    bytes
+}
+
+fn zero_value(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Object(m) => m.values_mut().for_each(zero_value),
+        _ => {}
+    }
+}
+
+/// Creates the job, publishes its first list task and starts its worker.
+pub async fn start(
+    state: &AppState,
+    ctx: &OrgCtx,
+    spec: JobSpec,
+    form: &ExportForm,
+) -> Result<JobId, Denied> {
+    let job = JobId::new();
+    state
+        .store
+        .create_job(&job, &ctx.org.id, &ctx.session.user.email, &spec)
+        .await?;
+    topology::publish_json(
+        &state.js,
+        Stage::List.subject(&job),
+        &topology::msg_id(&job, "list", &["0"]),
+        &ListTask {
+            job: job.clone(),
+            page: 0,
+            continuation_key: None,
+        },
+    )
+    .await?;
+    let creds = credentials_json(
+        &form.chorus_token,
+        &form.s3_access_key_id,
+        &form.s3_secret_access_key,
+        &form.webhook_secret,
+    );
+    if let Err(e) = state.launcher.launch(&job, creds).await {
+        let reason = e.to_string();
+        state
+            .store
+            .set_status(&job, JobStatus::Failed, Some(&reason))
+            .await?;
+        return Err(Denied::Internal(reason));
+    }
+    state
+        .counters
+        .exports_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .accounts
+        .audit(
+            &ctx.org.id,
+            &ctx.session.user.email,
+            "export.started",
+            &format!(
+                "job {job}: {} .. {} to {}",
+                spec.from.date_naive(),
+                spec.to.date_naive(),
+                spec.destination
+            ),
+        )
+        .await?;
+    Ok(job)
+}
+
+pub async fn cancel(state: &AppState, ctx: &OrgCtx, job: &JobId) -> Result<(), Denied> {
+    let record = state.store.job(job).await?;
+    if record.status.is_final() {
+        return Ok(());
+    }
+    state.launcher.stop(job);
+    state
+        .store
+        .set_status(
+            job,
+            JobStatus::Cancelled,
+            Some(&format!("cancelled by {}", ctx.session.user.email)),
+        )
+        .await?;
+    state
+        .accounts
+        .audit(
+            &ctx.org.id,
+            &ctx.session.user.email,
+            "export.cancelled",
+            &format!("job {job}"),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The retry form: credentials again, since none were kept.
+#[derive(Deserialize, Default)]
+pub struct RetryForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub chorus_token: String,
+    #[serde(default)]
+    pub s3_access_key_id: String,
+    #[serde(default)]
+    pub s3_secret_access_key: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+}
+
+impl Drop for RetryForm {
+    fn drop(&mut self) {
+        self.chorus_token.zeroize();
+        self.s3_secret_access_key.zeroize();
+        self.webhook_secret.zeroize();
+    }
+}
+
+/// Replays the job's dead letters into their stages and starts a worker; returns how many
+/// were replayed.
+pub async fn retry(
+    state: &AppState,
+    ctx: &OrgCtx,
+    job: &JobId,
+    form: &RetryForm,
+) -> Result<usize, Denied> {
+    if form.chorus_token.trim().is_empty() {
+        return Err(Denied::Invalid(
+            "Give the Chorus API token again: retrying starts a new worker, and portshift kept no credentials.".into(),
+        ));
+    }
+    let letters = pipeline::replay::dead_letters(&state.js, job, None).await?;
+    for l in &letters {
+        pipeline::replay::replay(&state.js, job, l).await?;
+    }
+    state.store.reopen(job).await?;
+    let creds = credentials_json(
+        &form.chorus_token,
+        &form.s3_access_key_id,
+        &form.s3_secret_access_key,
+        &form.webhook_secret,
+    );
+    state.launcher.stop(job);
+    state
+        .launcher
+        .launch(job, creds)
+        .await
+        .map_err(|e| Denied::Internal(e.to_string()))?;
+    state
+        .accounts
+        .audit(
+            &ctx.org.id,
+            &ctx.session.user.email,
+            "export.retried",
+            &format!("job {job}: {} dead letters replayed", letters.len()),
+        )
+        .await?;
+    Ok(letters.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form() -> ExportForm {
+        let mut f = ExportForm::default();
+        f.chorus_url = "https://chorus.ai/".into();
+        f.from = "2024-01-01".into();
+        f.to = "2024-01-31".into();
+        f.media = true;
+        f.destination = "s3://bucket/prefix?region=eu-west-1".into();
+        f.chorus_token = "t".into();
+        f
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(validate(&form()).is_ok());
+        let mut f = form();
+        f.to = "2023-12-31".into();
+        f.destination = "ftp://x".into();
+        f.media = false;
+        f.s3_access_key_id = "AKIA".into();
+        let e = validate(&f).unwrap_err();
+        for k in ["to", "destination", "kinds", "s3_secret_access_key"] {
+            assert!(e.contains_key(k), "{k} missing in {e:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_document_matches_the_worker_format() {
+        let doc = credentials_json("tok", "AKIA", "sec", "");
+        let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
+        assert!(creds.s3.is_some());
+        assert!(creds.webhook_secret.is_none());
+    }
+}

@@ -1,0 +1,25 @@
+//! The portshift web console: Leptos components rendered on the server (no wasm, no
+//! hydration) behind axum. It owns sign-up and sign-in, sessions and CSRF, organisations
+//! and roles (one permission table, `roles`), starting exports (credentials go only to
+//! the job's own worker process, over its standard input), the live job page (SSE plus a
+//! small static script), job history, the audit trail, the JSON API with its OpenAPI
+//! document, rate limits, security headers, `/healthz` and `/metrics`.
+//!
+//! Depends on `pipeline` only; jobs run in `portshift worker` processes it starts.
+
+mod api;
+mod app;
+pub mod auth;
+mod ctx;
+mod exports;
+mod live;
+mod ops;
+mod pages;
+pub mod roles;
+mod web;
+
+pub use api::openapi_document;
+pub use app::{
+    AppState, LaunchError, Limits, ProcessLauncher, ServeOptions, Shared, UiError, WorkerLauncher,
+    router, serve,
+};

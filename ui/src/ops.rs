@@ -1,0 +1,131 @@
+//! Operations endpoints and static files: `/healthz` (store and NATS reachable),
+//! `/metrics` (Prometheus text: requests, sign-ins, rate-limit refusals, jobs by status,
+//! per-stage counters), and the console's one script and one stylesheet.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::app::Shared;
+
+pub async fn healthz(State(state): State<Shared>) -> Response {
+    let db = state.accounts.jobs_by_status().await;
+    let nats = state.js.get_stream(pipeline::topology::WORK_STREAM).await;
+    match (db, nats) {
+        (Ok(_), Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        (Err(e), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("job store unreachable: {e}\n"),
+        )
+            .into_response(),
+        (_, Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("NATS JetStream unreachable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let c = &state.counters;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        "portshift_console_requests_total",
+        "HTTP requests served by the console.",
+        c.requests.load(Ordering::Relaxed),
+    );
+    counter(
+        "portshift_console_sign_ins_total",
+        "Successful sign-ins.",
+        c.sign_ins.load(Ordering::Relaxed),
+    );
+    counter(
+        "portshift_console_failed_sign_ins_total",
+        "Refused sign-ins (wrong e-mail or password).",
+        c.failed_sign_ins.load(Ordering::Relaxed),
+    );
+    counter(
+        "portshift_console_rate_limited_total",
+        "Requests refused by a rate limit.",
+        c.rate_limited.load(Ordering::Relaxed),
+    );
+    counter(
+        "portshift_console_exports_started_total",
+        "Exports started from this console.",
+        c.exports_started.load(Ordering::Relaxed),
+    );
+    if let Ok(by_status) = state.accounts.jobs_by_status().await {
+        let _ = writeln!(
+            out,
+            "# HELP portshift_jobs Jobs in the job store by status.\n# TYPE portshift_jobs gauge"
+        );
+        for (s, n) in by_status {
+            let _ = writeln!(out, "portshift_jobs{{status=\"{s}\"}} {n}");
+        }
+    }
+    let [(hash_items, hash_bytes), (up_items, up_bytes)] = state.stats.totals().await;
+    let _ = writeln!(
+        out,
+        "# HELP portshift_stage_items_total Items seen per stage in jobs this console watched.\n# TYPE portshift_stage_items_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "portshift_stage_items_total{{stage=\"hash\"}} {hash_items}"
+    );
+    let _ = writeln!(
+        out,
+        "portshift_stage_items_total{{stage=\"upload\"}} {up_items}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP portshift_stage_bytes_total Bytes per stage in jobs this console watched.\n# TYPE portshift_stage_bytes_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "portshift_stage_bytes_total{{stage=\"hash\"}} {hash_bytes}"
+    );
+    let _ = writeln!(
+        out,
+        "portshift_stage_bytes_total{{stage=\"upload\"}} {up_bytes}"
+    );
+    if let Ok(t) = state.accounts.stage_totals().await {
+        for (stage, items) in t {
+            let _ = writeln!(
+                out,
+                "portshift_stage_items_total{{stage=\"{stage}\",source=\"store\"}} {items}"
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+pub async fn live_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("../static/live.js"),
+    )
+        .into_response()
+}
+
+pub async fn app_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("../static/app.css"),
+    )
+        .into_response()
+}
