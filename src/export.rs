@@ -29,7 +29,9 @@ pub struct ExportArgs {
     /// Last day, inclusive (YYYY-MM-DD, UTC) or an RFC 3339 time.
     #[arg(long)]
     to: String,
-    /// file:///path or s3://bucket/prefix?region=..&endpoint=..
+    /// Where the export goes: file:///path, s3://bucket/prefix?region=..&endpoint=..,
+    /// azure://account/container/prefix (SAS in AZURE_STORAGE_SAS_TOKEN) or
+    /// gs://bucket/prefix (key file in GOOGLE_APPLICATION_CREDENTIALS). See docs/permissions.md.
     #[arg(long)]
     dest: String,
     #[arg(long, default_value = "https://chorus.ai/")]
@@ -124,7 +126,7 @@ pub struct WorkerArgs {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The export root: file:///path or s3://bucket/prefix?...
+    /// The export root, in the same URL grammar as `export --dest`.
     dest: String,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,

@@ -248,6 +248,45 @@ async fn chorus_faults_still_export_every_file_correctly() {
     );
 }
 
+/// Chorus hands back a continuation key it already gave (A -> B -> A): instead of
+/// paging forever the job fails, saying the listing loops, and names no success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_looping_listing_fails_the_job_instead_of_paging_forever() {
+    let mut config = Harness::sim_config(25, 16);
+    config.page_size = 10;
+    config.faults = Faults {
+        cyclic_listing: true,
+        ..Faults::default()
+    };
+    let h = Harness::start(config).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds::default(),
+        )
+        .await;
+    let (status, counters) = h
+        .run_worker(&job, fast_options(), Duration::from_secs(120))
+        .await;
+    assert_eq!(status, JobStatus::Failed);
+    let record = h.store.job(&job).await.unwrap();
+    let reason = record.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("listing loops") && reason.contains("page 3") && reason.contains("page 1"),
+        "{reason}"
+    );
+    assert_eq!(
+        counters
+            .list
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Three pages were requested, not an endless stream of them.
+    assert!(h.sim.stats.snapshot().api_requests < 200);
+}
+
 /// A media body that is cut short on every attempt: the recording ends dead (recorded,
 /// replayable), its media never appears at its final key, and nothing partial remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -136,6 +136,8 @@ impl JobStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         check_tls_mode(url)?;
         sqlx::any::install_default_drivers();
+        // sslmode=verify-full connects over rustls with the process's crypto provider.
+        crate::config::install_crypto_provider();
         let is_sqlite = url.starts_with("sqlite:");
         let url_full = if is_sqlite && !url.contains("mode=") {
             format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
@@ -282,6 +284,35 @@ impl JobStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records that listing page `page` of `job` is fetched with `continuation_key`,
+    /// and returns the earlier page that already used the same key, if any: Chorus
+    /// handing out a key it gave before means the listing loops. A redelivered page
+    /// finds its own number, which is not a loop.
+    pub async fn record_list_page(
+        &self,
+        job: &JobId,
+        continuation_key: &str,
+        page: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        sqlx::query(
+            "INSERT INTO list_pages (job_id, continuation_key, page) VALUES ($1, $2, $3) \
+             ON CONFLICT (job_id, continuation_key) DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(continuation_key)
+        .bind(i64::from(page))
+        .execute(&self.pool)
+        .await?;
+        let first: i64 = sqlx::query_scalar(
+            "SELECT page FROM list_pages WHERE job_id = $1 AND continuation_key = $2",
+        )
+        .bind(job.as_str())
+        .bind(continuation_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((first != i64::from(page)).then_some(first as u32))
     }
 
     pub async fn mark_listing_complete(&self, job: &JobId) -> Result<(), StoreError> {

@@ -227,6 +227,23 @@ async fn file_rows_are_idempotent(store: JobStore) {
     );
 }
 
+async fn a_repeated_continuation_key_is_reported_as_a_loop(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    assert_eq!(store.record_list_page(&id, "K1", 1).await.unwrap(), None);
+    assert_eq!(store.record_list_page(&id, "K2", 2).await.unwrap(), None);
+    // A redelivered page records its own key again: not a loop.
+    assert_eq!(store.record_list_page(&id, "K2", 2).await.unwrap(), None);
+    assert_eq!(store.record_list_page(&id, "K1", 3).await.unwrap(), Some(1));
+    // Keys are per job.
+    let other = JobId::new();
+    store
+        .create_job(&other, "org", "ana", &spec())
+        .await
+        .unwrap();
+    assert_eq!(store.record_list_page(&other, "K1", 5).await.unwrap(), None);
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -238,7 +255,8 @@ contract!(
     job_round_trip,
     completion_is_derived_from_rows,
     transitions_never_lose_a_success,
-    file_rows_are_idempotent
+    file_rows_are_idempotent,
+    a_repeated_continuation_key_is_reported_as_a_loop
 );
 
 #[tokio::test]

@@ -101,6 +101,20 @@ impl StageHandler for ListStage {
         match page.next_key(task.continuation_key.as_deref()) {
             Some(next) => {
                 let next_page = task.page + 1;
+                if let Some(first) = ctx
+                    .store
+                    .record_list_page(&ctx.job, &next, next_page)
+                    .await
+                    .map_err(store_err)?
+                {
+                    // Paging on would request the same pages forever.
+                    return Err(StageError::Invalid(format!(
+                        "Chorus's listing loops: page {} returned the same continuation key as \
+                         page {first}, so the listing was stopped there. Re-run the export later, \
+                         or report the date range to Chorus support if it persists",
+                        task.page + 1
+                    )));
+                }
                 topology::publish_json(
                     &ctx.js,
                     Stage::List.subject(&ctx.job),

@@ -61,6 +61,13 @@ pub struct ExportForm {
     pub s3_secret_access_key: String,
     #[serde(default)]
     pub webhook_secret: String,
+    /// For azure:// destinations: a SAS token with create + write on the container.
+    #[serde(default)]
+    pub azure_sas_token: String,
+    /// For gs:// destinations (and BigQuery): a service-account key file's JSON; empty
+    /// means the worker machine's own identity.
+    #[serde(default)]
+    pub gcs_service_account_json: String,
 }
 
 impl Drop for ExportForm {
@@ -69,6 +76,21 @@ impl Drop for ExportForm {
         self.s3_secret_access_key.zeroize();
         self.webhook_secret.zeroize();
         self.s3_access_key_id.zeroize();
+        self.azure_sas_token.zeroize();
+        self.gcs_service_account_json.zeroize();
+    }
+}
+
+impl ExportForm {
+    fn secrets(&self) -> FormSecrets<'_> {
+        FormSecrets {
+            chorus_token: &self.chorus_token,
+            s3_access_key_id: &self.s3_access_key_id,
+            s3_secret_access_key: &self.s3_secret_access_key,
+            webhook_secret: &self.webhook_secret,
+            azure_sas_token: &self.azure_sas_token,
+            gcs_service_account_json: &self.gcs_service_account_json,
+        }
     }
 }
 
@@ -195,6 +217,12 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
             "Give both the access key id and its secret, or neither.".into(),
         );
     }
+    check_cloud_secrets(
+        dest,
+        &f.azure_sas_token,
+        &f.gcs_service_account_json,
+        &mut e,
+    );
     let webhook = f.webhook_url.trim();
     if !webhook.is_empty() {
         match url::Url::parse(webhook) {
@@ -232,23 +260,79 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
     })
 }
 
-/// The worker's credentials document (pipeline::secrets::Credentials), zeroed on drop.
-pub fn credentials_json(
-    chorus_token: &str,
-    s3_key: &str,
-    s3_secret: &str,
-    webhook_secret: &str,
-) -> Zeroizing<Vec<u8>> {
-    let mut doc = serde_json::Map::new();
-    doc.insert("chorus_token".into(), chorus_token.trim().into());
-    if !s3_key.trim().is_empty() {
-        doc.insert(
-            "s3".into(),
-            serde_json::json!({"access_key_id": s3_key.trim(), "secret_access_key": s3_secret}),
+/// Azure needs a SAS token (portshift has no other way in); a GCS key, when given, must
+/// be a service-account key file, and neither belongs to another kind of destination.
+fn check_cloud_secrets(dest: &str, azure_sas: &str, gcs_json: &str, e: &mut Errors) {
+    let scheme = dest.split_once("://").map(|(s, _)| s).unwrap_or_default();
+    if scheme == "azure" && azure_sas.trim().is_empty() {
+        e.insert(
+            "azure_sas_token",
+            "An azure:// destination needs a SAS token for the container with create and write permission (see docs/permissions.md).".into(),
         );
     }
-    if !webhook_secret.is_empty() {
-        doc.insert("webhook_secret".into(), webhook_secret.into());
+    if !azure_sas.trim().is_empty() && scheme != "azure" {
+        e.insert(
+            "azure_sas_token",
+            "A SAS token is only used for azure:// destinations: clear it or change the destination.".into(),
+        );
+    }
+    let gcs_json = gcs_json.trim();
+    if !gcs_json.is_empty() {
+        let is_key = serde_json::from_str::<serde_json::Value>(gcs_json)
+            .ok()
+            .is_some_and(|v| {
+                v.get("client_email").is_some_and(|x| x.is_string())
+                    && v.get("private_key").is_some_and(|x| x.is_string())
+            });
+        if !is_key {
+            e.insert(
+                "gcs_service_account_json",
+                "Paste the whole service-account key file (JSON with client_email and private_key), or leave it empty to use the worker machine's identity.".into(),
+            );
+        } else if scheme != "gs" && !dest.contains("bigquery=") {
+            e.insert(
+                "gcs_service_account_json",
+                "A Google key is only used for gs:// destinations and BigQuery: clear it or change the destination.".into(),
+            );
+        }
+    }
+}
+
+/// The secrets typed into an export or retry form, borrowed for the moment they are
+/// turned into the worker's credentials document.
+pub struct FormSecrets<'a> {
+    pub chorus_token: &'a str,
+    pub s3_access_key_id: &'a str,
+    pub s3_secret_access_key: &'a str,
+    pub webhook_secret: &'a str,
+    pub azure_sas_token: &'a str,
+    pub gcs_service_account_json: &'a str,
+}
+
+/// The worker's credentials document (pipeline::secrets::Credentials), zeroed on drop.
+pub fn credentials_json(f: &FormSecrets<'_>) -> Zeroizing<Vec<u8>> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("chorus_token".into(), f.chorus_token.trim().into());
+    if !f.s3_access_key_id.trim().is_empty() {
+        doc.insert(
+            "s3".into(),
+            serde_json::json!({"access_key_id": f.s3_access_key_id.trim(), "secret_access_key": f.s3_secret_access_key}),
+        );
+    }
+    if !f.webhook_secret.is_empty() {
+        doc.insert("webhook_secret".into(), f.webhook_secret.into());
+    }
+    if !f.azure_sas_token.trim().is_empty() {
+        doc.insert(
+            "azure".into(),
+            serde_json::json!({"sas_token": f.azure_sas_token.trim()}),
+        );
+    }
+    if !f.gcs_service_account_json.trim().is_empty() {
+        doc.insert(
+            "gcs".into(),
+            serde_json::json!({"service_account_json": f.gcs_service_account_json.trim()}),
+        );
     }
     let mut value = serde_json::Value::Object(doc);
     let bytes = Zeroizing::new(serde_json::to_vec(&value).unwrap_or_default());
@@ -287,12 +371,7 @@ pub async fn start(
         },
     )
     .await?;
-    let creds = credentials_json(
-        &form.chorus_token,
-        &form.s3_access_key_id,
-        &form.s3_secret_access_key,
-        &form.webhook_secret,
-    );
+    let creds = credentials_json(&form.secrets());
     if let Err(e) = state.launcher.launch(&job, creds).await {
         let reason = e.to_string();
         state
@@ -361,13 +440,20 @@ pub struct RetryForm {
     pub s3_secret_access_key: String,
     #[serde(default)]
     pub webhook_secret: String,
+    #[serde(default)]
+    pub azure_sas_token: String,
+    #[serde(default)]
+    pub gcs_service_account_json: String,
 }
 
 impl Drop for RetryForm {
     fn drop(&mut self) {
         self.chorus_token.zeroize();
+        self.s3_access_key_id.zeroize();
         self.s3_secret_access_key.zeroize();
         self.webhook_secret.zeroize();
+        self.azure_sas_token.zeroize();
+        self.gcs_service_account_json.zeroize();
     }
 }
 
@@ -389,12 +475,14 @@ pub async fn retry(
         pipeline::replay::replay(&state.js, job, l).await?;
     }
     state.store.reopen(job).await?;
-    let creds = credentials_json(
-        &form.chorus_token,
-        &form.s3_access_key_id,
-        &form.s3_secret_access_key,
-        &form.webhook_secret,
-    );
+    let creds = credentials_json(&FormSecrets {
+        chorus_token: &form.chorus_token,
+        s3_access_key_id: &form.s3_access_key_id,
+        s3_secret_access_key: &form.s3_secret_access_key,
+        webhook_secret: &form.webhook_secret,
+        azure_sas_token: &form.azure_sas_token,
+        gcs_service_account_json: &form.gcs_service_account_json,
+    });
     state.launcher.stop(job);
     state
         .launcher
@@ -444,9 +532,53 @@ mod tests {
 
     #[test]
     fn credentials_document_matches_the_worker_format() {
-        let doc = credentials_json("tok", "AKIA", "sec", "");
+        let mut f = form();
+        f.s3_access_key_id = "AKIA".into();
+        f.s3_secret_access_key = "sec".into();
+        let doc = credentials_json(&f.secrets());
         let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
         assert!(creds.s3.is_some());
-        assert!(creds.webhook_secret.is_none());
+        assert!(creds.webhook_secret.is_none() && creds.azure.is_none() && creds.gcs.is_none());
+
+        let mut f = form();
+        f.destination = "azure://acct/calls/chorus".into();
+        f.azure_sas_token = "?sv=2024&sp=cw&sig=x".into();
+        assert!(validate(&f).is_ok());
+        let creds =
+            pipeline::secrets::Credentials::from_json(&credentials_json(&f.secrets())).unwrap();
+        assert!(creds.azure.is_some() && creds.s3.is_none());
+
+        let mut f = form();
+        f.destination = "gs://bucket/chorus".into();
+        f.gcs_service_account_json =
+            r#"{"type":"service_account","client_email":"a@p.iam","private_key":"k"}"#.into();
+        assert!(validate(&f).is_ok());
+        let creds =
+            pipeline::secrets::Credentials::from_json(&credentials_json(&f.secrets())).unwrap();
+        assert!(creds.gcs.is_some());
+    }
+
+    #[test]
+    fn cloud_credentials_are_checked_against_the_destination() {
+        let mut f = form();
+        f.destination = "azure://acct/calls".into();
+        let e = validate(&f).unwrap_err();
+        assert!(e["azure_sas_token"].contains("SAS token"), "{e:?}");
+
+        let mut f = form();
+        f.azure_sas_token = "sp=cw".into();
+        assert!(validate(&f).unwrap_err().contains_key("azure_sas_token"));
+
+        let mut f = form();
+        f.destination = "gs://bucket/p".into();
+        f.gcs_service_account_json = "not json".into();
+        let e = validate(&f).unwrap_err();
+        assert!(
+            e["gcs_service_account_json"].contains("client_email"),
+            "{e:?}"
+        );
+        // Keyless GCS (workload identity) needs no key.
+        f.gcs_service_account_json.clear();
+        assert!(validate(&f).is_ok());
     }
 }

@@ -303,6 +303,10 @@ pub fn new_export(nav: Nav, org: &Organisation, v: ExportValues, errors: &Errors
                 {field_error(errors, "s3_access_key_id")}
                 <label>"S3 secret access key" <input type="password" name="s3_secret_access_key" autocomplete="off"/></label>
                 {field_error(errors, "s3_secret_access_key")}
+                <label>"Azure SAS token (azure:// only; create + write on the container)" <input type="password" name="azure_sas_token" autocomplete="off"/></label>
+                {field_error(errors, "azure_sas_token")}
+                <label>"Google service-account key JSON (gs:// and BigQuery; empty: the worker's own identity)" <textarea name="gcs_service_account_json" rows="3" autocomplete="off" spellcheck="false"></textarea></label>
+                {field_error(errors, "gcs_service_account_json")}
                 <label>"Webhook URL (optional)" <input type="url" name="webhook_url" value=v.webhook_url/></label>
                 {field_error(errors, "webhook_url")}
                 <label>"Webhook signing secret" <input type="password" name="webhook_secret" autocomplete="off"/></label>
@@ -369,6 +373,8 @@ pub fn live_panel(
                 <label>"Chorus API token" <input type="password" name="chorus_token" required=true/></label>
                 <label>"S3 access key id" <input type="text" name="s3_access_key_id"/></label>
                 <label>"S3 secret access key" <input type="password" name="s3_secret_access_key"/></label>
+                <label>"Azure SAS token" <input type="password" name="azure_sas_token"/></label>
+                <label>"Google service-account key JSON" <textarea name="gcs_service_account_json" rows="3" spellcheck="false"></textarea></label>
                 <button class="primary" type="submit" id="retry">{format!("Retry {} failed", v.dead_letters)}</button>
             </form>
         }

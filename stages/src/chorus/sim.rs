@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use url::Url;
 
-use super::synth::{Dataset, Knobs, MediaSizes, fill_media};
+use super::synth::{Dataset, Knobs, MediaSizes, SynthRecording, fill_media};
 
 /// Media bodies are streamed in chunks of this size.
 const CHUNK: usize = 64 * 1024;
@@ -135,6 +135,9 @@ pub struct Faults {
     pub next_429: u32,
     /// The next this-many API or media requests get 503 whatever the rates.
     pub next_5xx: u32,
+    /// The last (short) page of a listing hands out the key of the first page's end
+    /// instead of finishing, so paging would loop forever (A -> B -> A).
+    pub cyclic_listing: bool,
 }
 
 /// Counters of what the simulator did.
@@ -589,10 +592,14 @@ async fn list_engagements(
     );
     // Like the real API, the last non-empty page still carries a key, and the page
     // after it is empty with the key " ".
-    let key = page
-        .last()
-        .map(|r| format!("{}.0 {}", r.date_time, key_id(&r.id)))
-        .unwrap_or_else(|| " ".into());
+    let key_after = |r: &&SynthRecording| format!("{}.0 {}", r.date_time, key_id(&r.id));
+    let mut key = page.last().map(key_after).unwrap_or_else(|| " ".into());
+    if state.faults().cyclic_listing && cursor.is_some() && page.len() < state.page_size {
+        let first = dataset.list_page(bounds[0], bounds[1], engagement_type, None, state.page_size);
+        if let Some(r) = first.last() {
+            key = key_after(r);
+        }
+    }
     let engagements: Vec<Value> = page.iter().map(|r| dataset.engagement_json(r)).collect();
     Json(json!({"continuation_key": key, "engagements": engagements})).into_response()
 }
