@@ -78,6 +78,13 @@ pub struct CreateArgs {
     webhook_url: Option<String>,
     #[arg(long)]
     webhook_secret_ref: Option<String>,
+    /// Where each run finds the Azure SAS token (azure:// destinations): env:NAME or file:/path.
+    #[arg(long)]
+    azure_ref: Option<String>,
+    /// Where each run finds the Google service-account key JSON (gs://, BigQuery):
+    /// env:NAME, file:/path, or gcp:workload-identity.
+    #[arg(long)]
+    gcs_ref: Option<String>,
     /// Days before the watermark each run looks again for late recordings.
     #[arg(long, default_value_t = 7)]
     lookback_days: i64,
@@ -127,6 +134,8 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                 chorus_token: a.chorus_token_ref,
                 s3: a.s3_ref,
                 webhook_secret: a.webhook_secret_ref,
+                azure: a.azure_ref,
+                gcs: a.gcs_ref,
             };
             let s = store(&a.state)
                 .await?

@@ -102,6 +102,8 @@ async fn each_run_exports_exactly_what_is_new() {
         chorus_token: token_file(h.tmp.path(), TOKEN),
         s3: None,
         webhook_secret: None,
+        azure: None,
+        gcs: None,
     };
     let schedule = create(&h, refs, &dest, "*/2 * * * * *").await;
     let (stop, task) = start_scheduler(&h, h.store.clone(), "a");
@@ -242,6 +244,8 @@ async fn two_schedulers_start_each_run_once() {
         chorus_token: token_file(h.tmp.path(), TOKEN),
         s3: None,
         webhook_secret: None,
+        azure: None,
+        gcs: None,
     };
     let schedule = create(
         &h,
@@ -294,6 +298,8 @@ async fn an_unresolvable_reference_fails_the_run_and_keeps_the_watermark() {
         chorus_token: "file:/nonexistent/portshift/chorus-token".into(),
         s3: None,
         webhook_secret: None,
+        azure: None,
+        gcs: None,
     };
     let schedule = create(
         &h,
@@ -335,6 +341,8 @@ async fn schedule_rows_hold_references_never_values() {
         chorus_token: reference.clone(),
         s3: None,
         webhook_secret: None,
+        azure: None,
+        gcs: None,
     };
     let schedule = create(
         &h,
