@@ -85,6 +85,10 @@ pub struct CreateArgs {
     /// env:NAME, file:/path, or gcp:workload-identity.
     #[arg(long)]
     gcs_ref: Option<String>,
+    /// The console organisation that owns the schedule (the id in its /orgs/<id> URLs), so
+    /// its owners and admins see and manage it there; "local" for CLI-only use.
+    #[arg(long, default_value = "local")]
+    org: String,
     /// Days before the watermark each run looks again for late recordings.
     #[arg(long, default_value_t = 7)]
     lookback_days: i64,
@@ -139,7 +143,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
             };
             let s = store(&a.state)
                 .await?
-                .create_schedule("local", &a.name, &a.cron, &a.tz, &template, &refs, start)
+                .create_schedule(&a.org, &a.name, &a.cron, &a.tz, &template, &refs, start)
                 .await?;
             println!(
                 "schedule {} created; first run {}",

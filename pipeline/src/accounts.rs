@@ -438,11 +438,13 @@ impl Accounts {
         Ok(())
     }
 
-    /// Deletes the organisation, its memberships and invitations. Its jobs' records stay
-    /// (they are the export's evidence) but are no longer reachable from the console.
+    /// Deletes the organisation, its memberships, invitations and schedules (so nothing
+    /// keeps exporting for it). Its jobs' records stay (they are the export's evidence)
+    /// but are no longer reachable from the console.
     pub async fn delete_org(&self, org_id: &str) -> Result<(), AccountsError> {
         let mut tx = self.pool.begin().await?;
         for sql in [
+            "DELETE FROM schedules WHERE organisation = $1",
             "DELETE FROM memberships WHERE org_id = $1",
             "DELETE FROM invitations WHERE org_id = $1",
             "DELETE FROM organisations WHERE id = $1",

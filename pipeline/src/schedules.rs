@@ -449,6 +449,17 @@ impl JobStore {
         rows.iter().map(schedule_from_row).collect()
     }
 
+    /// One organisation's schedules, oldest first (the console lists only these).
+    pub async fn schedules_of(&self, organisation: &str) -> Result<Vec<Schedule>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE organisation = $1 ORDER BY created_ms, id"
+        ))
+        .bind(organisation)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
     /// Schedules whose next run is due at `now_ms`.
     pub async fn due_schedules(&self, now_ms: i64) -> Result<Vec<Schedule>, StoreError> {
         let rows = sqlx::query(&format!(

@@ -21,6 +21,7 @@ use crate::ctx::{self, Denied, OrgCtx};
 use crate::exports::{self, ExportForm, RetryForm};
 use crate::pages::Errors;
 use crate::roles::{API_ROUTES, Action, ApiRoute, PUBLIC_API_ROUTES};
+use crate::schedules;
 use crate::web::{self, HistoryQuery};
 
 pub struct ApiError(Denied);
@@ -137,6 +138,10 @@ fn handler(route: &ApiRoute) -> MethodRouter<Shared> {
         "change_role" => put(change_role),
         "remove_member" => delete(remove_member),
         "audit" => get(audit),
+        "list_schedules" => get(list_schedules),
+        "pause_schedule" => post(pause_schedule),
+        "resume_schedule" => post(resume_schedule),
+        "delete_schedule" => delete(delete_schedule),
         "set_retention" => put(set_retention),
         "billing" => get(billing),
         "delete_org" => delete(delete_org),
@@ -450,6 +455,62 @@ async fn audit(
         "events": events.iter().map(|e| json!({"at_ms": e.at_ms, "actor": e.actor, "action": e.action, "detail": e.detail})).collect::<Vec<_>>(),
     }))
     .into_response())
+}
+
+async fn list_schedules(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    org_ctx(&state, &headers, &org, Action::ManageSchedules, false).await?;
+    let listed = schedules::list(&state, &org).await?;
+    Ok(Json(json!({
+        "schedules": listed.iter().map(schedules::schedule_json).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+async fn set_schedule_paused(
+    state: &Shared,
+    headers: &HeaderMap,
+    org: &str,
+    schedule: &str,
+    paused: bool,
+) -> ApiResult {
+    let c = org_ctx(state, headers, org, Action::ManageSchedules, true).await?;
+    let s = schedules::set_paused(state, &c, schedule, paused).await?;
+    Ok(Json(json!({
+        "id": s.id,
+        "paused": s.paused,
+        "next_run_ms": schedules::next_run_ms(&s),
+    }))
+    .into_response())
+}
+
+async fn pause_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+) -> ApiResult {
+    set_schedule_paused(&state, &headers, &org, &schedule, true).await
+}
+
+async fn resume_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+) -> ApiResult {
+    set_schedule_paused(&state, &headers, &org, &schedule, false).await
+}
+
+async fn delete_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+) -> ApiResult {
+    let c = org_ctx(&state, &headers, &org, Action::ManageSchedules, true).await?;
+    let s = schedules::delete(&state, &c, &schedule).await?;
+    Ok(Json(json!({"id": s.id, "deleted": true})).into_response())
 }
 
 #[derive(Deserialize)]

@@ -135,3 +135,26 @@ pub async fn job_in_org(
         _ => Err(not_found()),
     }
 }
+
+/// What a schedule id that is not this organisation's gets: the same answer as one that
+/// does not exist, so other organisations' ids can be neither probed nor touched.
+pub fn no_such_schedule() -> Denied {
+    Denied::NotFound(
+        "No such schedule in this organisation: pick it from the schedules page.".into(),
+    )
+}
+
+/// Checks that schedule `id` belongs to the organisation and returns it.
+pub async fn schedule_in_org(
+    state: &AppState,
+    org_id: &str,
+    id: &str,
+) -> Result<pipeline::schedules::Schedule, Denied> {
+    match state.store.schedule(id).await {
+        Ok(s) if s.organisation == org_id => Ok(s),
+        Ok(_) | Err(pipeline::schedules::ScheduleError::NoSuchSchedule(_)) => {
+            Err(no_such_schedule())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

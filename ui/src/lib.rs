@@ -2,8 +2,9 @@
 //! hydration) behind axum. It owns sign-up and sign-in, sessions and CSRF, organisations
 //! and roles (one permission table, `roles`), starting exports (credentials go only to
 //! the job's own worker process, over its standard input), the live job page (SSE plus a
-//! small static script), job history, the audit trail, the JSON API with its OpenAPI
-//! document, rate limits, security headers, `/healthz` and `/metrics`.
+//! small static script), job history, recurring schedules (pause, resume, delete), the
+//! audit trail, the JSON API with its OpenAPI document, rate limits, security headers,
+//! `/healthz` and `/metrics`.
 //!
 //! Depends on `pipeline` only; jobs run in `portshift worker` processes it starts.
 
@@ -16,6 +17,7 @@ mod live;
 mod ops;
 mod pages;
 pub mod roles;
+mod schedules;
 mod web;
 
 pub use api::openapi_document;

@@ -9,6 +9,7 @@ use pipeline::accounts::{AuditEvent, Invitation, JobSummary, Member, Organisatio
 
 use crate::live::{JobView, StageView, chart_svg, human_bytes};
 use crate::roles::{Action, allows};
+use crate::schedules::Listed;
 
 /// What the header needs: who is signed in, their CSRF token, the current organisation.
 #[derive(Clone, Debug)]
@@ -55,6 +56,7 @@ fn document(title: String, nav: Option<Nav>, body: impl IntoView + 'static) -> S
                 <a href=format!("{base}/exports/new")>"New export"</a>
                 {allows(role, Action::ViewMembers).then(|| view! { <a href=format!("{base}/members")>"Members"</a> })}
                 {allows(role, Action::ViewAudit).then(|| view! { <a href=format!("{base}/audit")>"Audit"</a> })}
+                {allows(role, Action::ManageSchedules).then(|| view! { <a href=format!("{base}/schedules")>"Schedules"</a> })}
                 {allows(role, Action::ManageRetention).then(|| view! { <a href=format!("{base}/settings")>"Settings"</a> })}
             }
         });
@@ -528,6 +530,83 @@ pub fn audit(nav: Nav, events: Vec<AuditEvent>) -> String {
         view! {
             <h1>"Audit trail"</h1>
             <table id="audit"><thead><tr><th>"When"</th><th>"Who"</th><th>"What"</th><th>"Detail"</th></tr></thead><tbody>{rows}</tbody></table>
+        },
+    )
+}
+
+pub fn schedules(nav: Nav, org: &Organisation, list: Vec<Listed>) -> String {
+    let csrf = nav.csrf.clone();
+    let base = format!("/orgs/{}/schedules", org.id);
+    let jobs = format!("/orgs/{}/jobs", org.id);
+    let empty = list.is_empty();
+    let cards = list
+        .into_iter()
+        .map(|Listed { schedule: s, runs }| {
+            let action = format!("{base}/{}", s.id);
+            let (toggle, label) = if s.paused {
+                ("resume", "Resume")
+            } else {
+                ("pause", "Pause")
+            };
+            let next = crate::schedules::next_run_ms(&s)
+                .map(time)
+                .unwrap_or_else(|| "none while paused".into());
+            let runs = runs
+                .into_iter()
+                .map(|r| {
+                    let job = r.job_id.map(|j| {
+                        let href = format!("{jobs}/{j}");
+                        view! { <a class="mono" href=href>{j}</a> }
+                    });
+                    view! {
+                        <tr class="run">
+                            <td>{time(r.slot_ms)}</td>
+                            <td><span class=format!("status {}", r.status)>{r.status.clone()}</span></td>
+                            <td>{job}</td>
+                            <td>{r.files.unwrap_or(0)}</td>
+                            <td>{human_bytes(r.bytes.unwrap_or(0).max(0) as u64)}</td>
+                            <td class="muted">{r.reason.unwrap_or_default()}</td>
+                        </tr>
+                    }
+                })
+                .collect::<Vec<_>>();
+            let has_runs = !runs.is_empty();
+            let (csrf, csrf2) = (csrf.clone(), csrf.clone());
+            view! {
+                <div class="card schedule" id=format!("schedule-{}", s.id)>
+                    <h2>{s.name.clone()}</h2>
+                    <p class="mono">{format!("{} ({}) → {}", s.cron, s.timezone, s.template.destination)}</p>
+                    <p>
+                        "Status: " <span class="schedule-status">{if s.paused { "paused" } else { "active" }}</span>
+                        " · next run: " {next}
+                    </p>
+                    <form method="post" action=format!("{action}/{toggle}")>
+                        <input type="hidden" name="csrf" value=csrf/>
+                        <button type="submit">{label}</button>
+                    </form>
+                    <form method="post" action=format!("{action}/delete")>
+                        <input type="hidden" name="csrf" value=csrf2/>
+                        <button class="danger" type="submit">"Delete schedule"</button>
+                    </form>
+                    {has_runs.then(|| view! {
+                        <table class="runs">
+                            <thead><tr><th>"Slot"</th><th>"Status"</th><th>"Job"</th><th>"Files"</th><th>"Bytes"</th><th>"Reason"</th></tr></thead>
+                            <tbody>{runs}</tbody>
+                        </table>
+                    })}
+                    {(!has_runs).then(|| view! { <p class="muted">"No runs yet."</p> })}
+                </div>
+            }
+        })
+        .collect::<Vec<_>>();
+    document(
+        "Schedules".into(),
+        Some(nav),
+        view! {
+            <h1>"Schedules"</h1>
+            <p class="muted">"Each run exports only what is new since the last clean run, and appears in the job history. Create schedules with portshift schedule create: they hold credential references (env:NAME, file:/path, aws:default), never the credentials."</p>
+            {empty.then(|| view! { <p class="notice" id="no-schedules">"This organisation has no schedules yet."</p> })}
+            <div id="schedules">{cards}</div>
         },
     )
 }

@@ -14,6 +14,12 @@ pub enum Action {
     ViewMembers,
     ManageMembers,
     ViewAudit,
+    /// See, pause, resume and delete the organisation's recurring syncs. One action for
+    /// seeing and changing them, owners and admins only, so there is no `ViewSchedules`:
+    /// members watch exports in the job history, where every scheduled run already
+    /// appears as a job ("schedule <name>"); a schedule's definition (cron, destination,
+    /// the credential references naming the machine's variables and secret files) is the
+    /// organisation's configuration, like retention, which members do not see either.
     ManageSchedules,
     ManageRetention,
     ManageBilling,
@@ -163,6 +169,38 @@ pub const API_ROUTES: &[ApiRoute] = &[
         action: Some(Action::ViewAudit),
         ok: 200,
         summary: "The audit trail, newest first",
+    },
+    ApiRoute {
+        name: "list_schedules",
+        method: "GET",
+        path: "/api/v1/orgs/{org}/schedules",
+        action: Some(Action::ManageSchedules),
+        ok: 200,
+        summary: "This organisation's recurring syncs with their next run and recent runs",
+    },
+    ApiRoute {
+        name: "pause_schedule",
+        method: "POST",
+        path: "/api/v1/orgs/{org}/schedules/{schedule}/pause",
+        action: Some(Action::ManageSchedules),
+        ok: 200,
+        summary: "Pause a schedule: no runs start until it is resumed",
+    },
+    ApiRoute {
+        name: "resume_schedule",
+        method: "POST",
+        path: "/api/v1/orgs/{org}/schedules/{schedule}/resume",
+        action: Some(Action::ManageSchedules),
+        ok: 200,
+        summary: "Resume a schedule from its next slot (skipped slots are not caught up)",
+    },
+    ApiRoute {
+        name: "delete_schedule",
+        method: "DELETE",
+        path: "/api/v1/orgs/{org}/schedules/{schedule}",
+        action: Some(Action::ManageSchedules),
+        ok: 200,
+        summary: "Delete a schedule (its past jobs stay in the job history)",
     },
     ApiRoute {
         name: "set_retention",

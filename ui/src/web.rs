@@ -1,7 +1,7 @@
 //! The HTML side of the console: sign-up, sign-in and sign-out, organisations, members,
-//! exports, the live job page (with its Server-Sent Events stream), job history, audit
-//! trail and settings. Every form carries a CSRF token; every handler checks the
-//! caller's role with `ctx::org` before it reads or changes anything.
+//! exports, the live job page (with its Server-Sent Events stream), job history,
+//! schedules, audit trail and settings. Every form carries a CSRF token; every handler
+//! checks the caller's role with `ctx::org` before it reads or changes anything.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -23,6 +23,7 @@ use crate::ctx::{self, Denied, OrgCtx};
 use crate::exports::{self, ExportForm, RetryForm};
 use crate::pages::{self, Errors, Nav};
 use crate::roles::{Action, allows, may_change_role};
+use crate::schedules;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -47,6 +48,19 @@ pub fn routes() -> Router<Shared> {
         .route("/orgs/{org}/members/{user}/role", post(change_role))
         .route("/orgs/{org}/members/{user}/remove", post(remove_member))
         .route("/orgs/{org}/audit", get(audit))
+        .route("/orgs/{org}/schedules", get(schedules_page))
+        .route(
+            "/orgs/{org}/schedules/{schedule}/pause",
+            post(pause_schedule),
+        )
+        .route(
+            "/orgs/{org}/schedules/{schedule}/resume",
+            post(resume_schedule),
+        )
+        .route(
+            "/orgs/{org}/schedules/{schedule}/delete",
+            post(delete_schedule),
+        )
         .route("/orgs/{org}/settings", get(settings))
         .route("/orgs/{org}/settings/retention", post(set_retention))
         .route("/orgs/{org}/settings/billing", post(set_billing))
@@ -944,6 +958,66 @@ async fn audit(
     match state.accounts.audit_log(&org, 500).await {
         Ok(events) => Html(pages::audit(nav(&c), events)).into_response(),
         Err(e) => refuse(e.into(), Some(nav(&c))),
+    }
+}
+
+async fn schedules_page(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageSchedules);
+    match schedules::list(&state, &org).await {
+        Ok(list) => Html(pages::schedules(nav(&c), &c.org, list)).into_response(),
+        Err(d) => refuse(d, Some(nav(&c))),
+    }
+}
+
+async fn set_schedule_paused(
+    state: Shared,
+    headers: HeaderMap,
+    org: String,
+    schedule: String,
+    f: CsrfOnly,
+    paused: bool,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageSchedules);
+    csrf!(c, f.csrf.as_deref());
+    match schedules::set_paused(&state, &c, &schedule, paused).await {
+        Ok(_) => Redirect::to(&format!("/orgs/{org}/schedules")).into_response(),
+        Err(d) => refuse(d, Some(nav(&c))),
+    }
+}
+
+async fn pause_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    set_schedule_paused(state, headers, org, schedule, f, true).await
+}
+
+async fn resume_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    set_schedule_paused(state, headers, org, schedule, f, false).await
+}
+
+async fn delete_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((org, schedule)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageSchedules);
+    csrf!(c, f.csrf.as_deref());
+    match schedules::delete(&state, &c, &schedule).await {
+        Ok(_) => Redirect::to(&format!("/orgs/{org}/schedules")).into_response(),
+        Err(d) => refuse(d, Some(nav(&c))),
     }
 }
 

@@ -4,7 +4,10 @@
 //!   gets the status the ONE permission table (`ui::roles`) implies;
 //! - writes without the CSRF header are refused; every error has the stable JSON shape;
 //! - the 11th sign-in attempt within the window is refused with 429 and Retry-After, and
-//!   the stored rate-limit keys are salted hashes, never addresses.
+//!   the stored rate-limit keys are salted hashes, never addresses;
+//! - schedules: an organisation sees and touches only its own (another organisation's
+//!   schedule id is 404 and stays as it was), pause and resume change the store and the
+//!   audit trail, and the schedules page and its forms follow the same rules as the API.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,10 +18,11 @@ use axum::http::{Request, StatusCode};
 use futures::future::BoxFuture;
 use pipeline::accounts::{Accounts, Role, User};
 use pipeline::embedded_nats::EmbeddedNats;
+use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
 use pipeline::{JobId, JobSpec};
 use tower::ServiceExt;
-use ui::roles::{API_ROUTES, ApiRoute, allows};
+use ui::roles::{API_ROUTES, Action, ApiRoute, allows};
 use ui::{AppState, LaunchError, WorkerLauncher};
 
 /// Records launches instead of starting processes.
@@ -85,6 +89,7 @@ enum Caller {
 struct Cell {
     org: String,
     job: JobId,
+    schedule: String,
     target: User,
     sessions: Vec<(Caller, Option<(String, String)>)>,
 }
@@ -137,6 +142,7 @@ async fn cell(w: &World, n: usize) -> Cell {
         )
         .await
         .unwrap();
+    let schedule = new_schedule(&w.store, &org.id).await;
     let mut sessions = vec![];
     for (caller, u) in [
         (Caller::Role(Role::Owner), Some(&owner)),
@@ -154,9 +160,48 @@ async fn cell(w: &World, n: usize) -> Cell {
     Cell {
         org: org.id,
         job,
+        schedule,
         target,
         sessions,
     }
+}
+
+/// A schedule in `org` (references only, as always); returns its id.
+async fn new_schedule(store: &JobStore, org: &str) -> String {
+    store
+        .create_schedule(
+            org,
+            &format!("nightly-{}", uuid::Uuid::new_v4().simple()),
+            "0 2 * * *",
+            "Europe/Helsinki",
+            &ScheduleTemplate {
+                chorus_url: "https://chorus.example/".into(),
+                kinds: Default::default(),
+                destination: "file:///tmp/x".into(),
+                webhook_url: None,
+                lookback_s: 7 * 24 * 3600,
+            },
+            &CredentialRefs {
+                chorus_token: "env:CHORUS_API_TOKEN".into(),
+                s3: None,
+                webhook_secret: None,
+                azure: None,
+                gcs: None,
+            },
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+fn path_of(route: &ApiRoute, c: &Cell, schedule: &str) -> String {
+    route
+        .path
+        .replace("{org}", &c.org)
+        .replace("{job}", c.job.as_str())
+        .replace("{user}", &c.target.id)
+        .replace("{schedule}", schedule)
 }
 
 const CANARY: &str = "CANARY-MATRIX-TOKEN-7f3a";
@@ -241,13 +286,10 @@ async fn every_api_route_for_every_role_matches_the_permission_table() {
     for (i, route) in API_ROUTES.iter().enumerate() {
         // A fresh organisation per route, so destructive routes do not disturb others.
         let c = cell(&w, i).await;
+        let mut schedule = c.schedule.clone();
         // Least privileged first, so the owner's delete_org runs last.
         for (caller, session) in c.sessions.iter().rev() {
-            let path = route
-                .path
-                .replace("{org}", &c.org)
-                .replace("{job}", c.job.as_str())
-                .replace("{user}", &c.target.id);
+            let path = path_of(route, &c, &schedule);
             let body = (route.method != "GET").then(|| body_for(route));
             let (status, json, _) =
                 call(&w.state, route.method, &path, session.as_ref(), true, body).await;
@@ -283,6 +325,7 @@ async fn every_api_route_for_every_role_matches_the_permission_table() {
                         .set_role(&c.org, &c.target.id, Role::Member)
                         .await
                         .unwrap(),
+                    "delete_schedule" => schedule = new_schedule(&w.store, &c.org).await,
                     _ => {}
                 }
             }
@@ -312,11 +355,7 @@ async fn writes_need_the_csrf_token() {
     let c = cell(&w, 0).await;
     let owner = c.sessions[0].1.clone().unwrap();
     for route in API_ROUTES.iter().filter(|r| r.method != "GET") {
-        let path = route
-            .path
-            .replace("{org}", &c.org)
-            .replace("{job}", c.job.as_str())
-            .replace("{user}", &c.target.id);
+        let path = path_of(route, &c, &c.schedule);
         let (status, json, _) = call(
             &w.state,
             route.method,
@@ -336,6 +375,11 @@ async fn writes_need_the_csrf_token() {
         assert_eq!(json["error"]["code"], "csrf", "{json}");
     }
     assert!(w.recorder.launched.lock().unwrap().is_empty());
+    let s = w.store.schedule(&c.schedule).await.unwrap();
+    assert!(
+        !s.paused,
+        "a write without the CSRF token changed the schedule"
+    );
 }
 
 #[tokio::test]
@@ -403,4 +447,361 @@ async fn openapi_lists_every_route() {
             r.path
         );
     }
+}
+
+/// A page request (a GET, or a form post when `form` is given): status, body, headers.
+async fn page(
+    state: &ui::Shared,
+    method: &str,
+    path: &str,
+    session: Option<&(String, String)>,
+    form: Option<String>,
+) -> (StatusCode, String, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some((token, _)) = session {
+        req = req.header("cookie", format!("portshift_session={token}"));
+    }
+    let mut req = match form {
+        Some(f) => req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(f))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    req.extensions_mut().insert(ConnectInfo(
+        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
+    ));
+    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        String::from_utf8_lossy(&bytes).into_owned(),
+        headers,
+    )
+}
+
+fn schedule_actions(accounts_log: &[pipeline::accounts::AuditEvent]) -> Vec<&str> {
+    accounts_log
+        .iter()
+        .filter(|e| e.action.starts_with("schedule."))
+        .map(|e| e.action.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn another_organisations_schedule_is_not_found_and_left_alone() {
+    let w = world().await;
+    let a = cell(&w, 0).await;
+    let b = cell(&w, 1).await;
+    let owner_a = a.sessions[0].1.clone().unwrap();
+    let b_before = w.store.schedule(&b.schedule).await.unwrap();
+
+    // A's list holds A's schedule only, through the API and the page.
+    let (status, json, _) = call(
+        &w.state,
+        "GET",
+        &format!("/api/v1/orgs/{}/schedules", a.org),
+        Some(&owner_a),
+        false,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let ids: Vec<&str> = json["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a.schedule.as_str()], "{json}");
+    assert!(
+        !json.to_string().contains("CHORUS_API_TOKEN"),
+        "the list shows credential references: {json}"
+    );
+    let (status, html, _) = page(
+        &w.state,
+        "GET",
+        &format!("/orgs/{}/schedules", a.org),
+        Some(&owner_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(&a.schedule) && !html.contains(&b.schedule));
+
+    // B's schedule id under A's organisation, and an id that does not exist, are both
+    // "not found" for every change, through the API and the page forms.
+    for id in [b.schedule.as_str(), "no-such-schedule"] {
+        for (method, suffix) in [("POST", "/pause"), ("POST", "/resume"), ("DELETE", "")] {
+            let (status, json, _) = call(
+                &w.state,
+                method,
+                &format!("/api/v1/orgs/{}/schedules/{id}{suffix}", a.org),
+                Some(&owner_a),
+                true,
+                Some(serde_json::json!({})),
+            )
+            .await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{method} {id}{suffix}: {json}"
+            );
+            assert_eq!(json["error"]["code"], "not_found", "{json}");
+        }
+        for action in ["pause", "resume", "delete"] {
+            let (status, html, _) = page(
+                &w.state,
+                "POST",
+                &format!("/orgs/{}/schedules/{id}/{action}", a.org),
+                Some(&owner_a),
+                Some(format!("csrf={}", owner_a.1)),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "page {action} {id}: {html}");
+        }
+    }
+    assert_eq!(
+        w.store.schedule(&b.schedule).await.unwrap(),
+        b_before,
+        "another organisation's schedule changed"
+    );
+    let accounts = Accounts::new(&w.store);
+    for org in [&a.org, &b.org] {
+        let log = accounts.audit_log(org, 100).await.unwrap();
+        assert!(schedule_actions(&log).is_empty(), "{log:?}");
+    }
+}
+
+#[tokio::test]
+async fn pause_resume_and_delete_change_the_store_and_the_audit_trail() {
+    let w = world().await;
+    let c = cell(&w, 0).await;
+    let admin = c.sessions[1].1.clone().unwrap();
+    let api = format!("/api/v1/orgs/{}/schedules/{}", c.org, c.schedule);
+    let due = |store: JobStore, id: String| async move {
+        store
+            .due_schedules(i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.id == id)
+    };
+
+    // Through the API.
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &format!("{api}/pause"),
+        Some(&admin),
+        true,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["paused"], true, "{json}");
+    assert!(json["next_run_ms"].is_null(), "{json}");
+    assert!(w.store.schedule(&c.schedule).await.unwrap().paused);
+    assert!(!due(w.store.clone(), c.schedule.clone()).await);
+    let (_, json, _) = call(
+        &w.state,
+        "GET",
+        &format!("/api/v1/orgs/{}/schedules", c.org),
+        Some(&admin),
+        false,
+        None,
+    )
+    .await;
+    assert_eq!(json["schedules"][0]["paused"], true, "{json}");
+    assert_eq!(json["schedules"][0]["cron"], "0 2 * * *", "{json}");
+    assert_eq!(json["schedules"][0]["timezone"], "Europe/Helsinki");
+    assert_eq!(json["schedules"][0]["destination"], "file:///tmp/x");
+    assert!(json["schedules"][0]["last_run_status"].is_null(), "{json}");
+
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &format!("{api}/resume"),
+        Some(&admin),
+        true,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["paused"], false, "{json}");
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(json["next_run_ms"].as_i64().unwrap() > now, "{json}");
+    let s = w.store.schedule(&c.schedule).await.unwrap();
+    assert!(!s.paused && s.next_run_ms > now);
+    assert!(due(w.store.clone(), c.schedule.clone()).await);
+
+    // Through the page forms: without the CSRF token nothing changes.
+    let form = format!("/orgs/{}/schedules/{}", c.org, c.schedule);
+    let (status, _, _) = page(
+        &w.state,
+        "POST",
+        &format!("{form}/pause"),
+        Some(&admin),
+        Some(String::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!w.store.schedule(&c.schedule).await.unwrap().paused);
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        let (status, html, headers) = page(
+            &w.state,
+            "POST",
+            &format!("{form}/{action}"),
+            Some(&admin),
+            Some(format!("csrf={}", admin.1)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{action}: {html}");
+        assert_eq!(headers["location"], format!("/orgs/{}/schedules", c.org));
+        assert_eq!(
+            w.store.schedule(&c.schedule).await.unwrap().paused,
+            paused,
+            "{action}"
+        );
+    }
+
+    // A member may do neither.
+    let member = c.sessions[2].1.clone().unwrap();
+    let (status, _, _) = page(
+        &w.state,
+        "POST",
+        &format!("{form}/pause"),
+        Some(&member),
+        Some(format!("csrf={}", member.1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!w.store.schedule(&c.schedule).await.unwrap().paused);
+
+    // Delete through the page.
+    let (status, html, _) = page(
+        &w.state,
+        "POST",
+        &format!("{form}/delete"),
+        Some(&admin),
+        Some(format!("csrf={}", admin.1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    assert!(w.store.schedule(&c.schedule).await.is_err());
+    let (status, json, _) = call(&w.state, "DELETE", &api, Some(&admin), true, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
+
+    let log = Accounts::new(&w.store)
+        .audit_log(&c.org, 100)
+        .await
+        .unwrap();
+    // Sorted: events within one millisecond have no defined order.
+    let mut actions = schedule_actions(&log);
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "schedule.deleted",
+            "schedule.paused",
+            "schedule.paused",
+            "schedule.resumed",
+            "schedule.resumed"
+        ],
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|e| e.action.starts_with("schedule."))
+            .all(|e| e.actor.starts_with("admin-") && e.detail.contains(&c.schedule)),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_schedules_page_and_its_link_follow_the_permission_table() {
+    let w = world().await;
+    let c = cell(&w, 0).await;
+    let schedules = format!("/orgs/{}/schedules", c.org);
+    for (caller, session) in &c.sessions {
+        let (status, html, headers) =
+            page(&w.state, "GET", &schedules, session.as_ref(), None).await;
+        let want = match caller {
+            Caller::Anonymous => StatusCode::SEE_OTHER,
+            Caller::Outsider => StatusCode::NOT_FOUND,
+            Caller::Role(r) if allows(*r, Action::ManageSchedules) => StatusCode::OK,
+            Caller::Role(_) => StatusCode::FORBIDDEN,
+        };
+        assert_eq!(status, want, "{caller:?}: {html}");
+        match caller {
+            Caller::Anonymous => assert_eq!(headers["location"], "/signin"),
+            Caller::Role(r) => {
+                if status == StatusCode::OK {
+                    let (token, csrf) = session.as_ref().unwrap();
+                    assert!(!html.contains(token.as_str()));
+                    assert!(html.contains(&format!("{schedules}/{}/pause", c.schedule)));
+                    assert!(html.contains(&format!("{schedules}/{}/delete", c.schedule)));
+                    assert!(
+                        html.contains(csrf.as_str()),
+                        "the forms carry the CSRF token"
+                    );
+                    assert!(!html.contains("CHORUS_API_TOKEN"), "shows references");
+                }
+                // The nav link, on the job history page every member sees.
+                let (status, html, _) = page(
+                    &w.state,
+                    "GET",
+                    &format!("/orgs/{}/jobs", c.org),
+                    session.as_ref(),
+                    None,
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(
+                    html.contains(&format!("href=\"{schedules}\"")),
+                    allows(*r, Action::ManageSchedules),
+                    "{caller:?}: schedules link"
+                );
+            }
+            Caller::Outsider => {}
+        }
+    }
+}
+
+/// Deleting an organisation stops its schedules too: nothing keeps exporting for an
+/// organisation that no longer exists. Another organisation's schedule is untouched.
+#[tokio::test]
+async fn deleting_an_organisation_deletes_its_schedules() {
+    let w = world().await;
+    let doomed = cell(&w, 0).await;
+    let other = cell(&w, 1).await;
+    let owner = doomed.sessions[0].1.clone().unwrap();
+    assert!(w.store.schedule(&doomed.schedule).await.is_ok());
+    let (status, json, _) = call(
+        &w.state,
+        "DELETE",
+        &format!("/api/v1/orgs/{}", doomed.org),
+        Some(&owner),
+        true,
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status} {json}");
+    assert!(
+        w.store.schedule(&doomed.schedule).await.is_err(),
+        "the deleted organisation's schedule survived"
+    );
+    assert!(
+        !w.store
+            .due_schedules(i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.organisation == doomed.org)
+    );
+    assert!(w.store.schedule(&other.schedule).await.is_ok());
 }
