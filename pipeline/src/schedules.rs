@@ -302,7 +302,7 @@ impl CronSchedule {
             .parse()
             .map_err(|e| ScheduleError::Cron {
                 expr: expr.to_string(),
-                detail: e.to_string(),
+                detail: e.to_string().trim_end_matches('.').to_string(),
             })?;
         let tz: Tz = tz
             .parse()

@@ -139,6 +139,7 @@ fn handler(route: &ApiRoute) -> MethodRouter<Shared> {
         "remove_member" => delete(remove_member),
         "audit" => get(audit),
         "list_schedules" => get(list_schedules),
+        "create_schedule" => post(create_schedule),
         "pause_schedule" => post(pause_schedule),
         "resume_schedule" => post(resume_schedule),
         "delete_schedule" => delete(delete_schedule),
@@ -468,6 +469,26 @@ async fn list_schedules(
         "schedules": listed.iter().map(schedules::schedule_json).collect::<Vec<_>>(),
     }))
     .into_response())
+}
+
+async fn create_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let c = org_ctx(&state, &headers, &org, Action::ManageSchedules, true).await?;
+    let f: schedules::NewSchedule = body(&raw)?;
+    let valid = match schedules::validate(&f) {
+        Ok(v) => v,
+        Err(e) => return Ok(invalid(&e)),
+    };
+    let schedule = schedules::create(&state, &c, valid).await?;
+    let listed = schedules::Listed {
+        schedule,
+        runs: Vec::new(),
+    };
+    Ok((StatusCode::CREATED, Json(schedules::schedule_json(&listed))).into_response())
 }
 
 async fn set_schedule_paused(

@@ -129,7 +129,7 @@ pub fn default_values() -> ExportValues {
     }
 }
 
-fn day(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn day(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
     let d = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
     let t = if end {
         NaiveTime::from_hms_opt(23, 59, 59)?
@@ -140,6 +140,34 @@ fn day(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 const SCHEMES: &[&str] = &["s3", "file", "azure", "gs"];
+
+/// Checks a destination URL's scheme and shape (the worker applies the full grammar);
+/// shared by the export form and schedules.
+pub fn check_destination(dest: &str, e: &mut Errors) {
+    match url::Url::parse(dest) {
+        Ok(u) if SCHEMES.contains(&u.scheme()) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                e.insert(
+                    "destination",
+                    "Do not put credentials in the destination URL: use the credential fields."
+                        .into(),
+                );
+            }
+            if u.path().split('/').any(|s| s == "." || s == "..") {
+                e.insert(
+                    "destination",
+                    "The destination path must not contain . or .. segments.".into(),
+                );
+            }
+        }
+        _ => {
+            e.insert(
+                "destination",
+                "Enter a destination URL: s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path".into(),
+            );
+        }
+    }
+}
 
 /// Checks the form; returns the job spec or an error per field.
 pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
@@ -183,28 +211,7 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
         );
     }
     let dest = f.destination.trim();
-    match url::Url::parse(dest) {
-        Ok(u) if SCHEMES.contains(&u.scheme()) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                e.insert(
-                    "destination",
-                    "Do not put credentials in the destination URL: use the credential fields below.".into(),
-                );
-            }
-            if u.path().split('/').any(|s| s == "." || s == "..") {
-                e.insert(
-                    "destination",
-                    "The destination path must not contain . or .. segments.".into(),
-                );
-            }
-        }
-        _ => {
-            e.insert(
-                "destination",
-                "Enter a destination URL: s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path".into(),
-            );
-        }
-    }
+    check_destination(dest, &mut e);
     let has_key = !f.s3_access_key_id.trim().is_empty();
     let has_secret = !f.s3_secret_access_key.is_empty();
     if has_key != has_secret {

@@ -179,6 +179,14 @@ pub const API_ROUTES: &[ApiRoute] = &[
         summary: "This organisation's recurring syncs with their next run and recent runs",
     },
     ApiRoute {
+        name: "create_schedule",
+        method: "POST",
+        path: "/api/v1/orgs/{org}/schedules",
+        action: Some(Action::ManageSchedules),
+        ok: 201,
+        summary: "Create a recurring sync; credentials as references (env:NAME, file:/path, aws:default, gcp:workload-identity), never values",
+    },
+    ApiRoute {
         name: "pause_schedule",
         method: "POST",
         path: "/api/v1/orgs/{org}/schedules/{schedule}/pause",

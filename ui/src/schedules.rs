@@ -4,14 +4,22 @@
 //! Shared by the pages and the JSON API, which check `Action::ManageSchedules` (and the
 //! CSRF token for changes) before calling in here. Every schedule id a caller gives goes
 //! through `ctx::schedule_in_org` first, so an id of another organisation is "not
-//! found" and never acted on. Schedules are still created with `portshift schedule
-//! create`; they hold credential references only, and nothing here shows those.
+//! found" and never acted on. Schedules are created here (API) or with `portshift
+//! schedule create`; they hold credential references only (a pasted secret is refused
+//! without being echoed), and nothing here shows those references back.
 
-use pipeline::schedules::{Schedule, ScheduleError, ScheduleRun};
+use chrono::{DateTime, Utc};
+use pipeline::ExportKinds;
+use pipeline::schedules::{
+    CredentialRefs, CronSchedule, Schedule, ScheduleError, ScheduleRun, ScheduleTemplate,
+};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::ctx::{self, Denied, OrgCtx};
+use crate::exports;
+use crate::pages::Errors;
 
 /// How many of a schedule's runs the page and the API show, newest first.
 pub const RECENT_RUNS: i64 = 10;
@@ -121,4 +129,197 @@ pub fn schedule_json(l: &Listed) -> Value {
         "last_run_status": l.runs.first().map(|r| r.status.as_str()),
         "runs": l.runs.iter().map(run_json).collect::<Vec<_>>(),
     })
+}
+
+/// A new schedule as the API receives it. Credentials are given as references
+/// (`env:NAME`, `file:/path`, `aws:default`, `gcp:workload-identity`), never values.
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct NewSchedule {
+    pub name: String,
+    /// Five cron fields, e.g. `0 2 * * *`.
+    pub cron: String,
+    /// An IANA time zone; empty means UTC.
+    pub timezone: String,
+    /// The first run exports from this day (YYYY-MM-DD, UTC).
+    pub start: String,
+    pub destination: String,
+    /// Empty means the public Chorus API.
+    pub chorus_url: String,
+    /// What to export; each defaults to true.
+    pub media: Option<bool>,
+    pub transcript: Option<bool>,
+    pub metadata: Option<bool>,
+    pub chorus_token_ref: String,
+    pub s3_ref: Option<String>,
+    pub azure_ref: Option<String>,
+    pub gcs_ref: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret_ref: Option<String>,
+    /// Days before the watermark each run looks again; default 7.
+    pub lookback_days: Option<i64>,
+}
+
+/// A checked [`NewSchedule`], ready to store.
+pub struct ValidSchedule {
+    name: String,
+    cron: String,
+    timezone: String,
+    template: ScheduleTemplate,
+    refs: CredentialRefs,
+    start: DateTime<Utc>,
+}
+
+fn given(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The form field a reference error belongs to.
+fn ref_field(what: &str) -> &'static str {
+    match what {
+        "s3" => "s3_ref",
+        "azure" => "azure_ref",
+        "gcs" => "gcs_ref",
+        "webhook secret" => "webhook_secret_ref",
+        _ => "chorus_token_ref",
+    }
+}
+
+/// Checks a new schedule; every problem is reported against its field.
+pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
+    let mut e = Errors::new();
+    let name = f.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        e.insert(
+            "name",
+            "Give the schedule a name of 1 to 100 characters.".into(),
+        );
+    }
+    let timezone = match f.timezone.trim() {
+        "" => "UTC",
+        tz => tz,
+    };
+    let cron = f.cron.trim();
+    // Checked one at a time, so a bad time zone is reported even when the cron is bad too.
+    if let Err(err) = CronSchedule::parse("0 0 * * *", timezone) {
+        e.insert("timezone", err.to_string());
+    }
+    if let Err(err) = CronSchedule::parse(cron, "UTC") {
+        e.insert("cron", err.to_string());
+    }
+    let start = exports::day(&f.start, false);
+    if start.is_none() {
+        e.insert("start", "Enter the first day as YYYY-MM-DD.".into());
+    }
+    let destination = f.destination.trim();
+    exports::check_destination(destination, &mut e);
+    let chorus_url = match f.chorus_url.trim() {
+        "" => "https://chorus.ai/",
+        u => u,
+    };
+    match url::Url::parse(chorus_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        _ => {
+            e.insert(
+                "chorus_url",
+                "Enter the Chorus API address, e.g. https://chorus.ai/".into(),
+            );
+        }
+    }
+    let kinds = ExportKinds {
+        media: f.media.unwrap_or(true),
+        transcript: f.transcript.unwrap_or(true),
+        metadata: f.metadata.unwrap_or(true),
+    };
+    if !(kinds.media || kinds.transcript || kinds.metadata) {
+        e.insert(
+            "kinds",
+            "Choose at least one of media, transcripts and metadata.".into(),
+        );
+    }
+    let webhook_url = given(&f.webhook_url);
+    if let Some(w) = &webhook_url {
+        if !url::Url::parse(w).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            e.insert(
+                "webhook_url",
+                "Enter an https:// URL or leave it empty.".into(),
+            );
+        } else if given(&f.webhook_secret_ref).is_none() {
+            e.insert(
+                "webhook_secret_ref",
+                "A webhook needs a reference to its signing secret (env:NAME or file:/path)."
+                    .into(),
+            );
+        }
+    }
+    let lookback_days = f.lookback_days.unwrap_or(7);
+    if !(0..=365).contains(&lookback_days) {
+        e.insert("lookback_days", "Look back between 0 and 365 days.".into());
+    }
+    let refs = CredentialRefs {
+        chorus_token: f.chorus_token_ref.trim().to_owned(),
+        s3: given(&f.s3_ref),
+        webhook_secret: given(&f.webhook_secret_ref),
+        azure: given(&f.azure_ref),
+        gcs: given(&f.gcs_ref),
+    };
+    match refs.validate() {
+        Ok(()) => {}
+        Err(
+            err @ (ScheduleError::BadRef { what, .. } | ScheduleError::Unresolved { what, .. }),
+        ) => {
+            // These messages never contain the value given (see pipeline::schedules).
+            e.insert(ref_field(what), err.to_string());
+        }
+        Err(err) => {
+            e.insert("chorus_token_ref", err.to_string());
+        }
+    }
+    match start {
+        Some(start) if e.is_empty() => Ok(ValidSchedule {
+            name: name.to_owned(),
+            cron: cron.to_owned(),
+            timezone: timezone.to_owned(),
+            template: ScheduleTemplate {
+                chorus_url: chorus_url.to_owned(),
+                kinds,
+                destination: destination.to_owned(),
+                webhook_url,
+                lookback_s: lookback_days * 24 * 3600,
+            },
+            refs,
+            start,
+        }),
+        _ => Err(e),
+    }
+}
+
+/// Stores a checked schedule for the caller's organisation and records it in the audit
+/// trail.
+pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Schedule, Denied> {
+    let s = state
+        .store
+        .create_schedule(
+            &c.org.id,
+            &v.name,
+            &v.cron,
+            &v.timezone,
+            &v.template,
+            &v.refs,
+            v.start,
+        )
+        .await?;
+    let _ = state
+        .accounts
+        .audit(
+            &c.org.id,
+            &c.session.user.email,
+            "schedule.created",
+            &format!("{} ({}): {} {}", s.name, s.id, s.cron, s.timezone),
+        )
+        .await;
+    Ok(s)
 }

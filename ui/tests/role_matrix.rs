@@ -223,6 +223,11 @@ fn body_for(route: &ApiRoute) -> serde_json::Value {
         }
         "change_role" => serde_json::json!({"role": "admin"}),
         "set_retention" => serde_json::json!({"days": 30}),
+        "create_schedule" => serde_json::json!({
+            "name": "nightly", "cron": "0 2 * * *", "timezone": "Europe/Helsinki",
+            "start": "2024-01-01", "destination": "s3://bucket/chorus?region=eu-west-1",
+            "chorus_token_ref": "env:CHORUS_API_TOKEN", "s3_ref": "aws:default",
+        }),
         _ => serde_json::json!({}),
     }
 }
@@ -804,4 +809,111 @@ async fn deleting_an_organisation_deletes_its_schedules() {
             .any(|s| s.organisation == doomed.org)
     );
     assert!(w.store.schedule(&other.schedule).await.is_ok());
+}
+
+/// Creating a schedule through the API: each mistake is reported against its field, a
+/// credential pasted where a reference belongs is refused without being echoed or
+/// stored, and a valid schedule is listed, stored with its references only, and audited.
+#[tokio::test]
+async fn schedules_are_created_with_references_only() {
+    let w = world().await;
+    let c = cell(&w, 0).await;
+    let admin = c.sessions[1].1.clone().unwrap();
+    let path = format!("/api/v1/orgs/{}/schedules", c.org);
+    let pasted = "sk-live-PASTED-SECRET-91c2";
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        true,
+        Some(serde_json::json!({
+            "name": "", "cron": "every night", "timezone": "Mars/Olympus",
+            "start": "yesterday", "destination": "ftp://x",
+            "chorus_token_ref": pasted,
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    let fields = &json["error"]["fields"];
+    for f in [
+        "name",
+        "timezone",
+        "start",
+        "destination",
+        "chorus_token_ref",
+    ] {
+        assert!(fields[f].is_string(), "{f} missing in {json}");
+    }
+    assert!(!json.to_string().contains("PASTED-SECRET"), "{json}");
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        true,
+        Some(serde_json::json!({
+            "name": "n", "cron": "every night", "start": "2024-01-01",
+            "destination": "gs://bucket/calls", "chorus_token_ref": "env:CHORUS_API_TOKEN",
+            "gcs_ref": "azure:managed-identity",
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert!(json["error"]["fields"]["cron"].is_string(), "{json}");
+    assert!(json["error"]["fields"]["gcs_ref"].is_string(), "{json}");
+
+    let before = w.store.schedules_of(&c.org).await.unwrap().len();
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        true,
+        Some(serde_json::json!({
+            "name": "nightly gcs", "cron": "30 1 * * *", "timezone": "Europe/Helsinki",
+            "start": "2024-02-01", "destination": "gs://bucket/calls",
+            "media": false,
+            "chorus_token_ref": "file:/run/secrets/chorus", "gcs_ref": "gcp:workload-identity",
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(json["name"], "nightly gcs");
+    assert_eq!(json["paused"], false);
+    let id = json["id"].as_str().unwrap().to_owned();
+    let stored = w.store.schedule(&id).await.unwrap();
+    assert_eq!(stored.organisation, c.org);
+    assert_eq!(
+        (stored.cron.as_str(), stored.timezone.as_str()),
+        ("30 1 * * *", "Europe/Helsinki")
+    );
+    assert!(!stored.template.kinds.media && stored.template.kinds.transcript);
+    assert_eq!(
+        stored.refs.gcs.as_deref(),
+        Some("gcp:workload-identity"),
+        "references stored as given"
+    );
+    assert_eq!(
+        w.store.schedules_of(&c.org).await.unwrap().len(),
+        before + 1
+    );
+    let log = Accounts::new(&w.store).audit_log(&c.org, 50).await.unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e.action == "schedule.created" && e.detail.contains(&id)),
+        "no audit entry"
+    );
+    // A member may not create one.
+    let member = c.sessions[2].1.clone().unwrap();
+    let (status, _, _) = call(
+        &w.state,
+        "POST",
+        &path,
+        Some(&member),
+        true,
+        Some(serde_json::json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
