@@ -17,7 +17,7 @@ use crate::ctx::{Denied, OrgCtx};
 use crate::pages::{Errors, ExportValues};
 
 /// A checkbox (`"true"`/`"on"` from a form) or a JSON boolean.
-fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+pub(crate) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Flag {

@@ -9,7 +9,7 @@ use pipeline::accounts::{AuditEvent, Invitation, JobSummary, Member, Organisatio
 
 use crate::live::{JobView, StageView, chart_svg, human_bytes};
 use crate::roles::{Action, allows};
-use crate::schedules::Listed;
+use crate::schedules::{Listed, ScheduleValues};
 
 /// What the header needs: who is signed in, their CSRF token, the current organisation.
 #[derive(Clone, Debug)]
@@ -534,8 +534,15 @@ pub fn audit(nav: Nav, events: Vec<AuditEvent>) -> String {
     )
 }
 
-pub fn schedules(nav: Nav, org: &Organisation, list: Vec<Listed>) -> String {
+pub fn schedules(
+    nav: Nav,
+    org: &Organisation,
+    list: Vec<Listed>,
+    v: ScheduleValues,
+    errors: &Errors,
+) -> String {
     let csrf = nav.csrf.clone();
+    let form_csrf = nav.csrf.clone();
     let base = format!("/orgs/{}/schedules", org.id);
     let jobs = format!("/orgs/{}/jobs", org.id);
     let empty = list.is_empty();
@@ -604,9 +611,45 @@ pub fn schedules(nav: Nav, org: &Organisation, list: Vec<Listed>) -> String {
         Some(nav),
         view! {
             <h1>"Schedules"</h1>
-            <p class="muted">"Each run exports only what is new since the last clean run, and appears in the job history. Create schedules with portshift schedule create: they hold credential references (env:NAME, file:/path, aws:default), never the credentials."</p>
+            <p class="muted">"Each run exports only what is new since the last clean run, and appears in the job history. A schedule holds credential references, never the credentials: the scheduler reads them when a run starts."</p>
             {empty.then(|| view! { <p class="notice" id="no-schedules">"This organisation has no schedules yet."</p> })}
             <div id="schedules">{cards}</div>
+            <form class="card stack" method="post" action=base.clone() id="new-schedule" autocomplete="off">
+                <h2>"New schedule"</h2>
+                <input type="hidden" name="csrf" value=form_csrf/>
+                <label>"Name" <input type="text" name="name" value=v.name required=true/></label>
+                {field_error(errors, "name")}
+                <label>"When (cron: minute hour day month weekday)" <input type="text" name="cron" value=v.cron required=true/></label>
+                {field_error(errors, "cron")}
+                <label>"Time zone (IANA, e.g. Europe/Helsinki)" <input type="text" name="timezone" value=v.timezone/></label>
+                {field_error(errors, "timezone")}
+                <label>"First run exports from (YYYY-MM-DD)" <input type="date" name="start" value=v.start required=true/></label>
+                {field_error(errors, "start")}
+                <label>"Chorus API URL" <input type="url" name="chorus_url" value=v.chorus_url/></label>
+                {field_error(errors, "chorus_url")}
+                <p class="checks"><strong>"Export: "</strong>
+                    <label><input type="checkbox" name="media" value="true" checked=v.media/>" media"</label>
+                    <label><input type="checkbox" name="transcript" value="true" checked=v.transcript/>" transcripts"</label>
+                    <label><input type="checkbox" name="metadata" value="true" checked=v.metadata/>" metadata"</label>
+                </p>
+                {field_error(errors, "kinds")}
+                <label>"Destination URL" <input type="text" name="destination" value=v.destination required=true placeholder="s3://bucket/prefix?region=eu-west-1"/></label>
+                {field_error(errors, "destination")}
+                <p class="muted">"References: env:NAME (the scheduler's environment), file:/path (a mounted secret), aws:default, gcp:workload-identity."</p>
+                <label>"Chorus token reference" <input type="text" name="chorus_token_ref" required=true placeholder="env:NAME or file:/path"/></label>
+                {field_error(errors, "chorus_token_ref")}
+                <label>"S3 keys reference (s3://)" <input type="text" name="s3_ref" placeholder="aws:default"/></label>
+                {field_error(errors, "s3_ref")}
+                <label>"Azure SAS reference (azure://)" <input type="text" name="azure_ref" placeholder="file:/run/secrets/azure-sas"/></label>
+                {field_error(errors, "azure_ref")}
+                <label>"Google key reference (gs://, BigQuery)" <input type="text" name="gcs_ref" placeholder="gcp:workload-identity"/></label>
+                {field_error(errors, "gcs_ref")}
+                <label>"Webhook URL (optional)" <input type="url" name="webhook_url"/></label>
+                {field_error(errors, "webhook_url")}
+                <label>"Webhook secret reference" <input type="text" name="webhook_secret_ref"/></label>
+                {field_error(errors, "webhook_secret_ref")}
+                <button class="primary" type="submit" id="create-schedule">"Create schedule"</button>
+            </form>
         },
     )
 }

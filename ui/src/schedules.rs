@@ -160,6 +160,114 @@ pub struct NewSchedule {
     pub lookback_days: Option<i64>,
 }
 
+/// The console's form for a new schedule: the same fields as [`NewSchedule`], with
+/// checkboxes (absent = unchecked) and a CSRF token.
+#[derive(Deserialize, Default)]
+pub struct NewScheduleForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub cron: String,
+    #[serde(default)]
+    pub timezone: String,
+    #[serde(default)]
+    pub start: String,
+    #[serde(default)]
+    pub destination: String,
+    #[serde(default)]
+    pub chorus_url: String,
+    #[serde(default, deserialize_with = "exports::flag")]
+    pub media: bool,
+    #[serde(default, deserialize_with = "exports::flag")]
+    pub transcript: bool,
+    #[serde(default, deserialize_with = "exports::flag")]
+    pub metadata: bool,
+    #[serde(default)]
+    pub chorus_token_ref: String,
+    #[serde(default)]
+    pub s3_ref: String,
+    #[serde(default)]
+    pub azure_ref: String,
+    #[serde(default)]
+    pub gcs_ref: String,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub webhook_secret_ref: String,
+}
+
+impl NewScheduleForm {
+    pub fn to_new(&self) -> NewSchedule {
+        let opt = |s: &str| (!s.trim().is_empty()).then(|| s.to_owned());
+        NewSchedule {
+            name: self.name.clone(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            start: self.start.clone(),
+            destination: self.destination.clone(),
+            chorus_url: self.chorus_url.clone(),
+            media: Some(self.media),
+            transcript: Some(self.transcript),
+            metadata: Some(self.metadata),
+            chorus_token_ref: self.chorus_token_ref.clone(),
+            s3_ref: opt(&self.s3_ref),
+            azure_ref: opt(&self.azure_ref),
+            gcs_ref: opt(&self.gcs_ref),
+            webhook_url: opt(&self.webhook_url),
+            webhook_secret_ref: opt(&self.webhook_secret_ref),
+            lookback_days: None,
+        }
+    }
+
+    /// What the form shows again after an error. Reference fields are not echoed: a
+    /// credential pasted there by mistake must not come back in the page.
+    pub fn values(&self) -> ScheduleValues {
+        ScheduleValues {
+            name: self.name.clone(),
+            cron: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            start: self.start.clone(),
+            destination: self.destination.clone(),
+            chorus_url: self.chorus_url.clone(),
+            media: self.media,
+            transcript: self.transcript,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// The non-secret values the schedule form is filled with.
+#[derive(Clone)]
+pub struct ScheduleValues {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub start: String,
+    pub destination: String,
+    pub chorus_url: String,
+    pub media: bool,
+    pub transcript: bool,
+    pub metadata: bool,
+}
+
+impl Default for ScheduleValues {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            cron: "0 2 * * *".into(),
+            timezone: "UTC".into(),
+            start: chrono::Utc::now().date_naive().to_string(),
+            destination: String::new(),
+            chorus_url: "https://chorus.ai/".into(),
+            media: true,
+            transcript: true,
+            metadata: true,
+        }
+    }
+}
+
 /// A checked [`NewSchedule`], ready to store.
 pub struct ValidSchedule {
     name: String,

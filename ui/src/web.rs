@@ -48,7 +48,10 @@ pub fn routes() -> Router<Shared> {
         .route("/orgs/{org}/members/{user}/role", post(change_role))
         .route("/orgs/{org}/members/{user}/remove", post(remove_member))
         .route("/orgs/{org}/audit", get(audit))
-        .route("/orgs/{org}/schedules", get(schedules_page))
+        .route(
+            "/orgs/{org}/schedules",
+            get(schedules_page).post(create_schedule),
+        )
         .route(
             "/orgs/{org}/schedules/{schedule}/pause",
             post(pause_schedule),
@@ -968,8 +971,41 @@ async fn schedules_page(
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageSchedules);
     match schedules::list(&state, &org).await {
-        Ok(list) => Html(pages::schedules(nav(&c), &c.org, list)).into_response(),
+        Ok(list) => Html(pages::schedules(
+            nav(&c),
+            &c.org,
+            list,
+            schedules::ScheduleValues::default(),
+            &pages::Errors::new(),
+        ))
+        .into_response(),
         Err(d) => refuse(d, Some(nav(&c))),
+    }
+}
+
+async fn create_schedule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Form(f): Form<schedules::NewScheduleForm>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageSchedules);
+    csrf!(c, f.csrf.as_deref());
+    let result = match schedules::validate(&f.to_new()) {
+        Ok(valid) => schedules::create(&state, &c, valid).await.map_err(Err),
+        Err(errors) => Err(Ok(errors)),
+    };
+    match result {
+        Ok(_) => Redirect::to(&format!("/orgs/{org}/schedules")).into_response(),
+        Err(Ok(errors)) => match schedules::list(&state, &org).await {
+            Ok(list) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Html(pages::schedules(nav(&c), &c.org, list, f.values(), &errors)),
+            )
+                .into_response(),
+            Err(d) => refuse(d, Some(nav(&c))),
+        },
+        Err(Err(d)) => refuse(d, Some(nav(&c))),
     }
 }
 

@@ -917,3 +917,60 @@ async fn schedules_are_created_with_references_only() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// The console's "New schedule" form: a mistake comes back as the page with the error
+/// next to its field (and without echoing what was typed into a reference field); a
+/// valid form creates the schedule (unchecked boxes mean "not exported") and returns to
+/// the list; without the CSRF token nothing is created.
+#[tokio::test]
+async fn the_new_schedule_form_creates_one_or_shows_the_field_errors() {
+    let w = world().await;
+    let c = cell(&w, 0).await;
+    let admin = c.sessions[1].1.clone().unwrap();
+    let path = format!("/orgs/{}/schedules", c.org);
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let before = w.store.schedules_of(&c.org).await.unwrap().len();
+
+    let bad = format!(
+        "csrf={}&name=n&cron=often&timezone=UTC&start=2024-01-01&destination={}&chorus_token_ref={}",
+        admin.1,
+        enc("s3://b/p"),
+        enc("sk-live-PASTED-FORM-SECRET")
+    );
+    let (status, html, _) = page(&w.state, "POST", &path, Some(&admin), Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("id=\"error-cron\""), "{html}");
+    assert!(html.contains("id=\"error-chorus_token_ref\""), "{html}");
+    assert!(!html.contains("PASTED-FORM-SECRET"));
+
+    let good = format!(
+        "name=weekly&cron={}&timezone={}&start=2024-03-01&destination={}&transcript=true&chorus_token_ref={}&azure_ref={}",
+        enc("0 3 * * 1"),
+        enc("Europe/Helsinki"),
+        enc("azure://acct/calls/chorus"),
+        enc("env:CHORUS_API_TOKEN"),
+        enc("file:/run/secrets/azure-sas"),
+    );
+    let (status, _, _) = page(&w.state, "POST", &path, Some(&admin), Some(good.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
+    assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
+
+    let (status, _, headers) = page(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        Some(format!("csrf={}&{good}", admin.1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], path.as_str());
+    let all = w.store.schedules_of(&c.org).await.unwrap();
+    assert_eq!(all.len(), before + 1);
+    let s = all.iter().find(|s| s.name == "weekly").unwrap();
+    assert_eq!(s.refs.azure.as_deref(), Some("file:/run/secrets/azure-sas"));
+    let k = &s.template.kinds;
+    assert!(!k.media && k.transcript && !k.metadata, "{k:?}");
+    let (_, html, _) = page(&w.state, "GET", &path, Some(&admin), None).await;
+    assert!(html.contains("weekly") && html.contains("id=\"new-schedule\""));
+}
