@@ -101,6 +101,27 @@ fn field_error(errors: &Errors, field: &str) -> impl IntoView + use<> {
         .map(|e| view! { <p class="field-error" id=format!("error-{field}")>{e}</p> })
 }
 
+/// The export form's and the schedule form's shared fields: what to export per
+/// recording, and where to.
+fn what_and_where(
+    media: bool,
+    transcript: bool,
+    metadata: bool,
+    destination: String,
+    errors: &Errors,
+) -> impl IntoView + use<> {
+    view! {
+        <p class="checks"><strong>"Export: "</strong>
+            <label><input type="checkbox" name="media" value="true" checked=media/>" media"</label>
+            <label><input type="checkbox" name="transcript" value="true" checked=transcript/>" transcripts"</label>
+            <label><input type="checkbox" name="metadata" value="true" checked=metadata/>" metadata"</label>
+        </p>
+        {field_error(errors, "kinds")}
+        <label>"Destination URL" <input type="text" name="destination" value=destination required=true placeholder="s3://bucket/prefix?region=eu-west-1"/></label>
+        {field_error(errors, "destination")}
+    }
+}
+
 pub fn error_page(nav: Option<Nav>, title: &str, message: &str) -> String {
     let message = message.to_string();
     document(
@@ -293,14 +314,7 @@ pub fn new_export(nav: Nav, org: &Organisation, v: ExportValues, errors: &Errors
                 {field_error(errors, "from")}
                 <label>"To (last day, inclusive)" <input type="date" name="to" value=v.to required=true/></label>
                 {field_error(errors, "to")}
-                <p class="checks"><strong>"Export: "</strong>
-                    <label><input type="checkbox" name="media" value="true" checked=v.media/>" media"</label>
-                    <label><input type="checkbox" name="transcript" value="true" checked=v.transcript/>" transcripts"</label>
-                    <label><input type="checkbox" name="metadata" value="true" checked=v.metadata/>" metadata"</label>
-                </p>
-                {field_error(errors, "kinds")}
-                <label>"Destination URL" <input type="text" name="destination" value=v.destination required=true placeholder="s3://bucket/prefix?region=eu-west-1"/></label>
-                {field_error(errors, "destination")}
+                {what_and_where(v.media, v.transcript, v.metadata, v.destination, errors)}
                 <label>"S3 access key id (empty: the worker's default credential chain)" <input type="text" name="s3_access_key_id" autocomplete="off"/></label>
                 {field_error(errors, "s3_access_key_id")}
                 <label>"S3 secret access key" <input type="password" name="s3_secret_access_key" autocomplete="off"/></label>
@@ -627,14 +641,7 @@ pub fn schedules(
                 {field_error(errors, "start")}
                 <label>"Chorus API URL" <input type="url" name="chorus_url" value=v.chorus_url/></label>
                 {field_error(errors, "chorus_url")}
-                <p class="checks"><strong>"Export: "</strong>
-                    <label><input type="checkbox" name="media" value="true" checked=v.media/>" media"</label>
-                    <label><input type="checkbox" name="transcript" value="true" checked=v.transcript/>" transcripts"</label>
-                    <label><input type="checkbox" name="metadata" value="true" checked=v.metadata/>" metadata"</label>
-                </p>
-                {field_error(errors, "kinds")}
-                <label>"Destination URL" <input type="text" name="destination" value=v.destination required=true placeholder="s3://bucket/prefix?region=eu-west-1"/></label>
-                {field_error(errors, "destination")}
+                {what_and_where(v.media, v.transcript, v.metadata, v.destination, errors)}
                 <p class="muted">"References: env:NAME (the scheduler's environment), file:/path (a mounted secret), aws:default, gcp:workload-identity."</p>
                 <label>"Chorus token reference" <input type="text" name="chorus_token_ref" required=true placeholder="env:NAME or file:/path"/></label>
                 {field_error(errors, "chorus_token_ref")}

@@ -263,13 +263,23 @@ async fn call(
             req = req.header("x-csrf-token", csrf_token);
         }
     }
-    let mut req = match body {
+    let req = match body {
         Some(b) => req
             .header("content-type", "application/json")
             .body(Body::from(b.to_string()))
             .unwrap(),
         None => req.body(Body::empty()).unwrap(),
     };
+    let (status, bytes, headers) = send(state, req).await;
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json, headers)
+}
+
+/// Sends one request through the router as if from 127.0.0.1.
+async fn send(
+    state: &ui::Shared,
+    mut req: Request<Body>,
+) -> (StatusCode, axum::body::Bytes, axum::http::HeaderMap) {
     req.extensions_mut().insert(ConnectInfo(
         "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
     ));
@@ -279,8 +289,7 @@ async fn call(
     let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
         .await
         .unwrap();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, json, headers)
+    (status, bytes, headers)
 }
 
 #[tokio::test]
@@ -466,22 +475,14 @@ async fn page(
     if let Some((token, _)) = session {
         req = req.header("cookie", format!("portshift_session={token}"));
     }
-    let mut req = match form {
+    let req = match form {
         Some(f) => req
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Body::from(f))
             .unwrap(),
         None => req.body(Body::empty()).unwrap(),
     };
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let (status, bytes, headers) = send(state, req).await;
     (
         status,
         String::from_utf8_lossy(&bytes).into_owned(),
