@@ -498,6 +498,46 @@ async fn console_in_a_real_browser() {
     );
     shot(&c, "07-audit-trail").await;
 
+    // A nightly schedule from the console: a bad cron is shown next to its field, then
+    // the schedule is created with references only and listed.
+    c.goto(&format!("{base}/orgs/{org_id}/schedules"))
+        .await
+        .unwrap();
+    fill(&c, "#new-schedule input[name=name]", "Nightly archive").await;
+    fill(&c, "#new-schedule input[name=cron]", "every night").await;
+    fill(&c, "#new-schedule input[name=timezone]", "Europe/Helsinki").await;
+    set_value(&c, "start", "2024-01-01").await;
+    fill(
+        &c,
+        "#new-schedule input[name=destination]",
+        "s3://archive/chorus?region=eu-west-1",
+    )
+    .await;
+    fill(
+        &c,
+        "#new-schedule input[name=chorus_token_ref]",
+        "env:CHORUS_API_TOKEN",
+    )
+    .await;
+    fill(&c, "#new-schedule input[name=s3_ref]", "aws:default").await;
+    click(&c, "#create-schedule").await;
+    assert!(text(&c, "#error-cron").await.contains("cron"));
+    fill(&c, "#new-schedule input[name=cron]", "0 2 * * *").await;
+    fill(
+        &c,
+        "#new-schedule input[name=chorus_token_ref]",
+        "env:CHORUS_API_TOKEN",
+    )
+    .await;
+    fill(&c, "#new-schedule input[name=s3_ref]", "aws:default").await;
+    click(&c, "#create-schedule").await;
+    let listed = text(&c, "#schedules .schedule").await;
+    assert!(
+        listed.contains("Nightly archive") && listed.contains("0 2 * * * (Europe/Helsinki)"),
+        "{listed}"
+    );
+    shot(&c, "09-schedules").await;
+
     // The invited member signs up, sees the organisation and the job, but not admin pages.
     sign_out(&c).await;
     sign_up(&c, &base, &member, "lantern-Quartz-meadow-77").await;
@@ -519,7 +559,7 @@ async fn console_in_a_real_browser() {
         !nav.contains("Members") && !nav.contains("Settings") && !nav.contains("Audit"),
         "{nav}"
     );
-    for page in ["members", "settings", "audit"] {
+    for page in ["members", "settings", "audit", "schedules"] {
         c.goto(&format!("{base}/orgs/{org_id}/{page}"))
             .await
             .unwrap();
