@@ -28,9 +28,25 @@ pub struct JobContext {
     pub http: reqwest::Client,
     /// The optional BigQuery metadata sink (one row per exported recording).
     pub metadata_sink: Option<Arc<crate::bigquery::BigQuerySink>>,
+    /// Signalled when this process changes the job's status, so the worker notices a
+    /// final state at once instead of at its next look at the store.
+    pub status_changed: tokio::sync::Notify,
 }
 
 impl JobContext {
+    /// Records the job's status and wakes this process's worker loop.
+    pub async fn set_status(
+        &self,
+        status: JobStatus,
+        reason: Option<&str>,
+    ) -> Result<(), pipeline::store::StoreError> {
+        let result = self.store.set_status(&self.job, status, reason).await;
+        // One waiter (the worker loop); a stored permit covers a change made while it
+        // was busy.
+        self.status_changed.notify_one();
+        result
+    }
+
     pub fn filter(&self) -> EngagementFilter {
         EngagementFilter {
             min_date: self.spec.from,
@@ -43,8 +59,7 @@ impl JobContext {
     /// destination) and returns the stage outcome that keeps the message for later.
     pub async fn blocked(&self, reason: String) -> StageError {
         if let Err(e) = self
-            .store
-            .set_status(&self.job, JobStatus::NeedsCredentials, Some(&reason))
+            .set_status(JobStatus::NeedsCredentials, Some(&reason))
             .await
         {
             tracing::warn!(job = %self.job, error = %e, "could not record the blocked state");

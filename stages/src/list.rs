@@ -142,13 +142,11 @@ impl StageHandler for ListStage {
     async fn on_dead(&self, _task: Option<ListTask>, reason: &str) -> Result<(), StageError> {
         // Without the rest of the listing the export cannot be complete: say so loudly.
         let ctx = &self.0;
-        ctx.store
-            .set_status(
-                &ctx.job,
-                JobStatus::Failed,
-                Some(&format!("listing Chorus failed: {reason}")),
-            )
-            .await
-            .map_err(store_err)
+        ctx.set_status(
+            JobStatus::Failed,
+            Some(&format!("listing Chorus failed: {reason}")),
+        )
+        .await
+        .map_err(store_err)
     }
 }

@@ -259,14 +259,12 @@ impl StageHandler for ManifestStage {
 
     async fn on_dead(&self, _task: Option<ManifestTask>, reason: &str) -> Result<(), StageError> {
         let ctx = &self.0;
-        ctx.store
-            .set_status(
-                &ctx.job,
-                pipeline::JobStatus::Failed,
-                Some(&format!("writing the manifest failed: {reason}")),
-            )
-            .await
-            .map_err(store_err)
+        ctx.set_status(
+            pipeline::JobStatus::Failed,
+            Some(&format!("writing the manifest failed: {reason}")),
+        )
+        .await
+        .map_err(store_err)
     }
 }
 

@@ -105,8 +105,7 @@ impl StageHandler for NotifyStage {
                 )));
             }
         }
-        ctx.store
-            .set_status(&ctx.job, summary.status, None)
+        ctx.set_status(summary.status, None)
             .await
             .map_err(store_err)
     }
@@ -115,14 +114,12 @@ impl StageHandler for NotifyStage {
         // The export itself is complete; only the notification failed. Say so.
         let ctx = &self.0;
         let summary = self.summary().await?;
-        ctx.store
-            .set_status(
-                &ctx.job,
-                summary.status,
-                Some(&format!("the webhook could not be notified: {reason}")),
-            )
-            .await
-            .map_err(store_err)
+        ctx.set_status(
+            summary.status,
+            Some(&format!("the webhook could not be notified: {reason}")),
+        )
+        .await
+        .map_err(store_err)
     }
 }
 

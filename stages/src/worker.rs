@@ -122,6 +122,7 @@ pub async fn prepare(
         webhook_secret: credentials.webhook_secret.clone(),
         http,
         metadata_sink,
+        status_changed: tokio::sync::Notify::new(),
     }))
 }
 
@@ -205,6 +206,7 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = ctx.status_changed.notified() => {}
             _ = stop.changed() => {}
             Some(done) = tasks.join_next() => {
                 // A runner only ends early on an error (e.g. its consumer could not be made).
