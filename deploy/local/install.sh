@@ -14,9 +14,11 @@
 #   rclone    Debian rclone, only with --with-rclone (benchmark)
 #   browser   Debian chromium + chromium-driver, only with --with-browser (console
 #             browser tests; scripts/test asks for it)
+#   fuzz      cargo-fuzz from crates.io -> .tools/cargo/bin (scripts/fuzz; skipped with
+#             PORTSHIFT_SKIP_FUZZ=1)
 # Owns .tools/ (or $PORTSHIFT_TOOLS); apt installs need root.
 #
-# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,rclone] [--with-rclone]
+# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,rclone,fuzz] [--with-rclone]
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -25,15 +27,15 @@ set -euo pipefail
 usage() {
     cat >&2 <<'EOF'
 Usage: deploy/local/install.sh [--only COMPONENTS] [--with-rclone]
-  --only nats,s3,postgres,azure,gcs,bigquery,rclone
+  --only nats,s3,postgres,azure,gcs,bigquery,rclone,fuzz
                                    install only these (comma list, repeatable)
   --with-rclone                    also install Debian rclone (benchmark)
-Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs and bigquery.
+Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs, bigquery and fuzz.
 EOF
     exit "${1:-0}"
 }
 
-want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_rclone=0
+want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_rclone=0 want_fuzz=1
 only=""
 want_browser=${PORTSHIFT_WITH_BROWSER:-0}
 while [[ $# -gt 0 ]]; do
@@ -48,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 if [[ -n $only ]]; then
-    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0
+    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_fuzz=0
     IFS=, read -r -a parts <<<"$only"
     for c in "${parts[@]}"; do
         case $c in
@@ -59,7 +61,8 @@ if [[ -n $only ]]; then
             gcs) want_gcs=1 ;;
             bigquery) want_bq=1 ;;
             rclone) want_rclone=1 ;;
-            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery rclone)" ;;
+            fuzz) want_fuzz=1 ;;
+            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery rclone fuzz)" ;;
         esac
     done
 fi
@@ -239,7 +242,7 @@ fi
 # --- cargo-fuzz (scripts/fuzz; on stable via RUSTC_BOOTSTRAP=1) ---------------------
 # About 65 s to build on 2 cores; skipped with PORTSHIFT_SKIP_FUZZ=1.
 CARGO_FUZZ_VERSION=0.13.2
-if [[ ${PORTSHIFT_SKIP_FUZZ:-0} != 1 ]]; then
+if [[ $want_fuzz -eq 1 && ${PORTSHIFT_SKIP_FUZZ:-0} != 1 ]]; then
     if [[ $("$TOOLS/cargo/bin/cargo-fuzz" --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
         log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
         cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS/cargo" >&2
