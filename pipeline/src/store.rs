@@ -315,6 +315,69 @@ impl JobStore {
         Ok((first != i64::from(page)).then_some(first as u32))
     }
 
+    /// Records a multipart upload `job` started at `object_key` (see `open_uploads`).
+    pub async fn record_open_upload(
+        &self,
+        job: &JobId,
+        object_key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO open_uploads (job_id, object_key, upload_id, created_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (job_id, upload_id) DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(object_key)
+        .bind(upload_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an upload that was completed or aborted.
+    pub async fn forget_open_upload(&self, job: &JobId, upload_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM open_uploads WHERE job_id = $1 AND upload_id = $2")
+            .bind(job.as_str())
+            .bind(upload_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The job's uploads still open, as `(object key, upload id)`, oldest first; only
+    /// those at `object_key` when given.
+    pub async fn open_uploads(
+        &self,
+        job: &JobId,
+        object_key: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = match object_key {
+            Some(key) => {
+                sqlx::query(
+                    "SELECT object_key, upload_id FROM open_uploads \
+                     WHERE job_id = $1 AND object_key = $2 ORDER BY created_ms, upload_id",
+                )
+                .bind(job.as_str())
+                .bind(key)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT object_key, upload_id FROM open_uploads \
+                     WHERE job_id = $1 ORDER BY created_ms, upload_id",
+                )
+                .bind(job.as_str())
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| Ok((r.try_get("object_key")?, r.try_get("upload_id")?)))
+            .collect()
+    }
+
     pub async fn mark_listing_complete(&self, job: &JobId) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET listing_complete = 1, updated_ms = $1 WHERE id = $2")
             .bind(now_ms())

@@ -7,7 +7,8 @@
 //! - `destination`: local folder, S3, Azure Blob and GCS behind one trait;
 //! - `bigquery`: the optional metadata sink (one row per exported recording);
 //! - `gcp_auth`: Google access tokens (service-account key or keyless) for GCS and BigQuery;
-//! - `http`: the one place outbound HTTP clients are built (rustls, validation on).
+//! - `http`: the one place outbound HTTP clients are built (rustls, validation on);
+//! - `upload_journal`: the job store noting open multipart uploads (killed workers').
 
 pub mod bigquery;
 pub mod chorus;
@@ -21,5 +22,6 @@ pub mod list;
 pub mod manifest;
 pub mod notify;
 pub mod scheduler;
+pub mod upload_journal;
 pub mod verify;
 pub mod worker;

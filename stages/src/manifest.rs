@@ -149,6 +149,16 @@ impl StageHandler for ManifestStage {
             // A stale request (e.g. replayed by hand): the last settling will ask again.
             return Ok(());
         }
+        // Every file is settled: an upload still open is a killed worker's leftover.
+        match ctx.destination.abort_left_open().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(job = %ctx.job, aborted = n, "aborted multipart uploads left by earlier workers")
+            }
+            Err(e) => {
+                tracing::warn!(job = %ctx.job, error = %e, "could not abort every leftover multipart upload; a bucket lifecycle rule for incomplete uploads cleans them (docs/permissions.md)")
+            }
+        }
         let files = ctx
             .store
             .manifest_entries(&ctx.job)

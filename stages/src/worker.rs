@@ -90,13 +90,17 @@ pub async fn prepare(
     chorus_config.extra_ca_file = options.extra_ca_file.clone();
     let chorus = ChorusClient::new(chorus_config)?;
     let dest_url: DestinationUrl = spec.destination.parse()?;
-    let destination = destination::open_with(
+    let mut destination = destination::open_with(
         &dest_url,
         credentials.into(),
         &options.tuning,
         options.extra_ca_file.as_deref(),
     )
     .await?;
+    destination.set_upload_journal(Arc::new(crate::upload_journal::StoreJournal::new(
+        store.clone(),
+        job.clone(),
+    )));
     let metadata_sink = match destination::url::bigquery_of(&spec.destination)? {
         Some(target) => Some(Arc::new(
             BigQuerySink::connect(

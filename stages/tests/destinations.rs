@@ -839,11 +839,9 @@ async fn s3_dest_at(endpoint: &str, bucket: &str, options: &str) -> Box<dyn Dest
         .unwrap()
 }
 
-/// `sse=AES256` asks S3 for SSE-S3 on single puts and multipart uploads alike, and
-/// the server reports the objects as encrypted.
-#[tokio::test(flavor = "multi_thread")]
-async fn s3_sse_s3_encrypts_every_object() {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+/// An S3 client with the test server's admin keys (to look at what portshift may not:
+/// listings, heads, multipart uploads), and a fresh bucket.
+async fn s3_admin_with_bucket(endpoint: &str) -> (aws_sdk_s3::Client, String) {
     let bucket = format!("e-{}", uuid::Uuid::new_v4().simple());
     let creds = aws_sdk_s3::config::Credentials::new(
         env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
@@ -856,12 +854,113 @@ async fn s3_sse_s3_encrypts_every_object() {
         aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(endpoint)
             .force_path_style(true)
             .credentials_provider(creds)
             .build(),
     );
     client.create_bucket().bucket(&bucket).send().await.unwrap();
+    (client, bucket)
+}
+
+/// Starts a multipart upload with one part, as a worker killed mid-file leaves it, and
+/// notes it in the job's journal as that worker did.
+async fn killed_workers_upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    store: &pipeline::store::JobStore,
+    job: &pipeline::JobId,
+) -> String {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let id = created.upload_id().unwrap().to_string();
+    client
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&id)
+        .part_number(1)
+        .body(pattern(5 * MIB, 9).into())
+        .send()
+        .await
+        .unwrap();
+    store.record_open_upload(job, key, &id).await.unwrap();
+    id
+}
+
+async fn open_upload_ids(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let out = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    out.uploads()
+        .iter()
+        .filter_map(|u| u.upload_id().map(str::to_string))
+        .collect()
+}
+
+/// A worker killed mid-upload leaves an open multipart upload (invisible, but billed).
+/// With the job store as journal, the next upload of that key aborts it first, and the
+/// end of the job aborts one whose key is never written again; nothing needs
+/// s3:ListBucketMultipartUploads, and the journal ends empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (client, bucket) = s3_admin_with_bucket(&endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
+        .await
+        .unwrap();
+    let job = pipeline::JobId::new();
+    let mut d = s3_dest_at(&endpoint, &bucket, "").await;
+    d.set_upload_journal(std::sync::Arc::new(
+        stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
+    ));
+
+    let rewritten = killed_workers_upload(&client, &bucket, "enc/a/video.mp4", &store, &job).await;
+    let abandoned = killed_workers_upload(&client, &bucket, "enc/b/video.mp4", &store, &job).await;
+    let open = open_upload_ids(&client, &bucket).await;
+    assert!(
+        open.contains(&rewritten) && open.contains(&abandoned),
+        "{open:?}"
+    );
+
+    // The retried fetch of a/ writes the key again (multipart: 12 MiB in 5 MiB parts).
+    let data = pattern(12 * MIB + 5, 4);
+    d.put("a/video.mp4", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(read_back(d.as_ref(), "a/video.mp4").await.unwrap(), data);
+    assert_eq!(
+        open_upload_ids(&client, &bucket).await,
+        vec![abandoned.clone()]
+    );
+    assert_eq!(
+        store.open_uploads(&job, None).await.unwrap(),
+        vec![("enc/b/video.mp4".to_string(), abandoned)]
+    );
+
+    // The end of the job aborts the one nobody came back for.
+    assert_eq!(d.abort_left_open().await.unwrap(), 1);
+    assert!(open_upload_ids(&client, &bucket).await.is_empty());
+    assert!(store.open_uploads(&job, None).await.unwrap().is_empty());
+    assert_eq!(d.abort_left_open().await.unwrap(), 0);
+}
+
+/// `sse=AES256` asks S3 for SSE-S3 on single puts and multipart uploads alike, and
+/// the server reports the objects as encrypted.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_sse_s3_encrypts_every_object() {
+    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (client, bucket) = s3_admin_with_bucket(&endpoint).await;
     let d = s3_dest_at(&endpoint, &bucket, "&sse=AES256").await;
     for (path, len) in [("small.bin", 1000), ("large.bin", 11 * MIB)] {
         d.put(

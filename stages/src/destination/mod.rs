@@ -18,6 +18,7 @@ pub mod s3;
 pub mod url;
 
 use std::io;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -90,6 +91,29 @@ pub trait Destination: Send + Sync {
 
     /// Reads an object back (verification only).
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError>;
+
+    /// Gives the destination a journal of the uploads it leaves open while it works
+    /// (S3 multipart uploads; Azure and GCS discard unfinished uploads themselves).
+    fn set_upload_journal(&mut self, _journal: Arc<dyn UploadJournal>) {}
+
+    /// Aborts every upload the journal still lists (a killed worker's), at the end of a
+    /// job; returns how many.
+    async fn abort_left_open(&self) -> Result<usize, DestinationError> {
+        Ok(0)
+    }
+}
+
+/// Where a destination notes the multipart uploads it has open, so that a worker killed
+/// mid-upload does not leave parts billed in the customer's bucket: the next attempt
+/// at the same key, or the end of the job, aborts them. It is hygiene, not integrity
+/// (an open upload is never visible as an object), so a journal that fails is logged
+/// and the upload goes on.
+#[async_trait]
+pub trait UploadJournal: Send + Sync {
+    async fn opened(&self, key: &str, upload_id: &str);
+    async fn closed(&self, upload_id: &str);
+    /// Uploads still open, as `(key, upload id)`; only at `key` when given.
+    async fn left_open(&self, key: Option<&str>) -> Vec<(String, String)>;
 }
 
 /// Checks a relative path before any destination touches it.

@@ -8,7 +8,9 @@
 //! (`sse=AES256` for SSE-S3, `sse=aws:kms[&kms_key_id=..]` for SSE-KMS) on every
 //! `PutObject` and `CreateMultipartUpload`. Only `s3:PutObject`,
 //! `s3:AbortMultipartUpload` and `s3:ListMultipartUploadParts` (plus `kms:GenerateDataKey`
-//! on the key for SSE-KMS) are needed to write.
+//! on the key for SSE-KMS) are needed to write. Open multipart uploads are noted in an
+//! [`UploadJournal`] (the job store), so those of a killed worker are aborted by the
+//! next attempt at the key or at the end of the job, without listing the bucket.
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::parts::PartReader;
 use super::url::{S3Encryption, S3Url};
-use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
+use super::{ByteStream, Destination, DestinationError, Tuning, UploadJournal, Written, checked};
 
 pub struct S3Destination {
     client: Client,
@@ -35,6 +37,7 @@ pub struct S3Destination {
     location: String,
     tuning: Tuning,
     sse: Option<S3Encryption>,
+    journal: Option<Arc<dyn UploadJournal>>,
 }
 
 impl S3Destination {
@@ -83,7 +86,61 @@ impl S3Destination {
             location,
             tuning: tuning.clone(),
             sse: url.sse.clone(),
+            journal: None,
         })
+    }
+
+    /// Aborts one multipart upload, retrying: an abort that fails leaves parts billed.
+    /// An upload S3 no longer knows (completed, aborted, expired) counts as aborted.
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), DestinationError> {
+        let mut last = None;
+        for attempt in 0..3u32 {
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            match aborted {
+                Ok(_) => return Ok(()),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "aborting a multipart upload failed");
+                    last = Some(e);
+                    tokio::time::sleep(pipeline::backoff::delay(
+                        attempt,
+                        std::time::Duration::from_millis(200),
+                        std::time::Duration::from_secs(2),
+                    ))
+                    .await;
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => self.classify("AbortMultipartUpload", e),
+            None => DestinationError::Transient {
+                destination: self.location.clone(),
+                detail: "AbortMultipartUpload did not run".into(),
+            },
+        })
+    }
+
+    /// Aborts the journal's open uploads (at `key` only, when given); returns how many.
+    async fn abort_journaled(&self, key: Option<&str>) -> Result<usize, DestinationError> {
+        let Some(journal) = &self.journal else {
+            return Ok(0);
+        };
+        let mut aborted = 0;
+        for (k, id) in journal.left_open(key).await {
+            self.abort_upload(&k, &id).await?;
+            journal.closed(&id).await;
+            aborted += 1;
+        }
+        Ok(aborted)
     }
 
     /// The `x-amz-server-side-encryption` value and KMS key id for every new object.
@@ -143,6 +200,10 @@ impl S3Destination {
         parts: &mut PartReader,
         content_type: &str,
     ) -> Result<u64, DestinationError> {
+        // A killed worker's upload of this key would otherwise stay open (and billed).
+        if let Err(e) = self.abort_journaled(Some(key)).await {
+            tracing::warn!(key, error = %e, "could not abort an earlier upload of this key; the end of the job tries again");
+        }
         let (sse, kms_key) = self.encryption();
         let created = self
             .client
@@ -162,34 +223,20 @@ impl S3Destination {
                 detail: "CreateMultipartUpload returned no upload id".into(),
             });
         };
+        if let Some(journal) = &self.journal {
+            journal.opened(key, &upload_id).await;
+        }
         let result = self
             .upload_parts(key, &upload_id, already_read, parts)
             .await;
-        if result.is_err() {
-            // Abort so nothing is left billed or visible; retried because an abort that
-            // fails would leave orphaned parts.
-            for attempt in 0..3u32 {
-                let aborted = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                match aborted {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "abort of a failed multipart upload failed");
-                        tokio::time::sleep(pipeline::backoff::delay(
-                            attempt,
-                            std::time::Duration::from_millis(200),
-                            std::time::Duration::from_secs(2),
-                        ))
-                        .await;
-                    }
-                }
-            }
+        // Completed, or else aborted so nothing is left billed or visible. An abort that
+        // failed stays in the journal for the end of the job.
+        let settled = match &result {
+            Ok(_) => true,
+            Err(_) => self.abort_upload(key, &upload_id).await.is_ok(),
+        };
+        if settled && let Some(journal) = &self.journal {
+            journal.closed(&upload_id).await;
         }
         result
     }
@@ -345,6 +392,14 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
 impl Destination for S3Destination {
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn set_upload_journal(&mut self, journal: Arc<dyn UploadJournal>) {
+        self.journal = Some(journal);
+    }
+
+    async fn abort_left_open(&self) -> Result<usize, DestinationError> {
+        self.abort_journaled(None).await
     }
 
     async fn put(
