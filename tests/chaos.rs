@@ -153,6 +153,20 @@ async fn chaos_export_ends_complete_and_exact() {
     download(&s3, &bucket, "chaos", copy.path()).await;
     assert_eq!(sha256sum_check(copy.path()), files);
 
+    // Workers killed mid-file left no multipart upload behind (billed, invisible parts).
+    let left_open = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        left_open.uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        left_open.uploads()
+    );
+    assert!(h.store.open_uploads(&job, None).await.unwrap().is_empty());
+
     let sim = h.sim.stats.snapshot();
     let worker_log = std::fs::read_to_string(&log).unwrap_or_default();
     let retries = worker_log.matches("will retry").count();
