@@ -154,17 +154,7 @@ async fn chaos_export_ends_complete_and_exact() {
     assert_eq!(sha256sum_check(copy.path()), files);
 
     // Workers killed mid-file left no multipart upload behind (billed, invisible parts).
-    let left_open = s3
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        left_open.uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        left_open.uploads()
-    );
+    assert_no_open_uploads(&s3, &bucket).await;
     assert!(h.store.open_uploads(&job, None).await.unwrap().is_empty());
 
     let sim = h.sim.stats.snapshot();

@@ -503,33 +503,28 @@ async fn console_in_a_real_browser() {
     c.goto(&format!("{base}/orgs/{org_id}/schedules"))
         .await
         .unwrap();
-    fill(&c, "#new-schedule input[name=name]", "Nightly archive").await;
-    fill(&c, "#new-schedule input[name=cron]", "every night").await;
-    fill(&c, "#new-schedule input[name=timezone]", "Europe/Helsinki").await;
+    // Reference fields are not echoed after an error, so they are typed again.
+    let refs = [
+        ("chorus_token_ref", "env:CHORUS_API_TOKEN"),
+        ("s3_ref", "aws:default"),
+    ];
+    for (name, value) in [
+        ("name", "Nightly archive"),
+        ("cron", "every night"),
+        ("timezone", "Europe/Helsinki"),
+        ("destination", "s3://archive/chorus?region=eu-west-1"),
+    ]
+    .into_iter()
+    .chain(refs)
+    {
+        fill(&c, &format!("#new-schedule input[name={name}]"), value).await;
+    }
     set_value(&c, "start", "2024-01-01").await;
-    fill(
-        &c,
-        "#new-schedule input[name=destination]",
-        "s3://archive/chorus?region=eu-west-1",
-    )
-    .await;
-    fill(
-        &c,
-        "#new-schedule input[name=chorus_token_ref]",
-        "env:CHORUS_API_TOKEN",
-    )
-    .await;
-    fill(&c, "#new-schedule input[name=s3_ref]", "aws:default").await;
     click(&c, "#create-schedule").await;
     assert!(text(&c, "#error-cron").await.contains("cron"));
-    fill(&c, "#new-schedule input[name=cron]", "0 2 * * *").await;
-    fill(
-        &c,
-        "#new-schedule input[name=chorus_token_ref]",
-        "env:CHORUS_API_TOKEN",
-    )
-    .await;
-    fill(&c, "#new-schedule input[name=s3_ref]", "aws:default").await;
+    for (name, value) in [("cron", "0 2 * * *")].into_iter().chain(refs) {
+        fill(&c, &format!("#new-schedule input[name={name}]"), value).await;
+    }
     click(&c, "#create-schedule").await;
     let listed = text(&c, "#schedules .schedule").await;
     assert!(

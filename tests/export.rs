@@ -264,17 +264,7 @@ async fn chorus_faults_still_export_every_file_correctly() {
         "faults were injected: {stats:?}"
     );
     assert_eq!(check_s3_export(&h, &bucket, "faults").await, 450);
-    let uploads = s3
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "aborted multipart uploads left behind: {:?}",
-        uploads.uploads()
-    );
+    assert_no_open_uploads(&s3, &bucket).await;
 }
 
 /// Chorus hands back a continuation key it already gave (A -> B -> A): instead of
@@ -368,16 +358,7 @@ async fn media_always_cut_short_never_reaches_a_final_key() {
             .all(|k| !k.ends_with(".mp4") && !k.ends_with(".mp3")),
         "media object at a final key: {keys:?}"
     );
-    let uploads = s3
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "multipart uploads left behind"
-    );
+    assert_no_open_uploads(&s3, &bucket).await;
     let files = all_files_of(local.path());
     assert!(
         files

@@ -287,6 +287,21 @@ fn read_secret(what: &'static str, r: &CredentialRef) -> Result<SecretString, Sc
     Ok(SecretString::from(value))
 }
 
+fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
+    croner::Cron::new(expr)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| ScheduleError::Cron {
+            expr: expr.to_string(),
+            detail: e.to_string().trim_end_matches('.').to_string(),
+        })
+}
+
+fn parse_time_zone(tz: &str) -> Result<Tz, ScheduleError> {
+    tz.parse()
+        .map_err(|_| ScheduleError::TimeZone(tz.to_string()))
+}
+
 /// A cron expression in a time zone. Five fields; a sixth (seconds, first) is accepted
 /// for tests and fine-grained syncs.
 #[derive(Clone, Debug)]
@@ -297,17 +312,20 @@ pub struct CronSchedule {
 
 impl CronSchedule {
     pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
-        let cron = croner::Cron::new(expr)
-            .with_seconds_optional()
-            .parse()
-            .map_err(|e| ScheduleError::Cron {
-                expr: expr.to_string(),
-                detail: e.to_string().trim_end_matches('.').to_string(),
-            })?;
-        let tz: Tz = tz
-            .parse()
-            .map_err(|_| ScheduleError::TimeZone(tz.to_string()))?;
-        Ok(Self { cron, tz })
+        Ok(Self {
+            cron: parse_cron(expr)?,
+            tz: parse_time_zone(tz)?,
+        })
+    }
+
+    /// Checks a cron expression alone (forms report it apart from the time zone).
+    pub fn check_cron(expr: &str) -> Result<(), ScheduleError> {
+        parse_cron(expr).map(drop)
+    }
+
+    /// Checks an IANA time zone name alone.
+    pub fn check_time_zone(tz: &str) -> Result<(), ScheduleError> {
+        parse_time_zone(tz).map(drop)
     }
 
     /// The first occurrence strictly after `t`.

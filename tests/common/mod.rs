@@ -207,6 +207,21 @@ pub fn s3_dest(bucket: &str, prefix: &str) -> String {
     )
 }
 
+/// Fails if any multipart upload is still open in `bucket` (invisible, but billed).
+pub async fn assert_no_open_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
+    let out = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        out.uploads()
+    );
+}
+
 /// Every key under `prefix` (with the prefix stripped).
 pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
     let mut keys = Vec::new();

@@ -169,10 +169,9 @@ pub fn check_destination(dest: &str, e: &mut Errors) {
     }
 }
 
-/// Checks the form; returns the job spec or an error per field.
-pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
-    let mut e: Errors = BTreeMap::new();
-    match url::Url::parse(f.chorus_url.trim()) {
+/// Checks the Chorus API address; shared by the export form and schedules.
+pub fn check_chorus_url(chorus_url: &str, e: &mut Errors) {
+    match url::Url::parse(chorus_url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
         _ => {
             e.insert(
@@ -181,6 +180,22 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
             );
         }
     }
+}
+
+/// Checks that something is exported; shared by the export form and schedules.
+pub fn check_kinds(kinds: &ExportKinds, e: &mut Errors) {
+    if !(kinds.media || kinds.transcript || kinds.metadata) {
+        e.insert(
+            "kinds",
+            "Choose at least one of media, transcripts and metadata.".into(),
+        );
+    }
+}
+
+/// Checks the form; returns the job spec or an error per field.
+pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
+    let mut e: Errors = BTreeMap::new();
+    check_chorus_url(f.chorus_url.trim(), &mut e);
     if f.chorus_token.trim().is_empty() {
         e.insert(
             "chorus_token",
@@ -204,12 +219,14 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
             "The last day must not be before the first day.".into(),
         );
     }
-    if !(f.media || f.transcript || f.metadata) {
-        e.insert(
-            "kinds",
-            "Choose at least one of media, transcripts and metadata.".into(),
-        );
-    }
+    check_kinds(
+        &ExportKinds {
+            media: f.media,
+            transcript: f.transcript,
+            metadata: f.metadata,
+        },
+        &mut e,
+    );
     let dest = f.destination.trim();
     check_destination(dest, &mut e);
     let has_key = !f.s3_access_key_id.trim().is_empty();

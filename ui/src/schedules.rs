@@ -311,11 +311,10 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
         tz => tz,
     };
     let cron = f.cron.trim();
-    // Checked one at a time, so a bad time zone is reported even when the cron is bad too.
-    if let Err(err) = CronSchedule::parse("0 0 * * *", timezone) {
+    if let Err(err) = CronSchedule::check_time_zone(timezone) {
         e.insert("timezone", err.to_string());
     }
-    if let Err(err) = CronSchedule::parse(cron, "UTC") {
+    if let Err(err) = CronSchedule::check_cron(cron) {
         e.insert("cron", err.to_string());
     }
     let start = exports::day(&f.start, false);
@@ -328,26 +327,13 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
         "" => "https://chorus.ai/",
         u => u,
     };
-    match url::Url::parse(chorus_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-        _ => {
-            e.insert(
-                "chorus_url",
-                "Enter the Chorus API address, e.g. https://chorus.ai/".into(),
-            );
-        }
-    }
+    exports::check_chorus_url(chorus_url, &mut e);
     let kinds = ExportKinds {
         media: f.media.unwrap_or(true),
         transcript: f.transcript.unwrap_or(true),
         metadata: f.metadata.unwrap_or(true),
     };
-    if !(kinds.media || kinds.transcript || kinds.metadata) {
-        e.insert(
-            "kinds",
-            "Choose at least one of media, transcripts and metadata.".into(),
-        );
-    }
+    exports::check_kinds(&kinds, &mut e);
     let webhook_url = given(&f.webhook_url);
     if let Some(w) = &webhook_url {
         if !url::Url::parse(w).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
