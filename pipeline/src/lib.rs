@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod backoff;
 pub mod config;
+pub mod destination_url;
 pub mod embedded_nats;
 pub mod job;
 pub mod keys;

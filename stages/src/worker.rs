@@ -101,10 +101,10 @@ pub async fn prepare(
         store.clone(),
         job.clone(),
     )));
-    let metadata_sink = match destination::url::bigquery_of(&spec.destination)? {
+    let metadata_sink = match &dest_url.bigquery {
         Some(target) => Some(Arc::new(
             BigQuerySink::connect(
-                &target,
+                target,
                 credentials.bigquery.as_ref().or(credentials.gcs.as_ref()),
                 options.extra_ca_file.as_deref(),
             )

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use self::url::{DestinationUrl, DestinationUrlError};
+pub use self::url::{DestinationUrl, DestinationUrlError, Storage};
 
 /// File bytes as they stream through: never collected whole, never written to our disk.
 pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
@@ -176,18 +176,18 @@ pub async fn open_with(
     tuning: &Tuning,
     extra_ca_file: Option<&std::path::Path>,
 ) -> Result<Box<dyn Destination>, DestinationError> {
-    match url {
-        DestinationUrl::Local { root } => Ok(Box::new(local::LocalFolder::new(root.clone()))),
-        DestinationUrl::S3(s3url) => Ok(Box::new(
+    match &url.storage {
+        Storage::Local { root } => Ok(Box::new(local::LocalFolder::new(root.clone()))),
+        Storage::S3(s3url) => Ok(Box::new(
             s3::S3Destination::connect(s3url, credentials.s3, tuning).await?,
         )),
-        DestinationUrl::Azure(a) => Ok(Box::new(azure::AzureDestination::connect(
+        Storage::Azure(a) => Ok(Box::new(azure::AzureDestination::connect(
             a,
             credentials.azure,
             tuning,
             extra_ca_file,
         )?)),
-        DestinationUrl::Gcs(g) => Ok(Box::new(gcs::GcsDestination::connect(
+        Storage::Gcs(g) => Ok(Box::new(gcs::GcsDestination::connect(
             g,
             credentials.gcs,
             tuning,
