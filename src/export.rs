@@ -283,10 +283,18 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         a.state.database_url.as_deref(),
     )
     .await?;
-    if services.store.reopen(&job).await? != JobStatus::Running {
-        bail!(
-            "job {job} already finished; nothing to resume (failed recordings are replayed with `portshift replay --job {job}`)"
-        );
+    let status = services.store.reopen(&job).await?;
+    if status != JobStatus::Running {
+        // A finished job can still have queued work: a dead letter replayed into it
+        // (its webhook, say). Run that; otherwise there is nothing to do.
+        let left = topology::job_work_left(&services.js, &job, &Stage::ALL).await?;
+        if left == 0 {
+            services.stop().await;
+            bail!(
+                "job {job} already finished; nothing to resume (failed recordings are replayed with `portshift replay --job {job}`)"
+            );
+        }
+        eprintln!("job {job} is {status}; running its {left} queued message(s)");
     }
     let code = drive(&services, &job, creds, a.tuning.options(), true).await;
     services.stop().await;
@@ -342,21 +350,32 @@ async fn drive(
     )
     .await?;
     drop(creds);
+    // SIGINT (Ctrl-C) and SIGTERM alike: the first stops taking work and lets the
+    // transfers in flight finish; a second abandons them (their messages are nakked and
+    // redelivered to the next worker). Either way the caller still stops the services,
+    // so the embedded nats-server never outlives this process.
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nstopping: finishing the files in flight (Ctrl-C again to abort)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
+    let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut signals = pipeline::shutdown::Signals::new().context("could not listen for signals")?;
+    let listener = tokio::spawn(async move {
+        signals.recv().await;
+        eprintln!("\nstopping: finishing the files in flight (Ctrl-C again to abort)");
+        let _ = stop_tx.send(true);
+        signals.recv().await;
+        let _ = abort_tx.send(());
     });
     let started = Instant::now();
     let progress =
         interactive.then(|| spawn_progress(services.store.clone(), job.clone(), started));
     let counters = WorkerCounters::default();
-    let status = worker::run(ctx.clone(), options, counters.clone(), stop_rx).await;
+    let status = tokio::select! {
+        s = worker::run(ctx.clone(), options, counters.clone(), stop_rx) => s,
+        _ = abort_rx => {
+            eprintln!("aborted: the transfers in flight will be redelivered");
+            Ok(JobStatus::Running)
+        }
+    };
+    listener.abort();
     if let Some((bar, task)) = progress {
         task.abort();
         bar.finish_and_clear();

@@ -215,11 +215,13 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
     };
     let (tx, rx) = watch::channel(false);
+    // SIGTERM like Ctrl-C: no new runs; the runs in progress stop taking work and
+    // finish or nak what they hold.
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        pipeline::shutdown::signal().await;
         let _ = tx.send(true);
     });
-    eprintln!("scheduler running; Ctrl-C stops it after the runs in progress");
+    eprintln!("scheduler running; Ctrl-C (or SIGTERM) stops it after the runs in progress");
     scheduler.run(rx).await;
     services.stop().await;
     Ok(ExitCode::SUCCESS)

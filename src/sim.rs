@@ -1,4 +1,5 @@
-//! `portshift chorus-sim`: serves the Chorus API simulator on loopback until Ctrl-C.
+//! `portshift chorus-sim`: serves the Chorus API simulator on loopback until Ctrl-C or
+//! SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -83,7 +84,7 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         "Chorus simulator: API {} (media {}); Ctrl-C stops it",
         handle.api_url, handle.media_url
     );
-    tokio::signal::ctrl_c().await?;
+    pipeline::shutdown::signal().await;
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

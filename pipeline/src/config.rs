@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::embedded_nats::{EmbeddedNats, EmbeddedNatsError};
+use crate::embedded_nats::{EmbeddedNatsError, SharedNats};
 use crate::store::{JobStore, StoreError};
 use crate::topology::{self, TopologyError};
 
@@ -37,6 +37,25 @@ pub enum ServicesError {
     Topology(#[from] TopologyError),
     #[error("could not create the data folder {dir}: {source}. Choose another with --data-dir")]
     DataDir { dir: String, source: std::io::Error },
+    #[error(
+        "{REPLICAS_ENV}={0:?} is not a replica count: use 1 (one server) or 3 (the reference cluster), at most 5"
+    )]
+    Replicas(String),
+}
+
+/// Environment variable: how many replicas new streams get (default 1; 3 on a cluster).
+pub const REPLICAS_ENV: &str = "PORTSHIFT_STREAM_REPLICAS";
+
+/// The replica count from [`REPLICAS_ENV`] (read at the edge, in [`Services::start`]).
+fn stream_replicas() -> Result<usize, ServicesError> {
+    match std::env::var(REPLICAS_ENV) {
+        Err(_) => Ok(1),
+        Ok(v) if v.trim().is_empty() => Ok(1),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n @ 1..=5) => Ok(n),
+            _ => Err(ServicesError::Replicas(v)),
+        },
+    }
 }
 
 /// The job store and JetStream, connected, with the streams in place.
@@ -44,7 +63,8 @@ pub struct Services {
     pub store: JobStore,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
-    embedded: Option<EmbeddedNats>,
+    embedded: Option<SharedNats>,
+    url: String,
 }
 
 /// Environment variable naming an extra CA bundle (PEM) trusted for NATS (and, in the
@@ -129,31 +149,58 @@ impl Services {
         let (embedded, url) = match nats_url {
             Some(url) => (None, url.to_string()),
             None => {
-                let server = EmbeddedNats::start(data_dir).await?;
+                // The data folder's one server: joined if another process runs it.
+                let server = SharedNats::join(data_dir).await?;
                 let url = server.url();
                 (Some(server), url)
             }
         };
-        let ca_file = std::env::var_os(CA_FILE_ENV)
-            .filter(|v| !v.to_string_lossy().trim().is_empty())
-            .map(PathBuf::from);
-        let nats = connect_nats(&url, ca_file.as_deref()).await?;
-        let js = jetstream::new(nats.clone());
-        topology::ensure_streams(&js).await?;
+        let connected = async {
+            let ca_file = std::env::var_os(CA_FILE_ENV)
+                .filter(|v| !v.to_string_lossy().trim().is_empty())
+                .map(PathBuf::from);
+            let nats = connect_nats(&url, ca_file.as_deref()).await?;
+            let js = jetstream::new(nats.clone());
+            topology::ensure_streams_replicated(&js, stream_replicas()?).await?;
+            Ok::<_, ServicesError>((nats, js))
+        }
+        .await;
+        let (nats, js) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // Leave the shared server as we found it (stopped if we were its only user).
+                if let Some(server) = embedded {
+                    server.leave().await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             store,
             nats,
             js,
             embedded,
+            url,
         })
     }
 
-    /// Flushes, closes the store and stops the embedded server, if any.
+    /// The NATS URL in use (given, or the embedded server's), for child processes.
+    pub fn nats_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The data folder's embedded server, if this process uses one.
+    pub fn embedded(&self) -> Option<&SharedNats> {
+        self.embedded.as_ref()
+    }
+
+    /// Flushes, closes the store and leaves the embedded server, if any (stopping it if
+    /// no other process on the data folder still uses it).
     pub async fn stop(self) {
         let _ = self.nats.flush().await;
         self.store.close().await;
         if let Some(server) = self.embedded {
-            server.stop().await;
+            server.leave().await;
         }
     }
 }

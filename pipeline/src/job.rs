@@ -188,6 +188,70 @@ impl JobStatus {
     }
 }
 
+/// Every legal status change, `(from, to)`; the job store refuses any other (with a
+/// conditional UPDATE, so a stale writer in another process cannot overwrite a newer
+/// state). Writing a job's current status again is legal (it updates the reason), except
+/// that nothing follows `cancelled`'s first write but itself.
+///
+/// - `running` may become anything: a worker blocks on credentials, the job finishes,
+///   fails, or is cancelled.
+/// - `needs_credentials` resumes to `running`; other workers of the job may still
+///   finish it; it may be cancelled or fail.
+/// - `finished_with_failures` and `failed` reopen to `running` (`resume`, `replay`);
+///   a replayed dead letter on a finished job can turn `finished_with_failures` into
+///   `finished` without a reopen.
+/// - `finished` and `cancelled` are final: no worker, supervisor or late message moves
+///   them to `needs_credentials`, `failed` or back to `running`.
+pub const TRANSITIONS: &[(JobStatus, JobStatus)] = {
+    use JobStatus::*;
+    &[
+        (Running, Running),
+        (Running, NeedsCredentials),
+        (Running, Finished),
+        (Running, FinishedWithFailures),
+        (Running, Failed),
+        (Running, Cancelled),
+        (NeedsCredentials, NeedsCredentials),
+        (NeedsCredentials, Running),
+        (NeedsCredentials, Finished),
+        (NeedsCredentials, FinishedWithFailures),
+        (NeedsCredentials, Failed),
+        (NeedsCredentials, Cancelled),
+        (FinishedWithFailures, FinishedWithFailures),
+        (FinishedWithFailures, Running),
+        (FinishedWithFailures, Finished),
+        (Failed, Failed),
+        (Failed, Running),
+        (Finished, Finished),
+        (Cancelled, Cancelled),
+    ]
+};
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Running,
+        JobStatus::NeedsCredentials,
+        JobStatus::Finished,
+        JobStatus::FinishedWithFailures,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// True if a job in this status may move to `next` (see [`TRANSITIONS`]).
+    pub fn can_become(self, next: JobStatus) -> bool {
+        TRANSITIONS.contains(&(self, next))
+    }
+
+    /// The statuses a job may be in to move to `next`.
+    pub fn sources_of(next: JobStatus) -> Vec<JobStatus> {
+        TRANSITIONS
+            .iter()
+            .filter(|(_, to)| *to == next)
+            .map(|(from, _)| *from)
+            .collect()
+    }
+}
+
 impl FromStr for JobStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -212,6 +276,30 @@ impl fmt::Display for JobStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finished_and_cancelled_jobs_are_never_overwritten_by_a_worker_or_a_failure() {
+        use JobStatus::*;
+        for done in [Finished, Cancelled] {
+            for next in [Running, NeedsCredentials, Failed, FinishedWithFailures] {
+                assert!(!done.can_become(next), "{done} -> {next} allowed");
+            }
+        }
+        assert!(!Cancelled.can_become(Finished));
+        assert!(!Finished.can_become(Cancelled));
+        // Every status can be written again, so a replayed notification is harmless.
+        for s in JobStatus::ALL {
+            assert!(s.can_become(s), "{s} -> {s} refused");
+        }
+        // Resume and replay reopen what stopped short of finishing.
+        for s in [NeedsCredentials, Failed, FinishedWithFailures] {
+            assert!(s.can_become(Running), "{s} cannot be resumed");
+        }
+        assert_eq!(
+            JobStatus::sources_of(Cancelled),
+            vec![Running, NeedsCredentials, Cancelled]
+        );
+    }
 
     #[test]
     fn job_ids_are_subject_safe_and_validated() {

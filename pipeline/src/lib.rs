@@ -18,6 +18,7 @@ pub mod runner;
 pub mod schedules;
 pub mod schema;
 pub mod secrets;
+pub mod shutdown;
 pub mod store;
 pub mod topology;
 

@@ -24,7 +24,7 @@ use async_nats::jetstream::{self, AckKind, Message};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff;
@@ -41,6 +41,10 @@ pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
 /// Header on a dead letter whose payload was cut to [`DLQ_MAX_PAYLOAD`] bytes: the
 /// original payload's size in bytes.
 pub const HDR_PAYLOAD_BYTES: &str = "Portshift-Payload-Bytes";
+
+/// How long one idle pull waits for a message before asking again (short, so a stopping
+/// worker leaves no pull request behind for long).
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a handler could not finish a message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +67,10 @@ pub trait JobTask: DeserializeOwned + Clone + Send + Sync + Validate + 'static {
     fn job(&self) -> &JobId;
     /// The msg-id this task is published with (DESIGN.md: `<job>.<stage>.<id>`).
     fn canonical_msg_id(&self) -> String;
+    /// The recording the task is about, if it is about one (for log fields).
+    fn recording(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl JobTask for messages::ListTask {
@@ -77,6 +85,9 @@ impl JobTask for messages::ListTask {
 impl JobTask for messages::FetchTask {
     fn job(&self) -> &JobId {
         &self.job
+    }
+    fn recording(&self) -> Option<&str> {
+        Some(&self.recording_id)
     }
     fn canonical_msg_id(&self) -> String {
         let id = crate::keys::sanitize_segment(&self.recording_id);
@@ -227,58 +238,106 @@ pub async fn run<H: StageHandler>(
     let max_ack_pending = (config.concurrency * 4) as i64;
     let consumer =
         topology::stage_consumer(&js, stage, &job, config.ack_wait, max_ack_pending).await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(config.concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| RunnerError::Pull {
-            stage: stage.as_str(),
-            source: Box::new(e),
-        })?;
-
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut inflight = JoinSet::new();
-    loop {
+    let start = |msg: Message, permit: OwnedSemaphorePermit, inflight: &mut JoinSet<()>| {
+        let handler = handler.clone();
+        let js = js.clone();
+        let config = config.clone();
+        let counters = counters.clone();
+        let job = job.clone();
+        inflight.spawn(async move {
+            process(
+                &js,
+                &job,
+                handler.as_ref(),
+                Guarded::new(msg),
+                &config,
+                &counters,
+            )
+            .await;
+            drop(permit);
+        });
+    };
+    // Pull only what free slots can start at once: a message JetStream delivered is
+    // being worked on (and kept alive by progress acks), never waiting in a client
+    // buffer while its ack_wait runs out, which would redeliver it (and count a
+    // delivery) while its first copy is still queued.
+    'pull: loop {
         if *shutdown.borrow() {
             break;
         }
         while inflight.try_join_next().is_some() {}
-        let permit = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.changed() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let next = tokio::select! {
-            _ = shutdown.changed() => break,
-            n = messages.next() => n,
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                // Missed heartbeats and reconnects surface here; the stream recovers.
-                tracing::debug!(stage = stage.as_str(), error = %e, "pull stream hiccup");
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // What is waiting now, without waiting for more.
+        let mut got = 0;
+        match consumer
+            .fetch()
+            .max_messages(permits.len())
+            .messages()
+            .await
+        {
+            Ok(mut batch) => loop {
+                let next = tokio::select! {
+                    _ = shutdown.changed() => break 'pull,
+                    n = batch.next() => n,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        let Some(permit) = permits.pop() else { break };
+                        got += 1;
+                        start(msg, permit, &mut inflight);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(stage = stage.as_str(), error = %e, "fetch ended early");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => {
+                // Reconnects surface here; the connection recovers on its own.
+                tracing::debug!(stage = stage.as_str(), error = %e, "fetch failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
-            Some(Ok(msg)) => {
-                let handler = handler.clone();
-                let js = js.clone();
-                let config = config.clone();
-                let counters = counters.clone();
-                let job = job.clone();
-                inflight.spawn(async move {
-                    process(
-                        &js,
-                        &job,
-                        handler.as_ref(),
-                        Guarded::new(msg),
-                        &config,
-                        &counters,
-                    )
-                    .await;
-                    drop(permit);
-                });
+        }
+        if got > 0 {
+            continue;
+        }
+        // Nothing waiting: wait (bounded) for the next message, with one slot held for it.
+        permits.truncate(1);
+        let waited = consumer
+            .batch()
+            .max_messages(1)
+            .expires(IDLE_WAIT)
+            .messages()
+            .await;
+        match waited {
+            Ok(mut batch) => {
+                let next = tokio::select! {
+                    _ = shutdown.changed() => break 'pull,
+                    n = batch.next() => n,
+                };
+                match (next, permits.pop()) {
+                    (Some(Ok(msg)), Some(permit)) => start(msg, permit, &mut inflight),
+                    (Some(Err(e)), _) => {
+                        tracing::debug!(stage = stage.as_str(), error = %e, "pull wait ended early");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(stage = stage.as_str(), error = %e, "pull failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
@@ -349,7 +408,16 @@ async fn process<H: StageHandler>(
     };
 
     let outcome = {
-        let work = handler.handle(task.clone());
+        // The job, stage and (for a fetch) recording become fields of every log line the
+        // handler writes (JSON logs show them as `span` fields).
+        let span = tracing::info_span!(
+            "message",
+            job = %job,
+            stage = stage.as_str(),
+            recording = task.recording().unwrap_or_default(),
+            attempt = delivered
+        );
+        let work = tracing::Instrument::instrument(handler.handle(task.clone()), span);
         tokio::pin!(work);
         let mut ping = tokio::time::interval(config.ack_wait / 3);
         ping.tick().await;

@@ -32,6 +32,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("no job {0} in the job store: check the id (`portshift jobs` lists them)")]
     NoSuchJob(JobId),
+    /// Another process moved the job on first (e.g. cancelled or finished it).
+    #[error("job {job} is {from}; it cannot become {to}")]
+    IllegalTransition {
+        job: JobId,
+        from: JobStatus,
+        to: JobStatus,
+    },
     #[error(
         "the job store URL asks for sslmode={mode}, which encrypts without checking the server's certificate. \
          Use sslmode=verify-full (with sslrootcert=<CA file> for a private CA), or sslmode=disable for a local server"
@@ -243,9 +250,14 @@ impl JobStore {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let finished = if status.is_final() { Some(now) } else { None };
-        let done = sqlx::query(
-            "UPDATE jobs SET status = $1, status_reason = $2, updated_ms = $3, finished_ms = $4 WHERE id = $5",
-        )
+        // One conditional UPDATE: the check and the write are one step on both
+        // backends, so a writer that read an older status cannot overwrite a newer one.
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET status = $1, status_reason = $2, updated_ms = $3, \
+             finished_ms = COALESCE(CASE WHEN status = $1 THEN finished_ms END, $4) \
+             WHERE id = $5 AND status IN ({})",
+            status_list(&JobStatus::sources_of(status))
+        ))
         .bind(status.as_str())
         .bind(reason)
         .bind(now)
@@ -254,7 +266,12 @@ impl JobStore {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NoSuchJob(id.clone()));
+            let from = self.job(id).await?.status;
+            return Err(StoreError::IllegalTransition {
+                job: id.clone(),
+                from,
+                to: status,
+            });
         }
         Ok(())
     }
@@ -672,18 +689,19 @@ impl JobStore {
     /// Puts a job that stopped (needs credentials, failed, finished with failures) back
     /// to running, for `resume` and `replay`. A finished job stays finished.
     pub async fn reopen(&self, job: &JobId) -> Result<JobStatus, StoreError> {
-        let current = self.job(job).await?.status;
-        if matches!(current, JobStatus::Finished | JobStatus::Cancelled) {
-            return Ok(current);
-        }
-        sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', status_reason = NULL, finished_ms = NULL, \
-             heartbeat_ms = $1, updated_ms = $1 WHERE id = $2",
-        )
+             heartbeat_ms = $1, updated_ms = $1 WHERE id = $2 AND status IN ({})",
+            status_list(&JobStatus::sources_of(JobStatus::Running))
+        ))
         .bind(now_ms())
         .bind(job.as_str())
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            // Finished or cancelled (or no such job): left as it is.
+            return Ok(self.job(job).await?.status);
+        }
         Ok(JobStatus::Running)
     }
 
@@ -691,6 +709,15 @@ impl JobStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// `'a', 'b'` for an SQL `IN (...)`: the statuses are our own fixed names, never input.
+fn status_list(statuses: &[JobStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {

@@ -24,6 +24,17 @@ pub const DLQ_STREAM: &str = "PORTSHIFT_DLQ";
 /// portshift makes is a few KiB, so a larger one is refused here, with its size.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Tasks older than this leave the work stream unprocessed: a job abandoned for two
+/// weeks (never resumed, never cancelled) no longer holds queue space. Documented in
+/// docs/replay.md.
+pub const WORK_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Upper bound of the work stream's store (tasks are a few hundred bytes each: about
+/// two million queued recordings).
+pub const WORK_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+/// Durable consumers of a job nobody works on disappear after this idle time (a job is
+/// normally retired, consumers and all, when it ends; see [`retire_job`]).
+pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long JetStream remembers msg-ids to drop duplicate publishes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -114,8 +125,18 @@ pub enum TopologyError {
     },
 }
 
-/// Creates the three streams if missing (idempotent; safe from many processes at once).
+/// Creates the three streams if missing (idempotent; safe from many processes at once),
+/// with one replica (a single server).
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), TopologyError> {
+    ensure_streams_replicated(js, 1).await
+}
+
+/// [`ensure_streams`] with `replicas` copies of each stream (3 on the reference cluster,
+/// `deploy/cluster/`). Streams that exist keep the replicas they were made with.
+pub async fn ensure_streams_replicated(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<(), TopologyError> {
     let configs = [
         stream::Config {
             name: WORK_STREAM.into(),
@@ -128,6 +149,12 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), TopologyError
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
+            max_age: WORK_MAX_AGE,
+            max_bytes: WORK_MAX_BYTES,
+            max_message_size: MAX_MESSAGE_BYTES as i32,
+            // Full: refuse new tasks (the publisher sees the error and retries) rather
+            // than silently dropping queued ones.
+            discard: stream::DiscardPolicy::New,
             ..Default::default()
         },
         stream::Config {
@@ -149,18 +176,39 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), TopologyError
             ..Default::default()
         },
     ];
-    for config in configs {
+    for mut config in configs {
+        config.num_replicas = replicas.max(1);
         let name: &'static str = match config.name.as_str() {
             WORK_STREAM => WORK_STREAM,
             RECORD_STREAM => RECORD_STREAM,
             _ => DLQ_STREAM,
         };
-        js.get_or_create_stream(config)
-            .await
-            .map_err(|e| TopologyError::Stream {
+        let limits = (config.max_age, config.max_bytes, config.discard);
+        let mut stream =
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| TopologyError::Stream {
+                    stream: name,
+                    source: Box::new(e),
+                })?;
+        // A work stream made by an older portshift has no limits: add them, keeping
+        // everything else (e.g. the replicas an operator chose).
+        if name == WORK_STREAM {
+            let current = stream.info().await.map_err(|e| TopologyError::Stream {
                 stream: name,
                 source: Box::new(e),
             })?;
+            if current.config.max_age.is_zero() {
+                let mut updated = current.config.clone();
+                (updated.max_age, updated.max_bytes, updated.discard) = limits;
+                js.update_stream(updated)
+                    .await
+                    .map_err(|e| TopologyError::Stream {
+                        stream: name,
+                        source: Box::new(e),
+                    })?;
+            }
+        }
     }
     Ok(())
 }
@@ -194,7 +242,7 @@ pub async fn stage_consumer(
                 // redelivering until then, so no server-side limit.
                 max_deliver: -1,
                 max_ack_pending,
-                inactive_threshold: Duration::from_secs(7 * 24 * 3600),
+                inactive_threshold: CONSUMER_INACTIVE,
                 ..Default::default()
             },
         )
@@ -256,11 +304,48 @@ pub async fn publish_raw(
     Ok(())
 }
 
-/// Removes a finished job's consumers (hygiene; they would expire on their own).
-pub async fn delete_job_consumers(js: &jetstream::Context, job: &JobId) {
-    if let Ok(stream) = js.get_stream(WORK_STREAM).await {
-        for stage in Stage::ALL {
-            let _ = stream.delete_consumer(&stage.consumer_name(job)).await;
+/// How many of the job's tasks for `stages` are in the work stream: queued, or
+/// delivered and not yet acked (work-queue retention removes a task only when acked).
+pub async fn job_work_left(
+    js: &jetstream::Context,
+    job: &JobId,
+    stages: &[Stage],
+) -> Result<u64, TopologyError> {
+    use futures::TryStreamExt;
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| TopologyError::Stream {
+        stream: WORK_STREAM,
+        source: e,
+    };
+    let stream = js
+        .get_stream(WORK_STREAM)
+        .await
+        .map_err(|e| err(Box::new(e)))?;
+    let subjects = stream
+        .info_with_subjects(format!("portshift.*.{job}"))
+        .await
+        .map_err(|e| err(Box::new(e)))?;
+    let counts: Vec<(String, usize)> =
+        subjects.try_collect().await.map_err(|e| err(Box::new(e)))?;
+    Ok(counts
+        .into_iter()
+        .filter(|(subject, _)| stages.iter().any(|s| *subject == s.subject(job)))
+        .map(|(_, n)| n as u64)
+        .sum())
+}
+
+/// Retires a job that reached a final state: deletes its four durable consumers (a
+/// schedule every 5 minutes would otherwise pile up thousands) and purges whatever of
+/// its tasks is still in the work stream (a cancelled job's unstarted fetches). Best
+/// effort: what fails here the stream's limits and the consumers' inactivity threshold
+/// clean up later. A replay into a retired job makes its consumers again.
+pub async fn retire_job(js: &jetstream::Context, job: &JobId) {
+    let Ok(stream) = js.get_stream(WORK_STREAM).await else {
+        return;
+    };
+    for stage in Stage::ALL {
+        let _ = stream.delete_consumer(&stage.consumer_name(job)).await;
+        if let Err(e) = stream.purge().filter(stage.subject(job)).await {
+            tracing::debug!(%job, stage = stage.as_str(), error = %e, "could not purge the job's tasks");
         }
     }
 }

@@ -25,6 +25,8 @@ struct Scripted {
     done: Mutex<Vec<String>>,
     dead: Mutex<Vec<(Option<String>, String)>>,
     hang: bool,
+    /// How long each message takes (a transfer slower than ack_wait).
+    slow: Duration,
     started: AtomicU32,
 }
 
@@ -39,6 +41,7 @@ impl StageHandler for Scripted {
         if self.hang {
             std::future::pending::<()>().await;
         }
+        tokio::time::sleep(self.slow).await;
         let n = {
             let mut seen = self.seen.lock().unwrap();
             let n = seen.entry(task.recording_id.clone()).or_default();
@@ -124,17 +127,27 @@ async fn run_until<F: Fn(&Scripted) -> bool>(
     handler: Arc<Scripted>,
     until: F,
 ) -> Arc<StageCounters> {
+    run_until_with(env, handler, config(), Duration::from_secs(30), until).await
+}
+
+async fn run_until_with<F: Fn(&Scripted) -> bool>(
+    env: &Env,
+    handler: Arc<Scripted>,
+    config: RunnerConfig,
+    within: Duration,
+    until: F,
+) -> Arc<StageCounters> {
     let (tx, rx) = watch::channel(false);
     let counters = Arc::new(StageCounters::default());
     let task = tokio::spawn(runner::run(
         env.js.clone(),
         env.job.clone(),
         handler.clone(),
-        config(),
+        config,
         counters.clone(),
         rx,
     ));
-    tokio::time::timeout(Duration::from_secs(30), async {
+    tokio::time::timeout(within, async {
         while !until(&handler) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -194,6 +207,60 @@ async fn success_is_acked_and_transient_errors_are_retried() {
         "acked messages are gone from the work queue"
     );
     assert!(dead_letters(&env).await.is_empty());
+}
+
+/// Transfers slower than ack_wait, several at once: the runner pulls only what a free
+/// slot can start, so no message waits un-acked in the client's buffer past ack_wait.
+/// Without a failure, nothing is delivered twice and no delivery count passes 1.
+#[tokio::test]
+async fn slow_transfers_are_not_redelivered_while_queued() {
+    let env = env().await;
+    let handler = Arc::new(Scripted {
+        slow: Duration::from_millis(2500),
+        ..Default::default()
+    });
+    let ids: Vec<String> = (0..8).map(|i| format!("R{i}")).collect();
+    for id in &ids {
+        publish(&env, id).await;
+    }
+    let config = RunnerConfig {
+        concurrency: 3,
+        ack_wait: Duration::from_secs(1),
+        ..config()
+    };
+    let counters = run_until_with(
+        &env,
+        handler.clone(),
+        config,
+        Duration::from_secs(60),
+        |h| h.done.lock().unwrap().len() == 8,
+    )
+    .await;
+    let seen = handler.seen.lock().unwrap().clone();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "handled more than once without a failure: {twice:?}"
+    );
+    assert_eq!(seen.len(), 8);
+    assert_eq!(counters.retried.load(Ordering::SeqCst), 0);
+    let mut consumer = env
+        .js
+        .get_stream(topology::WORK_STREAM)
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            &Stage::Fetch.consumer_name(&env.job),
+        )
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(
+        info.num_redelivered, 0,
+        "deliveries counted without a failure"
+    );
+    assert_eq!(info.delivered.consumer_sequence, 8, "{info:?}");
+    assert_eq!(work_left(&env).await, 0);
 }
 
 #[tokio::test]

@@ -171,6 +171,86 @@ async fn transitions_never_lose_a_success(store: JobStore) {
     assert_eq!((p.exported, p.dead), (2, 0));
 }
 
+fn refused(r: Result<(), StoreError>, from: JobStatus, to: JobStatus) {
+    match r {
+        Err(StoreError::IllegalTransition { from: f, to: t, .. }) => assert_eq!((f, t), (from, to)),
+        other => panic!("{from} -> {to} was not refused: {other:?}"),
+    }
+}
+
+async fn final_jobs_are_never_overwritten(store: JobStore) {
+    use JobStatus::*;
+    // A console cancels a job while one of its workers (another process, which read
+    // "running" a moment ago) finds its token refused, or fails.
+    let cancelled = JobId::new();
+    store
+        .create_job(&cancelled, "org", "ana", &spec())
+        .await
+        .unwrap();
+    let seen_by_worker = store.job(&cancelled).await.unwrap().status;
+    assert_eq!(seen_by_worker, Running);
+    store
+        .set_status(&cancelled, Cancelled, Some("cancelled by ana"))
+        .await
+        .unwrap();
+    for late in [NeedsCredentials, Failed, Running, Finished] {
+        refused(
+            store.set_status(&cancelled, late, Some("late")).await,
+            Cancelled,
+            late,
+        );
+    }
+    // The supervisor's sweep and a reopen leave it alone too.
+    store
+        .expire_silent_workers(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(store.reopen(&cancelled).await.unwrap(), Cancelled);
+    let j = store.job(&cancelled).await.unwrap();
+    assert_eq!(
+        (j.status, j.status_reason.as_deref()),
+        (Cancelled, Some("cancelled by ana"))
+    );
+
+    let finished = JobId::new();
+    store
+        .create_job(&finished, "org", "ana", &spec())
+        .await
+        .unwrap();
+    store.set_status(&finished, Finished, None).await.unwrap();
+    let finished_ms = store.job(&finished).await.unwrap().finished_ms;
+    for late in [NeedsCredentials, Failed, Running, Cancelled] {
+        refused(
+            store.set_status(&finished, late, None).await,
+            Finished,
+            late,
+        );
+    }
+    // A replayed notification writes the same status again: allowed, and the job
+    // keeps its finishing time.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.set_status(&finished, Finished, None).await.unwrap();
+    assert_eq!(store.job(&finished).await.unwrap().finished_ms, finished_ms);
+
+    // A dead recording replayed after the end can turn failures into a clean finish.
+    let partial = JobId::new();
+    store
+        .create_job(&partial, "org", "ana", &spec())
+        .await
+        .unwrap();
+    store
+        .set_status(&partial, FinishedWithFailures, None)
+        .await
+        .unwrap();
+    refused(
+        store.set_status(&partial, NeedsCredentials, None).await,
+        FinishedWithFailures,
+        NeedsCredentials,
+    );
+    store.set_status(&partial, Finished, None).await.unwrap();
+    assert_eq!(store.job(&partial).await.unwrap().status, Finished);
+}
+
 async fn file_rows_are_idempotent(store: JobStore) {
     let id = JobId::new();
     store.create_job(&id, "org", "ana", &spec()).await.unwrap();
@@ -255,6 +335,7 @@ contract!(
     job_round_trip,
     completion_is_derived_from_rows,
     transitions_never_lose_a_success,
+    final_jobs_are_never_overwritten,
     file_rows_are_idempotent,
     a_repeated_continuation_key_is_reported_as_a_loop
 );

@@ -40,7 +40,15 @@ impl JobContext {
         status: JobStatus,
         reason: Option<&str>,
     ) -> Result<(), pipeline::store::StoreError> {
-        let result = self.store.set_status(&self.job, status, reason).await;
+        let result = match self.store.set_status(&self.job, status, reason).await {
+            // Another process moved the job on first (cancelled or finished it): its
+            // state stands, and this stage has nothing more to record.
+            Err(StoreError::IllegalTransition { from, to, .. }) => {
+                tracing::info!(job = %self.job, %from, %to, "status change refused: the job moved on");
+                Ok(())
+            }
+            other => other,
+        };
         // One waiter (the worker loop); a stored permit covers a change made while it
         // was busy.
         self.status_changed.notify_one();
@@ -91,15 +99,17 @@ impl JobContext {
     }
 
     /// Publishes the manifest task if every recording is settled. Called after anything
-    /// that can settle the last recording; concurrent callers publish the same msg-id,
-    /// so JetStream keeps one. The counts in the id let a later replay (which changes
-    /// them) trigger a fresh manifest.
+    /// that can settle the last recording or change a settled file; concurrent callers
+    /// publish the same msg-id, so JetStream keeps one. The id carries a digest of what
+    /// the manifest would say (each recording's final state, each file's key and
+    /// SHA-256), so a late duplicate that changes a file's bytes, or a replay that turns
+    /// a dead recording into an exported one, asks for a fresh manifest, even after the
+    /// job was final, while a duplicate that changes nothing does not.
     pub async fn maybe_request_manifest(&self) -> Result<(), StageError> {
         if !self.store.is_settled(&self.job).await.map_err(store_err)? {
             return Ok(());
         }
-        let p = self.store.progress(&self.job).await.map_err(store_err)?;
-        let signature = format!("{}-{}-{}", p.exported, p.skipped, p.dead);
+        let signature = self.manifest_signature().await?;
         topology::publish_json(
             &self.js,
             Stage::Manifest.subject(&self.job),
@@ -110,6 +120,42 @@ impl JobContext {
         )
         .await
         .map_err(publish_err)
+    }
+}
+
+impl JobContext {
+    /// A short digest of the manifest's content: final states of the recordings and the
+    /// key and SHA-256 of every file (not the export time, which changes every write).
+    pub async fn manifest_signature(&self) -> Result<String, StageError> {
+        use sha2::{Digest, Sha256};
+        let p = self.store.progress(&self.job).await.map_err(store_err)?;
+        let files = self
+            .store
+            .manifest_entries(&self.job)
+            .await
+            .map_err(store_err)?;
+        let problems = self.store.problems(&self.job).await.map_err(store_err)?;
+        let mut h = Sha256::new();
+        h.update(format!("{}-{}-{}\n", p.exported, p.skipped, p.dead));
+        for f in &files {
+            h.update(format!(
+                "{}\0{}\0{}\0{}\n",
+                f.recording_id,
+                f.file.as_str(),
+                f.key,
+                f.sha256
+            ));
+        }
+        for pr in &problems {
+            h.update(format!("{}\0{}\n", pr.recording_id, pr.status));
+        }
+        Ok(format!(
+            "{}-{}-{}-{}",
+            p.exported,
+            p.skipped,
+            p.dead,
+            &hex::encode(h.finalize())[..16]
+        ))
     }
 }
 

@@ -115,12 +115,11 @@ pub fn manifest_text(files: &[FileRow]) -> String {
 pub struct ManifestStage(pub Arc<JobContext>);
 
 impl ManifestStage {
-    async fn request_notify(&self, progress: &pipeline::store::Progress) -> Result<(), StageError> {
+    async fn request_notify(&self) -> Result<(), StageError> {
         let ctx = &self.0;
-        let signature = format!(
-            "{}-{}-{}",
-            progress.exported, progress.skipped, progress.dead
-        );
+        // The same content digest as the manifest request: a rewritten manifest (new
+        // file hashes, same counts) is announced again.
+        let signature = ctx.manifest_signature().await?;
         topology::publish_json(
             &ctx.js,
             Stage::Notify.subject(&ctx.job),
@@ -239,7 +238,7 @@ impl StageHandler for ManifestStage {
             // A scheduled run that found nothing new writes nothing: a schedule running
             // every few minutes must not fill the bucket with empty manifests. The run's
             // history (in the job store) says it ran and found nothing.
-            return self.request_notify(&progress).await;
+            return self.request_notify().await;
         }
         let json =
             serde_json::to_vec_pretty(&doc).map_err(|e| StageError::Invalid(e.to_string()))?;
@@ -264,7 +263,7 @@ impl StageHandler for ManifestStage {
             .set_manifest(&ctx.job, &written.key, &txt_sha)
             .await
             .map_err(store_err)?;
-        self.request_notify(&progress).await
+        self.request_notify().await
     }
 
     async fn on_dead(&self, _task: Option<ManifestTask>, reason: &str) -> Result<(), StageError> {

@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use pipeline::runner::{self, RunnerConfig, RunnerError, StageCounters};
 use pipeline::secrets::Credentials;
 use pipeline::store::{JobStore, StoreError};
-use pipeline::topology::Stage;
+use pipeline::topology::{self, Stage};
 use pipeline::{JobId, JobStatus};
 use tokio::sync::watch;
 
@@ -139,6 +139,23 @@ pub struct WorkerCounters {
     pub notify: Arc<StageCounters>,
 }
 
+impl WorkerCounters {
+    /// Messages settled so far, all stages (any change means the worker made progress).
+    fn activity(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        [&self.list, &self.fetch, &self.manifest, &self.notify]
+            .iter()
+            .map(|c| {
+                c.processed.load(Relaxed) + c.retried.load(Relaxed) + c.dead_lettered.load(Relaxed)
+            })
+            .sum()
+    }
+}
+
+/// A final job's worker stops when nothing of the job moved for this long, even if the
+/// queue is not empty (another worker holds a message, or one waits for credentials).
+pub const FINAL_DRAIN_QUIET: Duration = Duration::from_secs(30);
+
 /// Runs the job's stages until the job is final, needs credentials, or `stop` turns
 /// true. Returns the job's status at that point.
 pub async fn run(
@@ -207,6 +224,9 @@ pub async fn run(
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_beat = std::time::Instant::now() - HEARTBEAT_EVERY;
+    let mut last_activity = counters.activity();
+    let mut quiet_since = std::time::Instant::now();
+    let mut drained = false;
     let status = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -228,15 +248,62 @@ pub async fn run(
             last_beat = std::time::Instant::now();
         }
         let status = ctx.store.job(&ctx.job).await?.status;
-        if status.is_final() || status == JobStatus::NeedsCredentials || *stop.borrow() {
+        if status == JobStatus::NeedsCredentials || status == JobStatus::Cancelled || *stop.borrow()
+        {
             break status;
+        }
+        if status.is_final() {
+            // A final job may still have work: a late duplicate's manifest rewrite, a
+            // replayed dead letter (a recording, a webhook). It is done here rather than
+            // left in the queue with nobody to take it; the worker stops once the job's
+            // queue is empty, or when nothing of it moved for a while (a message another
+            // worker holds, or one that keeps waiting for credentials).
+            let activity = counters.activity();
+            if activity != last_activity {
+                last_activity = activity;
+                quiet_since = std::time::Instant::now();
+            }
+            match topology::job_work_left(&ctx.js, &ctx.job, &options.stages).await {
+                Ok(0) => {
+                    drained = true;
+                    break status;
+                }
+                Ok(_) if quiet_since.elapsed() >= FINAL_DRAIN_QUIET => break status,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(job = %ctx.job, error = %e, "could not see the job's queue; stopping");
+                    break status;
+                }
+            }
         }
     };
     let _ = shutdown_tx.send(true);
+    if status == JobStatus::Cancelled {
+        // Cancelled: nothing in flight is worth finishing. Dropping the transfers
+        // removes their partial files and naks their messages; the multipart uploads
+        // they leave open are aborted from the journal below.
+        tasks.abort_all();
+    }
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "a stage runner ended with an error during shutdown");
         }
+    }
+    if status == JobStatus::Cancelled {
+        match ctx.destination.abort_left_open().await {
+            Ok(n) => {
+                tracing::info!(job = %ctx.job, aborted = n, "job cancelled; open uploads aborted")
+            }
+            Err(e) => {
+                tracing::warn!(job = %ctx.job, error = %e, "could not abort every open upload of the cancelled job; a bucket lifecycle rule for incomplete uploads cleans them (docs/permissions.md)")
+            }
+        }
+    }
+    if status == JobStatus::Cancelled || (status.is_final() && drained) {
+        // The job's consumers (and, for a cancelled job, its unstarted tasks) go with
+        // it. Not while another worker may still hold a message of it: then the
+        // consumers' inactivity limit and the stream's age limit clean up.
+        topology::retire_job(&ctx.js, &ctx.job).await;
     }
     Ok(status)
 }

@@ -79,6 +79,24 @@ pub struct ProcessLauncher {
     pub database_url: String,
     pub data_dir: PathBuf,
     running: Arc<Mutex<HashMap<JobId, tokio::sync::oneshot::Sender<()>>>>,
+    /// Worker processes not yet exited (including ones already asked to stop).
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How long a worker asked to stop (SIGTERM) may take to finish or nak what it holds
+/// before it is killed.
+pub const WORKER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks a child process to stop (SIGTERM), as systemd would; kills it after `grace`.
+async fn stop_child(child: &mut tokio::process::Child, grace: std::time::Duration) {
+    if let Some(pid) = child.id() {
+        // Our own child, not reaped yet: the pid is still its.
+        pipeline::shutdown::terminate(pid);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
 
 impl ProcessLauncher {
@@ -89,6 +107,27 @@ impl ProcessLauncher {
             database_url,
             data_dir,
             running: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Stops every worker this server started (SIGTERM each, as on cancel) and waits up
+    /// to `within` for them to exit. Called when the server stops: workers use its
+    /// NATS server and must not outlive it.
+    pub async fn stop_all(&self, within: std::time::Duration) {
+        let senders: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, tx)| tx)
+            .collect();
+        for tx in senders {
+            let _ = tx.send(());
+        }
+        let deadline = std::time::Instant::now() + within;
+        while self.live.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }
@@ -127,9 +166,19 @@ impl WorkerLauncher for ProcessLauncher {
         let spawned = cmd.spawn();
         let exe = self.exe.display().to_string();
         let running = self.running.clone();
+        let live = self.live.clone();
         let job = job.clone();
         Box::pin(async move {
             let mut child = spawned.map_err(|source| LaunchError::Spawn { exe, source })?;
+            live.fetch_add(1, Ordering::SeqCst);
+            // Counted down when the watcher below ends (or if handing over fails).
+            struct Live(Arc<std::sync::atomic::AtomicUsize>);
+            impl Drop for Live {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let live = Live(live);
             let mut stdin = child.stdin.take().ok_or_else(|| {
                 LaunchError::Stdin(std::io::Error::other("no standard input pipe"))
             })?;
@@ -146,13 +195,16 @@ impl WorkerLauncher for ProcessLauncher {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(job.clone(), tx);
             tokio::spawn(async move {
+                let _live = live;
                 tokio::select! {
                     status = child.wait() => {
                         tracing::info!(%job, ?status, "worker exited");
                     }
                     _ = rx => {
-                        let _ = child.kill().await;
-                        tracing::info!(%job, "worker stopped (job cancelled)");
+                        // Gracefully: the worker finishes or naks what it holds, aborts
+                        // its open uploads and removes its partial files.
+                        stop_child(&mut child, WORKER_STOP_GRACE).await;
+                        tracing::info!(%job, "worker stopped");
                     }
                 }
                 running
@@ -330,37 +382,39 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             source,
         })
     })?;
-    let (embedded, nats_url) = match &o.nats_url {
-        Some(u) => (None, u.clone()),
-        None => {
-            let server = pipeline::embedded_nats::EmbeddedNats::start(&o.data_dir).await?;
-            let url = server.url();
-            (Some(server), url)
-        }
-    };
     let database_url = o.database_url.clone().unwrap_or_else(|| {
         format!(
             "sqlite://{}",
             o.data_dir.join("portshift.sqlite3").display()
         )
     });
+    // Without --nats-url: the data folder's one nats-server, shared with any other
+    // portshift process on the folder (started here if none runs).
     let services =
-        pipeline::config::Services::start(&o.data_dir, Some(&nats_url), Some(&database_url))
+        pipeline::config::Services::start(&o.data_dir, o.nats_url.as_deref(), Some(&database_url))
             .await?;
+    let nats_url = services.nats_url().to_string();
     let launcher = Arc::new(ProcessLauncher::new(
         o.worker_exe.clone(),
         nats_url,
         database_url,
         o.data_dir.clone(),
     ));
-    let mut state = AppState::new(services.store.clone(), services.js.clone(), launcher).await?;
+    let mut state = AppState::new(
+        services.store.clone(),
+        services.js.clone(),
+        launcher.clone(),
+    )
+    .await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let signal = pipeline::shutdown::signal().await;
+        eprintln!("stopping ({signal:?}): finishing requests, stopping this server's workers");
     };
     match (&o.tls_cert, &o.tls_key) {
         (Some(cert), Some(key)) => {
@@ -405,9 +459,9 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
                 .map_err(UiError::Serve)?;
         }
     }
+    // Workers use the embedded nats-server: they stop (finishing or nakking what they
+    // hold) before it may stop.
+    launcher.stop_all(std::time::Duration::from_secs(60)).await;
     services.stop().await;
-    if let Some(e) = embedded {
-        e.stop().await;
-    }
     Ok(())
 }

@@ -430,15 +430,25 @@ pub async fn cancel(state: &AppState, ctx: &OrgCtx, job: &JobId) -> Result<(), D
     if record.status.is_final() {
         return Ok(());
     }
-    state.launcher.stop(job);
-    state
+    // Recorded first, so the worker (stopped gracefully next) sees a final job.
+    match state
         .store
         .set_status(
             job,
             JobStatus::Cancelled,
             Some(&format!("cancelled by {}", ctx.session.user.email)),
         )
-        .await?;
+        .await
+    {
+        // It finished (or failed) meanwhile: that outcome stands.
+        Err(pipeline::store::StoreError::IllegalTransition { .. }) => return Ok(()),
+        other => other?,
+    }
+    // Gracefully (SIGTERM): the worker drops its transfers, which removes their
+    // partial files, and aborts the multipart uploads they left open.
+    state.launcher.stop(job);
+    // Its consumers and unstarted tasks go now, whether a worker runs here or not.
+    pipeline::topology::retire_job(&state.js, job).await;
     state
         .accounts
         .audit(
@@ -507,7 +517,11 @@ pub async fn retry(
         azure_sas_token: &form.azure_sas_token,
         gcs_service_account_json: &form.gcs_service_account_json,
     });
+    // Gracefully (SIGTERM): the worker drops its transfers, which removes their
+    // partial files, and aborts the multipart uploads they left open.
     state.launcher.stop(job);
+    // Its consumers and unstarted tasks go now, whether a worker runs here or not.
+    pipeline::topology::retire_job(&state.js, job).await;
     state
         .launcher
         .launch(job, creds)

@@ -61,6 +61,25 @@ async fn sync_dir(dir: &Path) {
     }
 }
 
+/// A `.portshift-partial-*` file that is deleted when dropped, unless it was renamed
+/// into place.
+struct PartialFile(Option<std::path::PathBuf>);
+
+impl PartialFile {
+    fn renamed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Synchronous: Drop cannot await, and one unlink is quick.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 #[async_trait]
 impl Destination for LocalFolder {
     fn location(&self) -> String {
@@ -88,6 +107,9 @@ impl Destination for LocalFolder {
             ".{name}.portshift-partial-{}",
             uuid::Uuid::new_v4().simple()
         ));
+        // Removed on every way out but the rename, including a transfer dropped
+        // mid-way (a cancelled job aborts its transfers).
+        let partial = PartialFile(Some(temp.clone()));
         let mut file = tokio::fs::File::create(&temp)
             .await
             .map_err(|e| self.refused("creating a file", e))?;
@@ -96,7 +118,6 @@ impl Destination for LocalFolder {
         let bytes = match written {
             Ok(n) => n,
             Err(failure) => {
-                let _ = tokio::fs::remove_file(&temp).await;
                 return Err(match failure {
                     WriteFailure::Source(e) => DestinationError::Source(e),
                     WriteFailure::Sink(e) => self.refused("writing", e),
@@ -104,9 +125,9 @@ impl Destination for LocalFolder {
             }
         };
         if let Err(e) = tokio::fs::rename(&temp, &final_path).await {
-            let _ = tokio::fs::remove_file(&temp).await;
             return Err(self.refused("renaming into place", e));
         }
+        partial.renamed();
         sync_dir(&dir).await;
         Ok(Written {
             key: final_path.display().to_string(),
