@@ -17,7 +17,8 @@ pub mod runner;
 pub mod schedules;
 pub mod schema;
 pub mod secrets;
+pub mod signing;
 pub mod store;
 pub mod topology;
 
-pub use job::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+pub use job::{ExportKinds, ExportOptions, FileKind, JobId, JobSpec, JobStatus, Layout};

@@ -468,6 +468,18 @@ impl JobStore {
             .await
     }
 
+    /// Marks an exported recording dead because reading it back found bytes that differ
+    /// from what was uploaded (`--verify-after`); replaying its fetch exports it again.
+    pub async fn mark_unverified(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.set_recording(job, recording_id, "dead", Some(reason), &["exported"])
+            .await
+    }
+
     async fn set_recording(
         &self,
         job: &JobId,
