@@ -13,7 +13,7 @@ use pipeline::messages::ListTask;
 use pipeline::secrets::Credentials;
 use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, ExportOptions, JobId, JobSpec, JobStatus};
-use stages::destination::{Destination, DestinationUrl, Tuning};
+use stages::destination::{DestinationUrl, Tuning};
 use stages::worker::{self, WorkerCounters};
 
 async fn start_verified_job(h: &Harness, destination: &str) -> JobId {

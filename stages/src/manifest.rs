@@ -375,7 +375,7 @@ impl ManifestStage {
             .await
             .map_err(|e| StageError::Transient(e.to_string()))?;
             ctx.store
-                .mark_unverified(&ctx.job, &row.recording_id, &reason)
+                .mark_unverified(&ctx.job, &row.recording_id, &row.key, &reason)
                 .await
                 .map_err(store_err)?;
         }

@@ -496,3 +496,31 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_joins_the_workers_credentials_document() {
+        let material: pipeline::signing::SigningKeyMaterial = serde_json::from_str(
+            r#"{"secret_key": "untrusted comment: k\nRWQ\"quoted\"\n", "password": "p"}"#,
+        )
+        .unwrap();
+        let doc = with_signing_key(
+            Zeroizing::new(br#"{"chorus_token": "t"}"#.to_vec()),
+            Some(&material),
+        );
+        let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
+        let key = creds.signing_key.unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            key.secret_key.expose_secret(),
+            "untrusted comment: k\nRWQ\"quoted\"\n"
+        );
+        assert_eq!(key.password.unwrap().expose_secret(), "p");
+        // Without a key the document is passed on untouched.
+        let plain = with_signing_key(Zeroizing::new(b"{\"chorus_token\":\"t\"}".to_vec()), None);
+        assert_eq!(&plain[..], b"{\"chorus_token\":\"t\"}");
+    }
+}
