@@ -19,7 +19,7 @@ use stages::destination::{DestinationUrl, Tuning};
 use stages::worker::{self, WorkerCounters, WorkerOptions};
 use tokio::sync::watch;
 
-use crate::StateArgs;
+use crate::{SigningArgs, StateArgs};
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -46,6 +46,15 @@ pub struct ExportArgs {
     /// POST a signed job summary here when the job ends (secret: PORTSHIFT_WEBHOOK_SECRET).
     #[arg(long)]
     webhook_url: Option<String>,
+    /// After the manifest, read every file back and check it against the manifest
+    /// (needs read permission on the destination: docs/permissions.md).
+    #[arg(long)]
+    verify_after: bool,
+    /// plain, or bagit: a BagIt 1.0 bag (payload under data/) that `bagit.py --validate` checks.
+    #[arg(long, default_value = "plain")]
+    layout: pipeline::Layout,
+    #[command(flatten)]
+    signing: SigningArgs,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
@@ -87,6 +96,8 @@ impl TuningArgs {
 pub struct ResumeArgs {
     job: String,
     #[command(flatten)]
+    signing: SigningArgs,
+    #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
     state: StateArgs,
@@ -109,6 +120,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     run: bool,
     #[command(flatten)]
+    signing: SigningArgs,
+    #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
     state: StateArgs,
@@ -118,6 +131,9 @@ pub struct ReplayArgs {
 pub struct WorkerArgs {
     #[arg(long)]
     job: String,
+    /// Used only when the credentials document on standard input has no signing key.
+    #[command(flatten)]
+    signing: SigningArgs,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
@@ -128,6 +144,20 @@ pub struct WorkerArgs {
 pub struct VerifyArgs {
     /// The export root, in the same URL grammar as `export --dest`.
     dest: String,
+    /// The manifest to check (a scheduled run's is portshift-manifest-<job>.txt; with
+    /// --chain, the newest run's). Default: portshift-manifest.txt, or with --chain on a
+    /// local folder the newest run's manifest there.
+    #[arg(long)]
+    manifest: Option<String>,
+    /// Check a schedule's whole chain of runs, newest to first: each run's files and
+    /// the exact bytes of the run before it.
+    #[arg(long)]
+    chain: bool,
+    /// Also check the manifest's minisign signature with these public keys (`.pub`
+    /// files; the one whose key id the signature names is used). Fails if unsigned.
+    #[arg(long = "public-key")]
+    public_keys: Vec<std::path::PathBuf>,
+    /// Files read and hashed at once (memory is bounded by this × a 256 KiB chunk).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
 }
@@ -205,8 +235,11 @@ fn chorus_token() -> anyhow::Result<SecretString> {
     Ok(SecretString::from(token))
 }
 
-fn credentials_from_env() -> anyhow::Result<Credentials> {
+fn credentials_from_env(signing: &SigningArgs) -> anyhow::Result<Credentials> {
+    // The key first: a bad key should fail before the token prompt.
+    let signing_key = signing.material()?;
     let mut creds = Credentials::new(chorus_token()?);
+    creds.signing_key = signing_key;
     // S3 keys come from the standard AWS chain inside the destination (env, profile, role).
     creds.webhook_secret = std::env::var("PORTSHIFT_WEBHOOK_SECRET")
         .ok()
@@ -225,7 +258,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     url::Url::parse(&a.chorus_url)
         .with_context(|| format!("--chorus-url {:?} is not a URL", a.chorus_url))?;
     let kinds = parse_kinds(&a.include)?;
-    let creds = credentials_from_env()?;
+    let creds = credentials_from_env(&a.signing)?;
     if a.webhook_url.is_some() && creds.webhook_secret.is_none() {
         bail!(
             "--webhook-url needs PORTSHIFT_WEBHOOK_SECRET (the HMAC key receivers verify the signature with)"
@@ -239,6 +272,10 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         destination: destination.to_string(),
         webhook_url: a.webhook_url.clone(),
         schedule: None,
+        options: pipeline::ExportOptions {
+            verify_after: a.verify_after,
+            layout: a.layout,
+        },
     };
     let services = Services::start(
         &a.state.data_dir(),
@@ -276,7 +313,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     let job: JobId = a.job.parse()?;
-    let creds = credentials_from_env()?;
+    let creds = credentials_from_env(&a.signing)?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -310,8 +347,11 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     std::io::stdin()
         .read_to_end(&mut input)
         .context("could not read credentials from standard input")?;
-    let creds = Credentials::from_json(&input)?;
+    let mut creds = Credentials::from_json(&input)?;
     input.iter_mut().for_each(|b| *b = 0);
+    if creds.signing_key.is_none() {
+        creds.signing_key = a.signing.material()?;
+    }
     let Some(nats_url) = a.state.nats_url.as_deref() else {
         bail!(
             "a worker joins an existing job: give --nats-url (or PORTSHIFT_NATS_URL) of the server that runs it"
@@ -389,6 +429,7 @@ async fn drive(
         ctx.destination.location(),
         &counters,
         &ctx.chorus,
+        ctx.signing_key.as_ref().map(|k| k.key_id()),
     )
     .await
 }
@@ -454,6 +495,7 @@ async fn summary(
     location: String,
     counters: &WorkerCounters,
     chorus: &stages::chorus::ChorusClient,
+    ctx_signing: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::Ordering::Relaxed;
     let store = &services.store;
@@ -494,8 +536,15 @@ async fn summary(
     }
     if let (Some(key), Some(sha)) = (&record.manifest_key, &record.manifest_sha256) {
         println!("Manifest: {key} (sha256 {sha})");
+        let name = key.rsplit('/').next().unwrap_or(key);
+        match &ctx_signing {
+            Some(id) => println!(
+                "Signed: {name}.minisig (minisign key {id}); check it with `minisign -Vm {name} -p portshift-signing-key.pub` (`portshift signing-key public` prints the key)"
+            ),
+            None => println!("{}", stages::manifest::UNSIGNED_NOTE),
+        }
         if let Some(dir) = location.strip_prefix("file://") {
-            println!("Check it: cd {dir} && sha256sum -c portshift-manifest.txt");
+            println!("Check it: cd {dir} && sha256sum -c {name}");
         }
     }
     Ok(match status {
@@ -576,7 +625,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         services.stop().await;
         return Ok(ExitCode::SUCCESS);
     }
-    let creds = credentials_from_env()?;
+    let creds = credentials_from_env(&a.signing)?;
     let code = drive(&services, &job, creds, a.tuning.options(), true).await;
     services.stop().await;
     code
@@ -586,7 +635,22 @@ pub async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let url: DestinationUrl = a.dest.parse()?;
     let dest = stages::destination::open(&url, None, &Tuning::default()).await?;
     let started = Instant::now();
-    let report = stages::verify::verify(dest.as_ref(), a.concurrency).await?;
+    let mut keys = Vec::new();
+    for p in &a.public_keys {
+        keys.extend(pipeline::signing::read_public_keys(p)?);
+    }
+    if a.chain {
+        return verify_chain(&a, &url, dest.as_ref(), &keys).await;
+    }
+    let manifest = a
+        .manifest
+        .clone()
+        .unwrap_or_else(|| stages::manifest::MANIFEST_TXT.to_string());
+    let mut signature_ok = true;
+    if !keys.is_empty() {
+        signature_ok = check_signature(dest.as_ref(), &manifest, &keys).await?;
+    }
+    let report = stages::verify::verify_manifest(dest.as_ref(), &manifest, a.concurrency).await?;
     for m in &report.mismatched {
         println!("{m}: FAILED (content differs from the manifest)");
     }
@@ -608,11 +672,126 @@ pub async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             )
         }
     );
-    Ok(if report.ok() {
+    Ok(if report.ok() && signature_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `verify --chain`: every run of a schedule's chain, newest first.
+async fn verify_chain(
+    a: &VerifyArgs,
+    url: &DestinationUrl,
+    dest: &dyn stages::destination::Destination,
+    keys: &[pipeline::signing::PublicKey],
+) -> anyhow::Result<ExitCode> {
+    let head = match (&a.manifest, url) {
+        (Some(m), _) => m.clone(),
+        (None, DestinationUrl::Local { root }) => {
+            // Run manifests are named by job id, and job ids (UUIDv7) sort by time.
+            let mut names: Vec<String> = std::fs::read_dir(root)
+                .with_context(|| format!("reading {}", root.display()))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| stages::verify::is_run_manifest(n))
+                .collect();
+            names.sort();
+            names.pop().with_context(|| {
+                format!("no portshift-manifest-<job>.txt in {}: is this a schedule's destination?", root.display())
+            })?
+        }
+        (None, _) => bail!(
+            "give --manifest portshift-manifest-<job>.txt of the newest run (`portshift schedule runs <id>` lists the jobs): portshift does not list your bucket"
+        ),
+    };
+    let mut all_ok = true;
+    let links = stages::verify::verify_chain(dest, &head, a.concurrency).await;
+    for link in &links {
+        if !keys.is_empty() && !check_signature(dest, &link.manifest, keys).await? {
+            all_ok = false;
+        }
+        match &link.report {
+            Err(e) => {
+                all_ok = false;
+                println!("{}: FAILED: {e}", link.manifest);
+            }
+            Ok(r) => {
+                for m in &r.mismatched {
+                    println!("{}: {m}: FAILED (content differs from the manifest)", link.manifest);
+                }
+                for m in &r.missing {
+                    println!("{}: {m}: MISSING", link.manifest);
+                }
+                if r.ok() {
+                    println!("{}: {} files OK", link.manifest, r.checked);
+                } else {
+                    all_ok = false;
+                }
+            }
+        }
+    }
+    println!(
+        "chain of {} run manifest(s) from {head}: {}",
+        links.len(),
+        if all_ok { "intact" } else { "BROKEN" }
+    );
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Checks `<manifest>.minisig` with the key it names, and that its trusted comment's
+/// JSON hash matches the manifest JSON beside it. Prints the outcome; false if it fails.
+async fn check_signature(
+    dest: &dyn stages::destination::Destination,
+    manifest: &str,
+    keys: &[pipeline::signing::PublicKey],
+) -> anyhow::Result<bool> {
+    use sha2::Digest;
+    let sig_name = pipeline::signing::signature_name(manifest);
+    let sig = match stages::verify::read_small(dest, &sig_name).await {
+        Ok(s) => String::from_utf8_lossy(&s).to_string(),
+        Err(e) => {
+            println!("{sig_name}: MISSING: the manifest is unsigned or its signature was removed ({e})");
+            return Ok(false);
+        }
+    };
+    let id = pipeline::signing::signature_key_id(&sig)?;
+    let Some(key) = keys.iter().find(|k| k.key_id() == id) else {
+        println!(
+            "{sig_name}: signed by key {id}, which none of the given public keys is (fetch it from {}/{id}.pub)",
+            pipeline::signing::PUBLIC_KEYS_DIR
+        );
+        return Ok(false);
+    };
+    let text = stages::verify::read_small(dest, manifest).await?;
+    let comment = match key.verify(&text, &sig) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{manifest}: SIGNATURE FAILED with key {id}: {e}");
+            return Ok(false);
+        }
+    };
+    println!("{manifest}: signature OK (key {id}): {comment}");
+    let json_name = manifest
+        .strip_suffix(".txt")
+        .map(|s| format!("{s}.json"))
+        .unwrap_or_default();
+    if let Some(want) = comment
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("manifest_json_sha256="))
+    {
+        let json = stages::verify::read_small(dest, &json_name).await?;
+        if hex::encode(sha2::Sha256::digest(&json)) != want {
+            println!("{json_name}: FAILED: differs from the SHA-256 in the signed comment");
+            return Ok(false);
+        }
+        println!("{json_name}: OK (matches the signed comment)");
+    }
+    Ok(true)
 }
 
 pub async fn jobs(a: JobsArgs) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 
 mod export;
 mod schedule;
+mod signing;
 mod sim;
 
 use std::path::PathBuf;
@@ -42,6 +43,29 @@ impl StateArgs {
     }
 }
 
+/// The operator's manifest signing key (minisign). Never stored: read at start and
+/// handed to each worker in memory.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SigningArgs {
+    /// Sign every manifest with this minisign secret key: a file path (file:/path) or
+    /// env:NAME (a variable holding the key file's text). Password, if the key has one:
+    /// PORTSHIFT_SIGNING_KEY_PASSWORD. Without it exports are written unsigned.
+    #[arg(long, env = "PORTSHIFT_SIGNING_KEY", value_name = "FILE|env:NAME")]
+    pub signing_key: Option<String>,
+}
+
+impl SigningArgs {
+    pub fn material(&self) -> anyhow::Result<Option<pipeline::signing::SigningKeyMaterial>> {
+        let Some(reference) = self.signing_key.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let reference: pipeline::signing::SigningKeyRef = reference.parse()?;
+        Ok(Some(pipeline::signing::SigningKeyMaterial::load(
+            &reference,
+        )?))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Export recordings from Chorus to a destination, with a progress bar.
@@ -65,6 +89,9 @@ enum Command {
     ChorusSim(sim::SimArgs),
     /// Run the web console (HTTPS with --tls-cert/--tls-key, else HTTP behind a proxy).
     Serve(ServeArgs),
+    /// Create a manifest signing key pair, or print the public key of one.
+    #[command(subcommand)]
+    SigningKey(signing::SigningKeyCommand),
     /// Write the JSON Schemas of messages and the manifest into a folder.
     Schemas {
         #[arg(default_value = "schemas")]
@@ -86,6 +113,12 @@ struct ServeArgs {
     /// Take the client address from X-Forwarded-For (only behind your own proxy).
     #[arg(long)]
     trust_proxy: bool,
+    /// Public keys of retired signing keys (one or more minisign .pub files' contents in
+    /// one file), published by key id so exports signed before a rotation stay verifiable.
+    #[arg(long, env = "PORTSHIFT_RETIRED_SIGNING_KEYS")]
+    retired_signing_keys: Option<PathBuf>,
+    #[command(flatten)]
+    signing: SigningArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -103,6 +136,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         tls_key: a.tls_key,
         trust_proxy: a.trust_proxy,
         worker_exe,
+        signing_key: a.signing.material()?,
+        retired_public_keys: match &a.retired_signing_keys {
+            Some(p) => pipeline::signing::read_public_keys(p)?,
+            None => Vec::new(),
+        },
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -148,6 +186,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Schedule(cmd) => schedule::run(cmd).await,
             Command::Scheduler(args) => schedule::scheduler(args).await,
+            Command::SigningKey(cmd) => signing::run(cmd),
             Command::Schemas { dir } => export::write_schemas(&dir),
         }
     });

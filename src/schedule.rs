@@ -92,6 +92,13 @@ pub struct CreateArgs {
     /// Days before the watermark each run looks again for late recordings.
     #[arg(long, default_value_t = 7)]
     lookback_days: i64,
+    /// After each run's manifest, read its files back and check them (needs read
+    /// permission: docs/permissions.md).
+    #[arg(long)]
+    verify_after: bool,
+    /// plain, or bagit: each run writes its own BagIt bag, portshift-bag-<job>/.
+    #[arg(long, default_value = "plain")]
+    layout: pipeline::Layout,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -101,6 +108,8 @@ pub struct SchedulerArgs {
     /// Seconds between looks for due schedules.
     #[arg(long, default_value_t = 15)]
     tick_secs: u64,
+    #[command(flatten)]
+    signing: crate::SigningArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -133,6 +142,10 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                 destination: dest.to_string(),
                 webhook_url: a.webhook_url,
                 lookback_s: a.lookback_days.max(0) * 24 * 3600,
+                options: pipeline::ExportOptions {
+                    verify_after: a.verify_after,
+                    layout: a.layout,
+                },
             };
             let refs = CredentialRefs {
                 chorus_token: a.chorus_token_ref,
@@ -200,6 +213,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let signing_key = a.signing.material()?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -213,6 +227,7 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         options: stages::worker::WorkerOptions::default(),
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
+        signing_key,
     };
     let (tx, rx) = watch::channel(false);
     // SIGTERM like Ctrl-C: no new runs; the runs in progress stop taking work and

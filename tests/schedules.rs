@@ -24,6 +24,7 @@ fn template(dest: &str, sim_url: &str) -> ScheduleTemplate {
         destination: dest.to_string(),
         webhook_url: None,
         lookback_s: 7 * 24 * 3600,
+        options: Default::default(),
     }
 }
 
@@ -44,6 +45,7 @@ fn start_scheduler(
         options: fast_options(),
         tick: Duration::from_millis(100),
         name: name.into(),
+        signing_key: None,
     };
     let (tx, rx) = watch::channel(false);
     (tx, tokio::spawn(scheduler.run(rx)))

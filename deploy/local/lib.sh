@@ -29,6 +29,8 @@ BQEMULATOR_VERSION=1.4.0
 # bqemulator pins: an unpinned install pulls duckdb 2.x, which downloads its
 # extensions at start (unreachable here); the extension wheels must match exactly.
 DUCKDB_VERSION=1.5.5
+# PyPI bagit: the Library of Congress bagit.py, validates BagIt exports in tests.
+BAGIT_VERSION=1.9.0
 NODE_PREFIX=$TOOLS/node
 AZURITE_BIN=$NODE_PREFIX/node_modules/.bin/azurite-blob
 BQ_VENV=$TOOLS/bq-venv

@@ -151,6 +151,61 @@ pub struct JobSpec {
     /// to this destination are not exported again, and the manifest gets a per-run name.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Optional extra proofs (read-back verification); all off by default.
+    #[serde(default)]
+    pub options: ExportOptions,
+}
+
+/// What an export does beyond writing files and a manifest. Shared by one-off jobs and
+/// schedule templates; every field defaults to off, so older records read unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExportOptions {
+    /// After the manifest is written, read every file back and compare it with the
+    /// manifest (needs read permission, see docs/permissions.md). A file that differs is
+    /// reported, its recording fails and its fetch is parked for `portshift replay`.
+    #[serde(default)]
+    pub verify_after: bool,
+    /// How the files are laid out at the destination.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// The export's layout at the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `<yyyy>/<mm>/<dd>/<recording>/<files>` with the portshift manifests at the root.
+    #[default]
+    Plain,
+    /// A BagIt 1.0 bag (RFC 8493): the same tree under `data/`, with `bagit.txt`,
+    /// `bag-info.txt`, `manifest-sha256.txt` and `tagmanifest-sha256.txt`. A scheduled
+    /// run writes its own bag, `portshift-bag-<job>/`.
+    Bagit,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "plain" => Ok(Self::Plain),
+            "bagit" => Ok(Self::Bagit),
+            other => Err(format!(
+                "unknown layout {other:?}: use plain (the default) or bagit"
+            )),
+        }
+    }
+}
+
+impl JobSpec {
+    /// Where this job's bag starts, relative to the destination root (`""` or
+    /// `portshift-bag-<job>/`); `None` for the plain layout.
+    pub fn bag_root(&self, job: &JobId) -> Option<String> {
+        match self.options.layout {
+            Layout::Plain => None,
+            Layout::Bagit if self.schedule.is_some() => Some(format!("portshift-bag-{job}/")),
+            Layout::Bagit => Some(String::new()),
+        }
+    }
 }
 
 /// Where a job stands. Final states never change again except by an explicit resume.

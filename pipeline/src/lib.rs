@@ -19,7 +19,8 @@ pub mod schedules;
 pub mod schema;
 pub mod secrets;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod topology;
 
-pub use job::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+pub use job::{ExportKinds, ExportOptions, FileKind, JobId, JobSpec, JobStatus, Layout};

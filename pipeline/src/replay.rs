@@ -140,3 +140,45 @@ pub async fn replay(
         })?;
     Ok(())
 }
+
+/// Puts a fetch task into the dead-letter stream exactly as the stage runner does for a
+/// message that failed (same subject, same headers), so `portshift replay` and the stock
+/// `nats` commands of docs/replay.md re-run it. Used when read-back verification finds
+/// a recording whose stored bytes differ from what was uploaded: fetching it again is
+/// the repair.
+pub async fn park_fetch(
+    js: &jetstream::Context,
+    task: &crate::messages::FetchTask,
+    reason: &str,
+    attempt_tag: &str,
+) -> Result<(), ReplayError> {
+    use crate::runner::JobTask;
+    let payload = serde_json::to_vec(task).map_err(|e| ReplayError::Read(e.to_string()))?;
+    let original_id = task.canonical_msg_id();
+    let one_line: String = reason
+        .replace(['\r', '\n'], " ")
+        .chars()
+        .take(1000)
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(topology::HDR_ERROR, one_line.as_str());
+    headers.insert(topology::HDR_STAGE, Stage::Fetch.as_str());
+    headers.insert(topology::HDR_ATTEMPTS, "1");
+    headers.insert(
+        topology::HDR_ORIGINAL_SUBJECT,
+        Stage::Fetch.subject(&task.job).as_str(),
+    );
+    headers.insert(topology::HDR_ORIGINAL_MSG_ID, original_id.as_str());
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("dlq.{original_id}.verify.{attempt_tag}").as_str(),
+    );
+    topology::publish_raw(
+        js,
+        Stage::Fetch.dlq_subject(&task.job),
+        headers,
+        Bytes::from(payload),
+    )
+    .await?;
+    Ok(())
+}

@@ -34,6 +34,9 @@ pub struct ScheduleTemplate {
     /// late in Chorus (processing delays). Seconds; default 7 days.
     #[serde(default = "default_lookback")]
     pub lookback_s: i64,
+    /// Each run's optional extra proofs (e.g. read-back verification).
+    #[serde(default)]
+    pub options: crate::ExportOptions,
 }
 
 fn default_lookback() -> i64 {

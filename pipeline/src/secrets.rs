@@ -24,6 +24,10 @@ pub struct Credentials {
     /// the machine's own identity.
     #[serde(default)]
     pub bigquery: Option<GcsCredentials>,
+    /// The operator's manifest signing key (minisign), when one is configured. Like the
+    /// rest, it lives only in the worker's memory.
+    #[serde(default)]
+    pub signing_key: Option<crate::signing::SigningKeyMaterial>,
 }
 
 /// An Azure SAS token for the destination container (with or without the leading `?`).
@@ -83,6 +87,7 @@ impl Credentials {
             azure: None,
             gcs: None,
             bigquery: None,
+            signing_key: None,
         }
     }
 
@@ -110,7 +115,7 @@ impl Credentials {
 #[error(
     "the credentials document is not valid: {detail}. Expected JSON like \
      {{\"chorus_token\": \"...\", \"s3\": {{\"access_key_id\": \"...\", \"secret_access_key\": \"...\"}}}} \
-     (or \"azure\": {{\"sas_token\": \"...\"}}, \"gcs\": {{\"service_account_json\": \"...\"}}, \"bigquery\": {{\"service_account_json\": \"...\"}})"
+     (or \"azure\": {{\"sas_token\": \"...\"}}, \"gcs\": {{\"service_account_json\": \"...\"}}, \"bigquery\": {{\"service_account_json\": \"...\"}}, \"signing_key\": {{\"secret_key\": \"...\"}})"
 )]
 pub struct CredentialsError {
     detail: String,
@@ -165,5 +170,11 @@ mod tests {
             .to_string();
         assert!(!err.contains("CANARY"), "{err}");
         assert!(Credentials::from_json(br#"{"chorus_token":"  "}"#).is_err());
+        let signed = Credentials::from_json(
+            br#"{"chorus_token":"t","signing_key":{"secret_key":"CANARY-4","password":"CANARY-5"}}"#,
+        )
+        .unwrap();
+        let shown = format!("{signed:?} {:?}", signed.signing_key);
+        assert!(!shown.contains("CANARY"), "{shown}");
     }
 }

@@ -485,6 +485,26 @@ impl JobStore {
             .await
     }
 
+    /// Marks an exported recording dead because reading `key` back found bytes that
+    /// differ from what was uploaded (`--verify-after`), and forgets that file's row so
+    /// that replaying the recording's fetch uploads it again.
+    pub async fn mark_unverified(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        key: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM files WHERE job_id = $1 AND recording_id = $2 AND object_key = $3")
+            .bind(job.as_str())
+            .bind(recording_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        self.set_recording(job, recording_id, "dead", Some(reason), &["exported"])
+            .await
+    }
+
     async fn set_recording(
         &self,
         job: &JobId,

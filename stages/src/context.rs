@@ -24,6 +24,8 @@ pub struct JobContext {
     pub chorus: ChorusClient,
     pub destination: Arc<dyn Destination>,
     pub webhook_secret: Option<SecretString>,
+    /// The operator's manifest signing key, if one was handed to this worker.
+    pub signing_key: Option<Arc<pipeline::signing::SigningKey>>,
     /// For the webhook (built by `http::client_builder`: TLS validation on).
     pub http: reqwest::Client,
     /// The optional BigQuery metadata sink (one row per exported recording).

@@ -85,6 +85,11 @@ impl FetchStage {
                 },
             };
         let rel = keys::relative_path(&task.recording_id, recorded_at, kind, extension);
+        // A BagIt export keeps the same tree under its bag's `data/` folder.
+        let rel = match ctx.spec.bag_root(&ctx.job) {
+            Some(root) => format!("{root}data/{rel}"),
+            None => rel,
+        };
         let started = Instant::now();
         let (tee, digest) = hash::tee(body, expected);
         let written = match ctx

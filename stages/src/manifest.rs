@@ -55,7 +55,62 @@ pub struct ManifestDocument {
     pub skipped: Vec<ManifestProblem>,
     /// Recordings that failed after every retry (replayable, see docs/replay.md).
     pub failed: Vec<ManifestProblem>,
+    /// Whether the `.txt` manifest is signed, and with which key. Absent in manifests
+    /// written before signing existed (read it as unsigned).
+    #[serde(default)]
+    pub signature: ManifestSignature,
+    /// For a scheduled run: the previous run's manifest for the same schedule and
+    /// destination. Its line is also in the `.txt` manifest (`<sha256>  <path>`), so
+    /// `sha256sum -c` on each run checks the link to the one before.
+    #[serde(default)]
+    pub previous_manifest: Option<ManifestLink>,
+    /// `bagit` when the export is a BagIt bag; `bag` is then its folder (`""` for the
+    /// export root).
+    #[serde(default)]
+    pub layout: pipeline::Layout,
+    #[serde(default)]
+    pub bag: Option<String>,
 }
+
+/// A link to an earlier run's `.txt` manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ManifestLink {
+    pub job_id: String,
+    /// Relative to the export root.
+    pub path: String,
+    /// SHA-256 of that manifest's bytes.
+    pub sha256: String,
+}
+
+/// How the `.txt` manifest is signed: a minisign signature `<manifest>.txt.minisig`
+/// beside it, whose trusted comment holds the job id, the time and this JSON's SHA-256.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ManifestSignature {
+    pub signed: bool,
+    /// The signature file, relative to the export root.
+    pub file: Option<String>,
+    /// minisign's key id of the signing key (16 hex digits, as `minisign` prints it).
+    pub key_id: Option<String>,
+    /// The public key that verifies it (`minisign -p` file contents).
+    pub public_key: Option<String>,
+    /// In plain words: what is signed, or that nothing is.
+    pub note: String,
+}
+
+impl ManifestSignature {
+    pub fn unsigned() -> Self {
+        Self {
+            signed: false,
+            file: None,
+            key_id: None,
+            public_key: None,
+            note: UNSIGNED_NOTE.into(),
+        }
+    }
+}
+
+/// What an unsigned export says about itself (manifest JSON and CLI output).
+pub const UNSIGNED_NOTE: &str = "UNSIGNED: no signing key was configured (--signing-key / PORTSHIFT_SIGNING_KEY), so nothing proves portshift wrote this manifest; its hashes still prove the files match it";
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ManifestFilter {
@@ -100,6 +155,42 @@ pub struct ManifestProblem {
     pub reason: String,
 }
 
+/// The last run of the same schedule that wrote a manifest to the same destination,
+/// before this job (runs of a schedule never overlap, so it is final).
+pub async fn previous_run_manifest(
+    store: &pipeline::store::JobStore,
+    spec: &pipeline::JobSpec,
+    job: &pipeline::JobId,
+) -> Result<Option<ManifestLink>, pipeline::store::StoreError> {
+    let Some(schedule) = &spec.schedule else {
+        return Ok(None);
+    };
+    let me = store.job(job).await?;
+    for run in store.schedule_runs(schedule, 10_000).await? {
+        let Some(id) = run.job_id.as_deref().and_then(|j| j.parse::<pipeline::JobId>().ok())
+        else {
+            continue;
+        };
+        if &id == job {
+            continue;
+        }
+        let Ok(record) = store.job(&id).await else {
+            continue;
+        };
+        if record.created_ms > me.created_ms || record.spec.destination != spec.destination {
+            continue;
+        }
+        if let (Some(_), Some(sha)) = (&record.manifest_key, &record.manifest_sha256) {
+            return Ok(Some(ManifestLink {
+                path: manifest_names(&record.spec, &id).0,
+                job_id: id.to_string(),
+                sha256: sha.clone(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// The `sha256sum` text for these rows (GNU format: hash, two spaces, path).
 pub fn manifest_text(files: &[FileRow]) -> String {
     let mut out = String::with_capacity(files.len() * 120);
@@ -115,6 +206,182 @@ pub fn manifest_text(files: &[FileRow]) -> String {
 pub struct ManifestStage(pub Arc<JobContext>);
 
 impl ManifestStage {
+    /// `--layout bagit`: the bag's tag files (RFC 8493), written after the payload and
+    /// before the portshift manifests: `manifest-sha256.txt` (payload paths relative to
+    /// the bag), `bagit.txt`, `bag-info.txt` (source, job, dates, counts, Payload-Oxum),
+    /// `tagmanifest-sha256.txt` over those three, and with a signing key
+    /// `tagmanifest-sha256.txt.minisig`, whose trust covers the whole bag.
+    async fn write_bag(
+        &self,
+        root: &str,
+        files: &[FileRow],
+        doc: &ManifestDocument,
+        json_sha: &str,
+    ) -> Result<(), StageError> {
+        let ctx = &self.0;
+        let mut manifest = String::with_capacity(files.len() * 120);
+        for f in files {
+            let Some(inside) = f.key.strip_prefix(root).filter(|k| k.starts_with("data/")) else {
+                return Err(StageError::Invalid(format!(
+                    "{} is outside the bag's data/ folder",
+                    f.key
+                )));
+            };
+            manifest.push_str(&format!("{}  {inside}\n", f.sha256));
+        }
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let bagit = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n".to_string();
+        let one_line = |s: &str| s.replace(['\r', '\n'], " ");
+        let info = format!(
+            "Source-Organization: {}\n\
+             External-Identifier: portshift job {}\n\
+             External-Description: Chorus recordings, transcripts and metadata recorded {} to {}, exported by portshift\n\
+             Bagging-Date: {}\n\
+             Portshift-Exported-At: {}\n\
+             Portshift-Source: {}\n\
+             Portshift-Recordings: {}\n\
+             Portshift-Skipped: {}\n\
+             Portshift-Failed: {}\n\
+             Payload-Oxum: {bytes}.{}\n",
+            one_line(&doc.source),
+            doc.job_id,
+            doc.filter.from.to_rfc3339(),
+            doc.filter.to.to_rfc3339(),
+            doc.exported_at.date_naive(),
+            doc.exported_at.to_rfc3339(),
+            one_line(&doc.source),
+            doc.totals.recordings,
+            doc.totals.skipped,
+            doc.totals.failed,
+            files.len(),
+        );
+        let mut tags = String::new();
+        for (name, body) in [
+            ("bagit.txt", &bagit),
+            ("bag-info.txt", &info),
+            ("manifest-sha256.txt", &manifest),
+        ] {
+            tags.push_str(&format!(
+                "{}  {name}\n",
+                hex::encode(Sha256::digest(body.as_bytes()))
+            ));
+        }
+        let signature = match &ctx.signing_key {
+            Some(key) => Some(
+                key.sign(
+                    tags.as_bytes(),
+                    &pipeline::signing::trusted_comment(&doc.job_id, &doc.exported_at, json_sha),
+                )
+                .map_err(|e| StageError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut writes = vec![
+            ("manifest-sha256.txt", manifest),
+            ("bagit.txt", bagit),
+            ("bag-info.txt", info),
+            ("tagmanifest-sha256.txt", tags),
+        ];
+        if let Some(sig) = signature {
+            writes.push(("tagmanifest-sha256.txt.minisig", sig));
+        }
+        for (name, body) in writes {
+            if let Err(e) = ctx
+                .destination
+                .put_bytes(
+                    &format!("{root}{name}"),
+                    Bytes::from(body),
+                    "text/plain; charset=utf-8",
+                )
+                .await
+            {
+                return Err(ctx.destination_error(e).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// `--verify-after`: reads the manifest and every file back from the destination and
+    /// compares them with what was written. A manifest that reads back different is
+    /// written again (the stage retries); a file that differs or is missing fails its
+    /// recording with the reason and parks the recording's fetch in the dead-letter
+    /// stream, so `portshift replay` exports it again.
+    async fn verify_after(
+        &self,
+        txt_name: &str,
+        txt_sha: &str,
+        files: &[FileRow],
+        recordings: &[ManifestRecording],
+    ) -> Result<(), StageError> {
+        let ctx = &self.0;
+        let report =
+            match crate::verify::verify_manifest(ctx.destination.as_ref(), txt_name, 8).await {
+                Ok(r) => r,
+                Err(crate::verify::VerifyError::NoManifest { source, .. })
+                | Err(crate::verify::VerifyError::Read { source, .. })
+                    if source.is_refused() =>
+                {
+                    return Err(ctx
+                        .blocked(format!(
+                            "read-back verification (--verify-after) needs read permission on the destination (docs/permissions.md): {source}"
+                        ))
+                        .await);
+                }
+                Err(e) => {
+                    return Err(StageError::Transient(format!(
+                        "read-back verification: {e}"
+                    )));
+                }
+            };
+        if report.manifest_sha256 != txt_sha {
+            return Err(StageError::Transient(format!(
+                "read-back verification: {txt_name} reads back different from what was written; writing it again"
+            )));
+        }
+        let bad: Vec<(&str, &str)> = report
+            .mismatched
+            .iter()
+            .map(|p| (p.as_str(), "differs from the manifest"))
+            .chain(report.missing.iter().map(|p| (p.as_str(), "is missing")))
+            .collect();
+        if bad.is_empty() {
+            tracing::info!(job = %ctx.job, files = report.checked, "read-back verification passed");
+            return Ok(());
+        }
+        let tag = Utc::now().timestamp_millis().to_string();
+        for (path, what) in bad {
+            let Some(row) = files.iter().find(|f| f.key == path) else {
+                continue;
+            };
+            let reason = format!(
+                "read-back verification: {path} {what} (altered or removed at the destination after upload); replay to export it again"
+            );
+            tracing::warn!(job = %ctx.job, %reason);
+            let recorded_at = recordings
+                .iter()
+                .find(|r| r.recording_id == row.recording_id)
+                .and_then(|r| r.recorded_at)
+                .map(|t| t.timestamp());
+            pipeline::replay::park_fetch(
+                &ctx.js,
+                &pipeline::messages::FetchTask {
+                    job: ctx.job.clone(),
+                    recording_id: row.recording_id.clone(),
+                    recorded_at,
+                },
+                &reason,
+                &tag,
+            )
+            .await
+            .map_err(|e| StageError::Transient(e.to_string()))?;
+            ctx.store
+                .mark_unverified(&ctx.job, &row.recording_id, &row.key, &reason)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     async fn request_notify(&self) -> Result<(), StageError> {
         let ctx = &self.0;
         // The same content digest as the manifest request: a rewritten manifest (new
@@ -178,7 +445,13 @@ impl StageHandler for ManifestStage {
             .await
             .map_err(store_err)?;
         let problems = ctx.store.problems(&ctx.job).await.map_err(store_err)?;
-        let text = manifest_text(&files);
+        let previous = previous_run_manifest(&ctx.store, &ctx.spec, &ctx.job)
+            .await
+            .map_err(store_err)?;
+        let mut text = manifest_text(&files);
+        if let Some(link) = &previous {
+            text.push_str(&format!("{}  {}\n", link.sha256, link.path));
+        }
         let (skipped, failed): (Vec<_>, Vec<_>) =
             problems.into_iter().partition(|p| p.status == "skipped");
         let doc = ManifestDocument {
@@ -233,7 +506,26 @@ impl StageHandler for ManifestStage {
                     reason: p.reason,
                 })
                 .collect(),
+            signature: ManifestSignature::unsigned(),
+            previous_manifest: previous,
+            layout: ctx.spec.options.layout,
+            bag: ctx.spec.bag_root(&ctx.job),
         };
+        let mut doc = doc;
+        let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
+        let sig_name = pipeline::signing::signature_name(&txt_name);
+        if let Some(key) = &ctx.signing_key {
+            doc.signature = ManifestSignature {
+                signed: true,
+                file: Some(sig_name.clone()),
+                key_id: Some(key.key_id()),
+                public_key: Some(key.public_key_file()),
+                note: format!(
+                    "{txt_name} is signed with minisign key {}: check it with `minisign -Vm {txt_name} -p portshift-signing-key.pub`; the trusted comment carries this JSON's SHA-256",
+                    key.key_id()
+                ),
+            };
+        }
         if ctx.spec.schedule.is_some() && doc.files.is_empty() {
             // A scheduled run that found nothing new writes nothing: a schedule running
             // every few minutes must not fill the bucket with empty manifests. The run's
@@ -243,7 +535,25 @@ impl StageHandler for ManifestStage {
         let json =
             serde_json::to_vec_pretty(&doc).map_err(|e| StageError::Invalid(e.to_string()))?;
         let txt_sha = hex::encode(Sha256::digest(text.as_bytes()));
-        let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
+        // Signed before anything is written, so a key problem leaves no half-set behind.
+        let signature = match &ctx.signing_key {
+            Some(key) => {
+                let comment = pipeline::signing::trusted_comment(
+                    &doc.job_id,
+                    &doc.exported_at,
+                    &hex::encode(Sha256::digest(&json)),
+                );
+                Some(
+                    key.sign(text.as_bytes(), &comment)
+                        .map_err(|e| StageError::Invalid(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        if let Some(root) = ctx.spec.bag_root(&ctx.job) {
+            let json_sha = hex::encode(Sha256::digest(&json));
+            self.write_bag(&root, &files, &doc, &json_sha).await?;
+        }
         let written = ctx
             .destination
             .put_bytes(&txt_name, Bytes::from(text), "text/plain; charset=utf-8")
@@ -259,10 +569,22 @@ impl StageHandler for ManifestStage {
         {
             return Err(ctx.destination_error(e).await);
         }
+        if let Some(signature) = signature
+            && let Err(e) = ctx
+                .destination
+                .put_bytes(&sig_name, Bytes::from(signature), "text/plain; charset=utf-8")
+                .await
+        {
+            return Err(ctx.destination_error(e).await);
+        }
         ctx.store
             .set_manifest(&ctx.job, &written.key, &txt_sha)
             .await
             .map_err(store_err)?;
+        if ctx.spec.options.verify_after {
+            self.verify_after(&txt_name, &txt_sha, &files, &doc.recordings)
+                .await?;
+        }
         self.request_notify().await
     }
 

@@ -33,6 +33,8 @@ pub struct Scheduler {
     pub tick: Duration,
     /// Who started the jobs (shown in job history).
     pub name: String,
+    /// The operator's manifest signing key, added to each run's credentials in memory.
+    pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
 }
 
 impl Scheduler {
@@ -124,7 +126,10 @@ impl Scheduler {
             }
         }
         let credentials = match schedule.refs.resolve() {
-            Ok(c) => c,
+            Ok(mut c) => {
+                c.signing_key = self.signing_key.clone();
+                c
+            }
             Err(e) => {
                 // The watermark stays where it is: the next run covers this window too.
                 store
@@ -153,6 +158,7 @@ impl Scheduler {
             destination: schedule.template.destination.clone(),
             webhook_url: schedule.template.webhook_url.clone(),
             schedule: Some(schedule.id.clone()),
+            options: schedule.template.options.clone(),
         };
         let job = JobId::new();
         store
@@ -266,5 +272,6 @@ pub fn scheduler(
         options: WorkerOptions::default(),
         tick,
         name: name.to_string(),
+        signing_key: None,
     })
 }

@@ -70,6 +70,8 @@ pub enum WorkerError {
     ChorusUrl(String),
     #[error("could not build the HTTP client: {0}")]
     Http(String),
+    #[error("the manifest signing key is not usable: {0}")]
+    Signing(#[from] pipeline::signing::SigningError),
     #[error("a stage task of the worker stopped unexpectedly: {0}")]
     Join(String),
 }
@@ -112,6 +114,12 @@ pub async fn prepare(
         )),
         None => None,
     };
+    let signing_key = credentials
+        .signing_key
+        .as_ref()
+        .map(pipeline::signing::SigningKey::from_material)
+        .transpose()?
+        .map(Arc::new);
     let http = crate::http::client_builder(options.extra_ca_file.as_deref())
         .map_err(|e| WorkerError::Http(e.to_string()))?
         .build()
@@ -124,6 +132,7 @@ pub async fn prepare(
         chorus,
         destination: Arc::from(destination),
         webhook_secret: credentials.webhook_secret.clone(),
+        signing_key,
         http,
         metadata_sink,
         status_changed: tokio::sync::Notify::new(),

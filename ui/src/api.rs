@@ -336,9 +336,10 @@ async fn get_job(
     org_ctx(&state, &headers, &org, Action::ViewJobs, false).await?;
     let job = ctx::job_in_org(&state, &org, &job).await?;
     let record = state.store.job(&job).await.map_err(Denied::from)?;
-    let view = crate::live::job_view(&state.store, &state.js, &state.stats, &record)
+    let mut view = crate::live::job_view(&state.store, &state.js, &state.stats, &record)
         .await
         .map_err(Denied::from)?;
+    view.signing_public_key = state.signing_keys.current.as_ref().map(|k| k.file());
     Ok(Json(view).into_response())
 }
 

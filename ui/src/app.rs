@@ -44,6 +44,8 @@ pub enum UiError {
         key: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Signing(#[from] pipeline::signing::SigningError),
     #[error("the console server stopped: {0}")]
     Serve(std::io::Error),
 }
@@ -72,12 +74,15 @@ pub trait WorkerLauncher: Send + Sync {
 }
 
 /// Spawns `<exe> worker --job J --nats-url U --database-url D --data-dir DIR` with an
-/// empty environment (PATH only) and the credentials on standard input.
+/// empty environment (PATH only) and the credentials on standard input (with the
+/// operator's signing key added, when one is configured).
 pub struct ProcessLauncher {
     pub exe: PathBuf,
     pub nats_url: String,
     pub database_url: String,
     pub data_dir: PathBuf,
+    /// The operator's manifest signing key, in this process's memory only.
+    pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
     running: Arc<Mutex<HashMap<JobId, tokio::sync::oneshot::Sender<()>>>>,
     /// Worker processes not yet exited (including ones already asked to stop).
     live: Arc<std::sync::atomic::AtomicUsize>,
@@ -99,6 +104,34 @@ async fn stop_child(child: &mut tokio::process::Child, grace: std::time::Duratio
     let _ = child.kill().await;
 }
 
+/// Adds `"signing_key": {...}` to a credentials JSON object, in zeroed-on-drop buffers.
+pub fn with_signing_key(
+    credentials: Zeroizing<Vec<u8>>,
+    key: Option<&pipeline::signing::SigningKeyMaterial>,
+) -> Zeroizing<Vec<u8>> {
+    let Some(key) = key else {
+        return credentials;
+    };
+    let Some(end) = credentials.iter().rposition(|b| *b == b'}') else {
+        return credentials;
+    };
+    let member = key.to_credentials_json();
+    let mut out = Zeroizing::new(Vec::with_capacity(credentials.len() + member.len() + 32));
+    out.extend_from_slice(&credentials[..end]);
+    let empty = credentials[..end]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        == Some(&b'{');
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"signing_key\":");
+    out.extend_from_slice(&member);
+    out.extend_from_slice(&credentials[end..]);
+    out
+}
+
 impl ProcessLauncher {
     pub fn new(exe: PathBuf, nats_url: String, database_url: String, data_dir: PathBuf) -> Self {
         Self {
@@ -106,6 +139,7 @@ impl ProcessLauncher {
             nats_url,
             database_url,
             data_dir,
+            signing_key: None,
             running: Arc::default(),
             live: Arc::default(),
         }
@@ -164,6 +198,7 @@ impl WorkerLauncher for ProcessLauncher {
             }
         }
         let spawned = cmd.spawn();
+        let credentials = with_signing_key(credentials, self.signing_key.as_ref());
         let exe = self.exe.display().to_string();
         let running = self.running.clone();
         let live = self.live.clone();
@@ -263,6 +298,25 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub limits: Limits,
     pub counters: Counters,
+    /// Public keys that verify this console's manifest signatures (never a secret).
+    pub signing_keys: SigningKeys,
+}
+
+/// The public side of manifest signing: the current key (if the operator configured
+/// one) and retired keys, published by key id at `/.well-known/`.
+#[derive(Clone, Debug, Default)]
+pub struct SigningKeys {
+    pub current: Option<pipeline::signing::PublicKey>,
+    pub retired: Vec<pipeline::signing::PublicKey>,
+}
+
+impl SigningKeys {
+    pub fn by_id(&self, id: &str) -> Option<&pipeline::signing::PublicKey> {
+        self.current
+            .iter()
+            .chain(self.retired.iter())
+            .find(|k| k.key_id().eq_ignore_ascii_case(id))
+    }
 }
 
 pub type Shared = Arc<AppState>;
@@ -286,6 +340,7 @@ impl AppState {
             trust_proxy: false,
             limits: Limits::default(),
             counters: Counters::default(),
+            signing_keys: SigningKeys::default(),
         }))
     }
 }
@@ -349,6 +404,18 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(crate::web::routes())
         .merge(crate::api::routes(state.clone()))
+        .route(
+            pipeline::signing::PUBLIC_KEY_PATH,
+            axum::routing::get(crate::ops::signing_key),
+        )
+        .route(
+            pipeline::signing::PUBLIC_KEYS_DIR,
+            axum::routing::get(crate::ops::signing_keys),
+        )
+        .route(
+            "/.well-known/portshift-signing-keys/{file}",
+            axum::routing::get(crate::ops::signing_key_by_id),
+        )
         .route("/healthz", axum::routing::get(crate::ops::healthz))
         .route("/metrics", axum::routing::get(crate::ops::metrics))
         .route("/static/live.js", axum::routing::get(crate::ops::live_js))
@@ -372,6 +439,10 @@ pub struct ServeOptions {
     pub trust_proxy: bool,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
+    /// The operator's manifest signing key, handed to each worker over its stdin.
+    pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
+    /// Public keys of retired signing keys, still published by key id.
+    pub retired_public_keys: Vec<pipeline::signing::PublicKey>,
 }
 
 /// Runs the console until Ctrl-C.
@@ -394,21 +465,31 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         pipeline::config::Services::start(&o.data_dir, o.nats_url.as_deref(), Some(&database_url))
             .await?;
     let nats_url = services.nats_url().to_string();
-    let launcher = Arc::new(ProcessLauncher::new(
+    let mut launcher = ProcessLauncher::new(
         o.worker_exe.clone(),
         nats_url,
         database_url,
         o.data_dir.clone(),
-    ));
-    let mut state = AppState::new(
-        services.store.clone(),
-        services.js.clone(),
-        launcher.clone(),
-    )
-    .await?;
+    );
+    let current = match &o.signing_key {
+        Some(m) => Some(
+            pipeline::signing::PublicKey::parse(
+                &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
+            )?,
+        ),
+        None => None,
+    };
+    launcher.signing_key = o.signing_key.clone();
+    let launcher = Arc::new(launcher);
+    let mut state =
+        AppState::new(services.store.clone(), services.js.clone(), launcher.clone()).await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
+        s.signing_keys = SigningKeys {
+            current,
+            retired: o.retired_public_keys.clone(),
+        };
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
@@ -464,4 +545,32 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     launcher.stop_all(std::time::Duration::from_secs(60)).await;
     services.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_joins_the_workers_credentials_document() {
+        let material: pipeline::signing::SigningKeyMaterial = serde_json::from_str(
+            r#"{"secret_key": "untrusted comment: k\nRWQ\"quoted\"\n", "password": "p"}"#,
+        )
+        .unwrap();
+        let doc = with_signing_key(
+            Zeroizing::new(br#"{"chorus_token": "t"}"#.to_vec()),
+            Some(&material),
+        );
+        let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
+        let key = creds.signing_key.unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            key.secret_key.expose_secret(),
+            "untrusted comment: k\nRWQ\"quoted\"\n"
+        );
+        assert_eq!(key.password.unwrap().expose_secret(), "p");
+        // Without a key the document is passed on untouched.
+        let plain = with_signing_key(Zeroizing::new(b"{\"chorus_token\":\"t\"}".to_vec()), None);
+        assert_eq!(&plain[..], b"{\"chorus_token\":\"t\"}");
+    }
 }

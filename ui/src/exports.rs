@@ -68,6 +68,12 @@ pub struct ExportForm {
     /// means the worker machine's own identity.
     #[serde(default)]
     pub gcs_service_account_json: String,
+    /// Read every file back after the manifest (needs read permission).
+    #[serde(default, deserialize_with = "flag")]
+    pub verify_after: bool,
+    /// `plain` (default) or `bagit`.
+    #[serde(default)]
+    pub layout: String,
 }
 
 impl Drop for ExportForm {
@@ -229,6 +235,13 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
     );
     let dest = f.destination.trim();
     check_destination(dest, &mut e);
+    let layout = match f.layout.trim() {
+        "" => pipeline::Layout::Plain,
+        other => other.parse().unwrap_or_else(|msg: String| {
+            e.insert("layout", msg);
+            pipeline::Layout::Plain
+        }),
+    };
     let has_key = !f.s3_access_key_id.trim().is_empty();
     let has_secret = !f.s3_secret_access_key.is_empty();
     if has_key != has_secret {
@@ -281,6 +294,10 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
         destination: dest.to_string(),
         webhook_url: (!webhook.is_empty()).then(|| webhook.to_string()),
         schedule: None,
+        options: pipeline::ExportOptions {
+            verify_after: f.verify_after,
+            layout,
+        },
     })
 }
 

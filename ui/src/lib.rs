@@ -22,6 +22,6 @@ mod web;
 
 pub use api::openapi_document;
 pub use app::{
-    AppState, LaunchError, Limits, ProcessLauncher, ServeOptions, Shared, UiError, WorkerLauncher,
-    router, serve,
+    AppState, LaunchError, Limits, ProcessLauncher, ServeOptions, Shared, SigningKeys, UiError,
+    WorkerLauncher, router, serve, with_signing_key,
 };

@@ -89,6 +89,9 @@ pub struct JobView {
     pub dead_letters: u64,
     pub manifest_key: Option<String>,
     pub manifest_sha256: Option<String>,
+    /// The console's current signing public key (minisign format), shown beside the
+    /// manifest; `None` when the console signs nothing.
+    pub signing_public_key: Option<String>,
     pub is_final: bool,
 }
 
@@ -353,6 +356,7 @@ pub async fn job_view(
         dead_letters,
         manifest_key: job.manifest_key.clone(),
         manifest_sha256: job.manifest_sha256.clone(),
+        signing_public_key: None,
         is_final,
     })
 }

@@ -1,6 +1,8 @@
 //! Operations endpoints and static files: `/healthz` (store and NATS reachable),
 //! `/metrics` (Prometheus text: requests, sign-ins, rate-limit refusals, jobs by status,
-//! per-stage counters), and the console's one script and one stylesheet.
+//! per-stage counters), the console's one script and one stylesheet, and the public
+//! keys that verify manifest signatures (`/.well-known/portshift-signing-key.pub` and,
+//! by key id, `/.well-known/portshift-signing-keys/<KEY ID>.pub`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -10,6 +12,70 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::Shared;
+
+fn public_key_response(text: String) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// The current signing key's public key, in minisign's format (`minisign -p` reads it).
+pub async fn signing_key(State(state): State<Shared>) -> Response {
+    match &state.signing_keys.current {
+        Some(k) => public_key_response(k.file()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this console has no manifest signing key configured, so its exports are unsigned \
+             (the operator starts it with --signing-key; see README: Signed manifests)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Every published key id, current first: `<KEY ID> current|retired <path>` per line.
+pub async fn signing_keys(State(state): State<Shared>) -> Response {
+    let keys = &state.signing_keys;
+    let mut out = String::new();
+    for (k, status) in keys
+        .current
+        .iter()
+        .map(|k| (k, "current"))
+        .chain(keys.retired.iter().map(|k| (k, "retired")))
+    {
+        let id = k.key_id();
+        let _ = writeln!(
+            out,
+            "{id} {status} {}/{id}.pub",
+            pipeline::signing::PUBLIC_KEYS_DIR
+        );
+    }
+    public_key_response(out)
+}
+
+/// One public key by its key id (as the signature's untrusted comment names it).
+pub async fn signing_key_by_id(
+    State(state): State<Shared>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let id = file.strip_suffix(".pub").unwrap_or(&file);
+    match state.signing_keys.by_id(id) {
+        Some(k) => public_key_response(k.file()),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no public key with this id; the published ones are listed at {}\n",
+                pipeline::signing::PUBLIC_KEYS_DIR
+            ),
+        )
+            .into_response(),
+    }
+}
 
 pub async fn healthz(State(state): State<Shared>) -> Response {
     let db = state.accounts.jobs_by_status().await;

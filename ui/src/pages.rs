@@ -327,6 +327,9 @@ pub fn new_export(nav: Nav, org: &Organisation, v: ExportValues, errors: &Errors
                 {field_error(errors, "webhook_url")}
                 <label>"Webhook signing secret" <input type="password" name="webhook_secret" autocomplete="off"/></label>
                 {field_error(errors, "webhook_secret")}
+                <label><input type="checkbox" name="verify_after" value="true"/>" read every file back after the manifest (needs read permission)"</label>
+                <label>"Layout" <select name="layout"><option value="plain" selected=true>"plain"</option><option value="bagit">"BagIt bag (payload under data/)"</option></select></label>
+                {field_error(errors, "layout")}
                 <button class="primary" type="submit" id="start-export">"Start export"</button>
             </form>
         },
@@ -372,12 +375,30 @@ pub fn live_panel(
     let has_problems = !problems.is_empty();
     let manifest = v.manifest_key.clone().map(|k| {
         let sha = v.manifest_sha256.clone().unwrap_or_default();
+        let name = k.rsplit('/').next().unwrap_or(&k).to_string();
+        let signing = match v.signing_public_key.clone() {
+            Some(pk) => view! {
+                <div id="signing-key">
+                    <p>"Signature: " <span class="mono">{format!("{name}.minisig")}</span> ". Public key ("
+                        <a href={pipeline::signing::PUBLIC_KEY_PATH}>{pipeline::signing::PUBLIC_KEY_PATH}</a>
+                        "; retired keys: " <a href={pipeline::signing::PUBLIC_KEYS_DIR}>{pipeline::signing::PUBLIC_KEYS_DIR}</a> "):"</p>
+                    <pre class="mono">{pk}</pre>
+                    <p class="muted">{format!("Check it with: minisign -Vm {name} -p portshift-signing-key.pub")}</p>
+                </div>
+            }
+            .into_any(),
+            None => view! {
+                <p id="signing-key" class="muted">"Unsigned: this console has no signing key configured, so nothing proves portshift wrote this manifest (its hashes still check the files)."</p>
+            }
+            .into_any(),
+        };
         view! {
             <div class="card" id="manifest">
                 <h2>"Manifest"</h2>
                 <p>"Location: " <span class="mono" id="manifest-key">{k}</span></p>
                 <p>"SHA-256: " <span class="mono" id="manifest-sha">{sha}</span></p>
-                <p class="muted">"Check a downloaded copy with: sha256sum -c portshift-manifest.txt"</p>
+                <p class="muted">{format!("Check a downloaded copy with: sha256sum -c {name}")}</p>
+                {signing}
             </div>
         }
     });

@@ -383,6 +383,7 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
                 destination: destination.to_owned(),
                 webhook_url,
                 lookback_s: lookback_days * 24 * 3600,
+                options: Default::default(),
             },
             refs,
             start,

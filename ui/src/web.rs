@@ -635,7 +635,8 @@ async fn render_panel(
     job: &pipeline::JobId,
 ) -> Result<(crate::live::JobView, String), Denied> {
     let record = state.store.job(job).await?;
-    let view = crate::live::job_view(&state.store, &state.js, &state.stats, &record).await?;
+    let mut view = crate::live::job_view(&state.store, &state.js, &state.stats, &record).await?;
+    view.signing_public_key = state.signing_keys.current.as_ref().map(|k| k.file());
     let panel = pages::live_panel(
         &view,
         &c.org.id,

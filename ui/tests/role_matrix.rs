@@ -138,6 +138,7 @@ async fn cell(w: &World, n: usize) -> Cell {
                 destination: "file:///tmp/x".into(),
                 webhook_url: None,
                 schedule: None,
+                options: Default::default(),
             },
         )
         .await
@@ -180,6 +181,7 @@ async fn new_schedule(store: &JobStore, org: &str) -> String {
                 destination: "file:///tmp/x".into(),
                 webhook_url: None,
                 lookback_s: 7 * 24 * 3600,
+                options: Default::default(),
             },
             &CredentialRefs {
                 chorus_token: "env:CHORUS_API_TOKEN".into(),

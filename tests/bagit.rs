@@ -1,0 +1,158 @@
+//! `--layout bagit`: the export is a BagIt 1.0 bag (RFC 8493) that the Library of
+//! Congress tool `bagit.py --validate` (PyPI `bagit`) accepts, on a local folder and on a
+//! copy downloaded from S3; a tampered payload file fails it; the tag manifest is signed.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use pipeline::messages::ListTask;
+use pipeline::signing::{SigningKeyMaterial, SigningKeyRef};
+use pipeline::topology::{self, Stage};
+use pipeline::{ExportKinds, ExportOptions, JobId, JobSpec, JobStatus, Layout};
+
+fn bagit_validate(dir: &Path) -> (bool, String) {
+    let out = Command::new("bagit.py")
+        .arg("--validate")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("could not run bagit.py ({e}): install PyPI bagit (deploy/local/install.sh)")
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn tamper_one_payload_file(dir: &Path) -> String {
+    let manifest = std::fs::read_to_string(dir.join("manifest-sha256.txt")).unwrap();
+    let victim = manifest
+        .lines()
+        .map(|l| &l[66..])
+        .find(|p| p.ends_with(".transcript.json"))
+        .unwrap()
+        .to_string();
+    let path = dir.join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    victim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cli_bagit_export_to_a_local_folder_validates_and_tampering_fails() {
+    let h = Harness::start(Harness::sim_config(8, 81)).await;
+    let root = h.tmp.path().join("bag");
+    let out = Command::new(env!("CARGO_BIN_EXE_portshift"))
+        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
+        .arg("--dest")
+        .arg(format!("file://{}", root.display()))
+        .args(["--layout", "bagit"])
+        .args(["--chorus-url", h.sim.api_url.as_str()])
+        .arg("--data-dir")
+        .arg(h.tmp.path().join("cli-data"))
+        .env_remove("PORTSHIFT_SIGNING_KEY")
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, report) = bagit_validate(&root);
+    assert!(ok, "bagit.py rejected the bag: {report}");
+    let info = std::fs::read_to_string(root.join("bag-info.txt")).unwrap();
+    let files = all_files_of(&root.join("data"));
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(root.join("data").join(f)).unwrap().len())
+        .sum();
+    assert!(
+        info.contains(&format!("Payload-Oxum: {bytes}.{}\n", files.len())),
+        "{info}"
+    );
+    assert!(info.contains("External-Identifier: portshift job "), "{info}");
+    // The portshift manifest still checks with sha256sum, over the data/ paths.
+    sha256sum_check(&root);
+
+    let victim = tamper_one_payload_file(&root);
+    let (ok, report) = bagit_validate(&root);
+    assert!(!ok, "a tampered payload file still validated: {report}");
+    assert!(report.contains(&victim), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
+    let h = Harness::start(Harness::sim_config(6, 82)).await;
+    let s3 = s3_client().await;
+    let bucket = fresh_bucket(&s3).await;
+    let job = JobId::new();
+    let spec = JobSpec {
+        chorus_url: h.sim.api_url.to_string(),
+        from: "2024-01-01T00:00:00Z".parse().unwrap(),
+        to: "2024-12-31T23:59:59Z".parse().unwrap(),
+        kinds: ExportKinds::default(),
+        destination: s3_dest(&bucket, "bag"),
+        webhook_url: None,
+        schedule: None,
+        options: ExportOptions {
+            layout: Layout::Bagit,
+            ..Default::default()
+        },
+    };
+    h.store
+        .create_job(&job, "test-org", "tester", &spec)
+        .await
+        .unwrap();
+    topology::publish_json(
+        &h.js,
+        Stage::List.subject(&job),
+        &topology::msg_id(&job, "list", &["0"]),
+        &ListTask {
+            job: job.clone(),
+            page: 0,
+            continuation_key: None,
+        },
+    )
+    .await
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
+    pipeline::signing::generate(&sk, &pk).unwrap();
+    let mut creds = credentials();
+    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(sk)).unwrap());
+    let (status, _) = h
+        .run_worker_with(&job, fast_options(), Duration::from_secs(300), &creds)
+        .await;
+    assert_eq!(status, JobStatus::Finished);
+    let copy = tempfile::tempdir().unwrap();
+    download(&s3, &bucket, "bag", copy.path()).await;
+    let (ok, report) = bagit_validate(copy.path());
+    assert!(ok, "bagit.py rejected the downloaded bag: {report}");
+    // The signature covers the tag manifest, which covers the payload manifest.
+    let verified = Command::new("minisign")
+        .args(["-Vm", "tagmanifest-sha256.txt", "-p"])
+        .arg(&pk)
+        .current_dir(copy.path())
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let victim = tamper_one_payload_file(copy.path());
+    let (ok, report) = bagit_validate(copy.path());
+    assert!(!ok && report.contains(&victim), "{report}");
+}

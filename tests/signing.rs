@@ -1,0 +1,377 @@
+//! Signed manifests, checked with Debian's real `minisign` binary: a CLI export to a
+//! local folder, an export to S3 (SeaweedFS) checked on a downloaded copy, a worker
+//! process that receives the key on its standard input, tampering that must fail, an
+//! unsigned export that says so, and a rotated-out key still verifying old exports
+//! with the public key the console publishes for it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use pipeline::signing::{SigningKeyMaterial, SigningKeyRef};
+use pipeline::{ExportKinds, JobStatus};
+
+const MINISIGN: &str = "minisign";
+
+fn portshift() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portshift"));
+    c.env_remove("PORTSHIFT_SIGNING_KEY");
+    c
+}
+
+/// `portshift signing-key generate` into `dir`; returns (secret key, public key) paths.
+fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    let out = portshift()
+        .args(["signing-key", "generate", "--secret-key"])
+        .arg(&sk)
+        .arg("--public-key")
+        .arg(&pk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (sk, pk)
+}
+
+/// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`; returns (passed, output).
+fn minisign_verify(dir: &Path, manifest: &str, public_key: &Path) -> (bool, String) {
+    let out = Command::new(MINISIGN)
+        .arg("-Vm")
+        .arg(manifest)
+        .arg("-p")
+        .arg(public_key)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("could not run minisign ({e}): install Debian's minisign (deploy/local/install.sh)")
+        });
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Verifies the export in `dir` with minisign, then shows that a one-byte change and a
+/// removed line each make it fail (restoring the manifest in between).
+fn check_signed_and_tamper_evident(dir: &Path, public_key: &Path, job: &str) {
+    let (ok, out) = minisign_verify(dir, "portshift-manifest.txt", public_key);
+    assert!(ok, "minisign rejected a fresh export: {out}");
+    let json = std::fs::read(dir.join("portshift-manifest.json")).unwrap();
+    assert!(
+        out.contains(&format!("job={job}"))
+            && out.contains(&format!("manifest_json_sha256={}", sha256_hex(&json))),
+        "the trusted comment names the job and the JSON's SHA-256: {out}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(doc["signature"]["signed"], true, "{}", doc["signature"]);
+
+    let path = dir.join("portshift-manifest.txt");
+    let original = std::fs::read(&path).unwrap();
+    let mut one_byte = original.clone();
+    one_byte[3] = if one_byte[3] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&path, &one_byte).unwrap();
+    let (ok, out) = minisign_verify(dir, "portshift-manifest.txt", public_key);
+    assert!(!ok, "a one-byte change still verified: {out}");
+
+    let text = String::from_utf8(original.clone()).unwrap();
+    let fewer: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, fewer).unwrap();
+    let (ok, out) = minisign_verify(dir, "portshift-manifest.txt", public_key);
+    assert!(!ok, "a removed line still verified: {out}");
+
+    std::fs::write(&path, &original).unwrap();
+    assert!(minisign_verify(dir, "portshift-manifest.txt", public_key).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_export_to_a_local_folder_is_signed_and_minisign_catches_tampering() {
+    let h = Harness::start(Harness::sim_config(12, 41)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = generate_key(keys.path(), "current");
+    // `signing-key public` prints exactly the public key file minisign reads.
+    let printed = portshift()
+        .args(["signing-key", "public", "--signing-key"])
+        .arg(format!("file:{}", sk.display()))
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert_eq!(
+        String::from_utf8(printed.stdout).unwrap(),
+        std::fs::read_to_string(&pk).unwrap()
+    );
+
+    let root = h.tmp.path().join("export");
+    let data = h.tmp.path().join("cli-data");
+    let out = portshift()
+        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
+        .arg("--dest")
+        .arg(format!("file://{}", root.display()))
+        .args(["--chorus-url", h.sim.api_url.as_str()])
+        .arg("--data-dir")
+        .arg(&data)
+        // The key from an environment reference, as an operator's secret store would give it.
+        .env("PORTSHIFT_SIGNING_KEY", "env:MY_SIGNING_KEY")
+        .env("MY_SIGNING_KEY", std::fs::read_to_string(&sk).unwrap())
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "export failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Signed: portshift-manifest.txt.minisig"),
+        "{stdout}"
+    );
+    let job = stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    assert!(root.join("portshift-manifest.txt.minisig").exists());
+    sha256sum_check(&root);
+    check_signed_and_tamper_evident(&root, &pk, &job);
+
+    // Another key's public key does not verify it.
+    let (_, other_pk) = generate_key(keys.path(), "other");
+    assert!(!minisign_verify(&root, "portshift-manifest.txt", &other_pk).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_to_s3_is_signed_and_verifies_on_a_downloaded_copy() {
+    let h = Harness::start(Harness::sim_config(10, 42)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = generate_key(keys.path(), "s3");
+    let s3 = s3_client().await;
+    let bucket = fresh_bucket(&s3).await;
+    let job = h
+        .start_job(&s3_dest(&bucket, "signed"), ExportKinds::default())
+        .await;
+    let mut creds = credentials();
+    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(sk)).unwrap());
+    let (status, _) = h
+        .run_worker_with(&job, fast_options(), Duration::from_secs(300), &creds)
+        .await;
+    assert_eq!(status, JobStatus::Finished);
+    let copy = tempfile::tempdir().unwrap();
+    download(&s3, &bucket, "signed", copy.path()).await;
+    sha256sum_check(copy.path());
+    check_signed_and_tamper_evident(copy.path(), &pk, job.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_signs_with_the_key_from_its_standard_input() {
+    use std::io::Write;
+    let h = Harness::start(Harness::sim_config(6, 43)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = generate_key(keys.path(), "worker");
+    let root = h.tmp.path().join("export");
+    let job = h
+        .start_job(
+            &format!("file://{}", root.display()),
+            ExportKinds::default(),
+        )
+        .await;
+    let database_url = format!(
+        "sqlite://{}",
+        h.tmp.path().join("portshift.sqlite3").display()
+    );
+    let material = SigningKeyMaterial::load(&SigningKeyRef::File(sk.clone())).unwrap();
+    // The document the console writes: its credentials plus the operator's key.
+    let creds = ui::with_signing_key(
+        zeroize::Zeroizing::new(serde_json::json!({"chorus_token": TOKEN}).to_string().into_bytes()),
+        Some(&material),
+    );
+    let log = h.tmp.path().join("worker.log");
+    let mut child = portshift()
+        .args(["worker", "--job", job.as_str()])
+        .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
+        .args(["--database-url", &database_url])
+        .arg("--data-dir")
+        .arg(h.tmp.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&creds).unwrap();
+    let pid = child.id();
+    let secret_line = std::fs::read_to_string(&sk)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        for what in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{what}")) {
+                assert!(
+                    !bytes
+                        .windows(secret_line.len())
+                        .any(|w| w == secret_line.as_bytes()),
+                    "the signing key is in /proc/{pid}/{what}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(minisign_verify(&root, "portshift-manifest.txt", &pk).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsigned_export_says_so() {
+    let h = Harness::start(Harness::sim_config(4, 44)).await;
+    let root = h.tmp.path().join("export");
+    let out = portshift()
+        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
+        .arg("--dest")
+        .arg(format!("file://{}", root.display()))
+        .args(["--chorus-url", h.sim.api_url.as_str()])
+        .arg("--data-dir")
+        .arg(h.tmp.path().join("cli-data"))
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("UNSIGNED"), "{stdout}");
+    assert!(!root.join("portshift-manifest.txt.minisig").exists());
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("portshift-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["signature"]["signed"], false);
+    assert!(
+        doc["signature"]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("UNSIGNED")
+    );
+    sha256sum_check(&root);
+}
+
+/// Starts `portshift serve` with a signing key and a file of retired public keys.
+fn start_console(data: &Path, signing_key: &Path, retired: &Path) -> (Killed, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = data.join("console.log");
+    std::fs::create_dir_all(data).unwrap();
+    let child = portshift()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--signing-key")
+        .arg(signing_key)
+        .arg("--retired-signing-keys")
+        .arg(retired)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "console did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
+    let h = Harness::start(Harness::sim_config(4, 45)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (old_sk, old_pk) = generate_key(keys.path(), "old");
+    let (new_sk, new_pk) = generate_key(keys.path(), "new");
+    // An export signed before the rotation.
+    let root = h.tmp.path().join("before-rotation");
+    let job = h
+        .start_job(
+            &format!("file://{}", root.display()),
+            ExportKinds::default(),
+        )
+        .await;
+    let mut creds = credentials();
+    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(old_sk)).unwrap());
+    let (status, _) = h
+        .run_worker_with(&job, fast_options(), Duration::from_secs(120), &creds)
+        .await;
+    assert_eq!(status, JobStatus::Finished);
+
+    // The console now signs with the new key and publishes the old one as retired.
+    let (_console, base) = start_console(&h.tmp.path().join("console"), &new_sk, &old_pk);
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (code, current) = get("/.well-known/portshift-signing-key.pub".into()).await;
+    assert_eq!(code, 200);
+    assert_eq!(current, std::fs::read_to_string(&new_pk).unwrap());
+    let (code, index) = get("/.well-known/portshift-signing-keys".into()).await;
+    assert_eq!(code, 200);
+    let sig = std::fs::read_to_string(root.join("portshift-manifest.txt.minisig")).unwrap();
+    let old_id = pipeline::signing::signature_key_id(&sig).unwrap();
+    assert!(
+        index.contains(&format!("{old_id} retired")),
+        "the index lists the retired key: {index}"
+    );
+    let (code, published_old) = get(format!("/.well-known/portshift-signing-keys/{old_id}.pub")).await;
+    assert_eq!(code, 200);
+    let fetched = keys.path().join("fetched-old.pub");
+    std::fs::write(&fetched, published_old).unwrap();
+    let (ok, out) = minisign_verify(&root, "portshift-manifest.txt", &fetched);
+    assert!(ok, "the published retired key does not verify: {out}");
+    // Negative control: the current key does not verify the old export.
+    assert!(!minisign_verify(&root, "portshift-manifest.txt", &new_pk).0);
+    let (code, _) = get("/.well-known/portshift-signing-keys/0000000000000000.pub".into()).await;
+    assert_eq!(code, 404);
+}

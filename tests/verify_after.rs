@@ -1,0 +1,225 @@
+//! `--verify-after` on SeaweedFS S3, Azurite and fake-gcs-server: an object altered
+//! behind portshift's back between its upload and the verification is reported, its
+//! recording fails with the file named, and its fetch waits in the dead-letter stream
+//! for `portshift replay`. Positive controls: an untouched export verifies and finishes;
+//! a SAS without read permission stops the job with a pointer to docs/permissions.md.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pipeline::messages::ListTask;
+use pipeline::secrets::Credentials;
+use pipeline::topology::{self, Stage};
+use pipeline::{ExportKinds, ExportOptions, JobId, JobSpec, JobStatus};
+use stages::destination::{DestinationUrl, Tuning};
+use stages::worker::{self, WorkerCounters};
+
+async fn start_verified_job(h: &Harness, destination: &str) -> JobId {
+    let job = JobId::new();
+    let spec = JobSpec {
+        chorus_url: h.sim.api_url.to_string(),
+        from: "2024-01-01T00:00:00Z".parse().unwrap(),
+        to: "2024-12-31T23:59:59Z".parse().unwrap(),
+        kinds: ExportKinds::default(),
+        destination: destination.to_string(),
+        webhook_url: None,
+        schedule: None,
+        options: ExportOptions {
+            verify_after: true,
+            ..Default::default()
+        },
+    };
+    h.store
+        .create_job(&job, "test-org", "tester", &spec)
+        .await
+        .unwrap();
+    topology::publish_json(
+        &h.js,
+        Stage::List.subject(&job),
+        &topology::msg_id(&job, "list", &["0"]),
+        &ListTask {
+            job: job.clone(),
+            page: 0,
+            continuation_key: None,
+        },
+    )
+    .await
+    .unwrap();
+    job
+}
+
+/// Runs only list and fetch (hash and upload run inside fetch) until every recording is
+/// settled: the files are uploaded, the manifest and the verification not yet done.
+async fn upload_only(h: &Harness, job: &JobId, creds: &Credentials) {
+    let mut options = fast_options();
+    options.stages = vec![Stage::List, Stage::Fetch];
+    let ctx = worker::prepare(job, h.store.clone(), h.js.clone(), creds, &options)
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(worker::run(ctx, options, WorkerCounters::default(), stop_rx));
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !h.store.is_settled(job).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the uploads did not settle");
+    stop_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+/// Overwrites one uploaded media file at the destination (as someone with write access
+/// to the bucket could), returning its path.
+async fn tamper(h: &Harness, job: &JobId, destination: &str, creds: &Credentials) -> String {
+    let files = h.store.manifest_entries(job).await.unwrap();
+    let victim = files
+        .iter()
+        .find(|f| f.key.ends_with(".mp4"))
+        .unwrap()
+        .key
+        .clone();
+    let url: DestinationUrl = destination.parse().unwrap();
+    let dest = stages::destination::open_with(
+        &url,
+        creds.into(),
+        &Tuning::default(),
+        stages::http::ca_file_from_env().as_deref(),
+    )
+    .await
+    .unwrap();
+    dest.put_bytes(&victim, bytes::Bytes::from_static(b"not the recording"), "video/mp4")
+        .await
+        .unwrap();
+    victim
+}
+
+/// The rest of the job (manifest, verification, notify) until it is final.
+async fn finish(h: &Harness, job: &JobId, creds: &Credentials) -> JobStatus {
+    h.run_worker_with(job, fast_options(), Duration::from_secs(120), creds)
+        .await
+        .0
+}
+
+async fn assert_reported(h: &Harness, job: &JobId, victim: &str, status: JobStatus) {
+    assert_eq!(status, JobStatus::FinishedWithFailures);
+    let problems = h.store.problems(job).await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].status, "dead");
+    assert!(
+        problems[0].reason.contains(victim) && problems[0].reason.contains("read-back"),
+        "{problems:?}"
+    );
+    let recording = victim.rsplit('/').nth(1).unwrap();
+    let letters = pipeline::replay::dead_letters(&h.js, job, Some(Stage::Fetch))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let task: pipeline::messages::FetchTask =
+        serde_json::from_slice(&letters[0].payload).unwrap();
+    assert_eq!(task.recording_id, recording);
+    assert!(letters[0].error.contains(victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_an_object_altered_after_upload_is_reported_and_replayable() {
+    let h = Harness::start(Harness::sim_config(6, 71)).await;
+    let s3 = s3_client().await;
+    let bucket = fresh_bucket(&s3).await;
+    let dest = s3_dest(&bucket, "verified");
+    let creds = credentials();
+    let job = start_verified_job(&h, &dest).await;
+    upload_only(&h, &job, &creds).await;
+    let victim = tamper(&h, &job, &dest, &creds).await;
+    let status = finish(&h, &job, &creds).await;
+    assert_reported(&h, &job, &victim, status).await;
+
+    // Replaying the parked fetch exports the recording again, byte-exact.
+    let letters = pipeline::replay::dead_letters(&h.js, &job, None)
+        .await
+        .unwrap();
+    pipeline::replay::replay(&h.js, &job, &letters[0])
+        .await
+        .unwrap();
+    h.store.reopen(&job).await.unwrap();
+    let mut options = fast_options();
+    options.stages = vec![Stage::Fetch];
+    let ctx = worker::prepare(&job, h.store.clone(), h.js.clone(), &creds, &options)
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(worker::run(ctx, options, WorkerCounters::default(), stop_rx));
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while h.store.progress(&job).await.unwrap().dead > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the replayed recording was not exported again");
+    stop_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+    let expected = expected_media(&h.sim);
+    let bytes = get_object(&s3, &bucket, &format!("verified/{victim}")).await;
+    assert_eq!(&sha256_hex(&bytes), expected.get(&victim).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_an_untouched_export_verifies_and_finishes() {
+    let h = Harness::start(Harness::sim_config(6, 72)).await;
+    let s3 = s3_client().await;
+    let bucket = fresh_bucket(&s3).await;
+    let job = start_verified_job(&h, &s3_dest(&bucket, "verified")).await;
+    let status = finish(&h, &job, &credentials()).await;
+    assert_eq!(
+        status,
+        JobStatus::Finished,
+        "{:?}",
+        h.store.problems(&job).await.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_an_object_altered_after_upload_is_reported() {
+    let h = Harness::start(Harness::sim_config(5, 73)).await;
+    // Verification reads: this SAS adds read (r) to create and write.
+    let (container, sas) = common::cloud::azure_container("rcw");
+    let dest = common::cloud::azure_dest(&container, "verified");
+    let creds = common::cloud::cloud_credentials(Some(&sas), None);
+    let job = start_verified_job(&h, &dest).await;
+    upload_only(&h, &job, &creds).await;
+    let victim = tamper(&h, &job, &dest, &creds).await;
+    let status = finish(&h, &job, &creds).await;
+    assert_reported(&h, &job, &victim, status).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_verification_without_read_permission_says_what_is_missing() {
+    let h = Harness::start(Harness::sim_config(3, 74)).await;
+    let (container, sas) = common::cloud::azure_container("cw");
+    let creds = common::cloud::cloud_credentials(Some(&sas), None);
+    let job = start_verified_job(&h, &common::cloud::azure_dest(&container, "v")).await;
+    let status = finish(&h, &job, &creds).await;
+    assert_eq!(status, JobStatus::NeedsCredentials);
+    let reason = h.store.job(&job).await.unwrap().status_reason.unwrap();
+    assert!(
+        reason.contains("read permission") && reason.contains("docs/permissions.md"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gcs_an_object_altered_after_upload_is_reported() {
+    let h = Harness::start(Harness::sim_config(5, 75)).await;
+    let endpoint = env_or_fail("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let bucket = common::cloud::gcs_bucket(&endpoint);
+    let key = common::cloud::service_account_json(&common::cloud::token_server().await);
+    let creds = common::cloud::cloud_credentials(None, Some(&key));
+    let dest = common::cloud::gcs_dest(&endpoint, &bucket, "verified");
+    let job = start_verified_job(&h, &dest).await;
+    upload_only(&h, &job, &creds).await;
+    let victim = tamper(&h, &job, &dest, &creds).await;
+    let status = finish(&h, &job, &creds).await;
+    assert_reported(&h, &job, &victim, status).await;
+}
