@@ -686,9 +686,9 @@ async fn verify_chain(
     dest: &dyn stages::destination::Destination,
     keys: &[pipeline::signing::PublicKey],
 ) -> anyhow::Result<ExitCode> {
-    let head = match (&a.manifest, url) {
+    let head = match (&a.manifest, &url.storage) {
         (Some(m), _) => m.clone(),
-        (None, DestinationUrl::Local { root }) => {
+        (None, stages::destination::Storage::Local { root }) => {
             // Run manifests are named by job id, and job ids (UUIDv7) sort by time.
             let mut names: Vec<String> = std::fs::read_dir(root)
                 .with_context(|| format!("reading {}", root.display()))?

@@ -202,6 +202,7 @@ async fn a_replayed_webhook_on_a_finished_job_is_delivered() {
         destination: format!("file://{}", out.path().display()),
         webhook_url: Some(hook),
         schedule: None,
+        options: Default::default(),
     };
     h.store
         .create_job(&job, "org", "tester", &spec)
