@@ -239,6 +239,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         destination: destination.to_string(),
         webhook_url: a.webhook_url.clone(),
         schedule: None,
+        trust: pipeline::Trust::Operator,
     };
     let services = Services::start(
         &a.state.data_dir(),

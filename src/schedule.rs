@@ -102,6 +102,8 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = 15)]
     tick_secs: u64,
     #[command(flatten)]
+    tenants: crate::TenantArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -143,7 +145,16 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
             };
             let s = store(&a.state)
                 .await?
-                .create_schedule(&a.org, &a.name, &a.cron, &a.tz, &template, &refs, start)
+                .create_schedule(
+                    &a.org,
+                    &a.name,
+                    &a.cron,
+                    &a.tz,
+                    &template,
+                    &refs,
+                    start,
+                    pipeline::TrustLevel::Operator,
+                )
                 .await?;
             println!(
                 "schedule {} created; first run {}",
@@ -200,6 +211,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let tenant_allowances = a.tenants.allowances()?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -213,6 +225,7 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         options: stages::worker::WorkerOptions::default(),
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
+        tenant_allowances,
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -117,6 +117,7 @@ async fn run_canary_export(
         destination: s3_dest(&bucket, "canary"),
         webhook_url: Some(hook_url),
         schedule: None,
+        trust: pipeline::Trust::Operator,
     };
     store
         .create_job(&job, "org", "tester", &spec)

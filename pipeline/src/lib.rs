@@ -18,6 +18,8 @@ pub mod schedules;
 pub mod schema;
 pub mod secrets;
 pub mod store;
+pub mod tenancy;
 pub mod topology;
 
 pub use job::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+pub use job::{Trust, TrustLevel};

@@ -36,6 +36,7 @@ fn spec() -> JobSpec {
         destination: "s3://bucket/prefix".into(),
         webhook_url: None,
         schedule: None,
+        trust: pipeline::Trust::Operator,
     }
 }
 

@@ -24,8 +24,11 @@ pub struct JobContext {
     pub chorus: ChorusClient,
     pub destination: Arc<dyn Destination>,
     pub webhook_secret: Option<SecretString>,
-    /// For the webhook (built by `http::client_builder`: TLS validation on).
+    /// For the webhook (built by `http::client_builder`: TLS validation on, and the
+    /// job's network guard with each redirect hop checked).
     pub http: reqwest::Client,
+    /// The job's network guard (open for the operator's jobs).
+    pub egress: crate::http::Egress,
     /// The optional BigQuery metadata sink (one row per exported recording).
     pub metadata_sink: Option<Arc<crate::bigquery::BigQuerySink>>,
     /// Signalled when this process changes the job's status, so the worker notices a

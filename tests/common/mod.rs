@@ -87,6 +87,7 @@ impl Harness {
             destination: destination.to_string(),
             webhook_url: None,
             schedule: None,
+            trust: pipeline::Trust::Operator,
         };
         self.store
             .create_job(&job, "test-org", "tester", &spec)

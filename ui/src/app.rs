@@ -211,11 +211,18 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub limits: Limits,
     pub counters: Counters,
+    /// Every job and schedule created here is a tenant's, with these allowances.
+    pub tenant_allowances: pipeline::tenancy::Allowances,
 }
 
 pub type Shared = Arc<AppState>;
 
 impl AppState {
+    /// The trust every job and schedule created through the console or API gets.
+    pub fn tenant_trust(&self) -> pipeline::Trust {
+        pipeline::Trust::Tenant(self.tenant_allowances.clone())
+    }
+
     pub async fn new(
         store: JobStore,
         js: jetstream::Context,
@@ -234,6 +241,7 @@ impl AppState {
             trust_proxy: false,
             limits: Limits::default(),
             counters: Counters::default(),
+            tenant_allowances: Default::default(),
         }))
     }
 }
@@ -318,6 +326,8 @@ pub struct ServeOptions {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub trust_proxy: bool,
+    /// What the operator opened for tenants (`--allow-origin`, `--allow-file-root`).
+    pub tenant_allowances: pipeline::tenancy::Allowances,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
 }
@@ -357,6 +367,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
+        s.tenant_allowances = o.tenant_allowances.clone();
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {

@@ -60,6 +60,7 @@ async fn job_page_with_ten_thousand_jobs_in_history() {
         destination: "s3://bucket/prefix?region=eu-west-1".into(),
         webhook_url: None,
         schedule: None,
+        trust: pipeline::Trust::Operator,
     };
     let seeded = Instant::now();
     let mut last = None;
