@@ -276,6 +276,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
             verify_after: a.verify_after,
             layout: a.layout,
         },
+        trust: pipeline::Trust::Operator,
     };
     let services = Services::start(
         &a.state.data_dir(),

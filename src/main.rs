@@ -66,6 +66,29 @@ impl SigningArgs {
     }
 }
 
+/// What the operator opens for console users' (tenants') jobs; nothing by default.
+/// See docs/security.md.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TenantArgs {
+    /// Let console users' jobs reach this origin (scheme://host:port) although it is not
+    /// public HTTPS: the Chorus simulator, a local storage emulator, a private webhook
+    /// receiver. Repeat for several.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// Let console users export to file:// folders under this folder (trials, demos).
+    #[arg(long, value_name = "DIR")]
+    pub allow_file_root: Option<PathBuf>,
+}
+
+impl TenantArgs {
+    pub fn allowances(&self) -> anyhow::Result<pipeline::tenancy::Allowances> {
+        Ok(pipeline::tenancy::Allowances::new(
+            &self.allow_origins,
+            self.allow_file_root.as_deref(),
+        )?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Export recordings from Chorus to a destination, with a progress bar.
@@ -120,6 +143,8 @@ struct ServeArgs {
     #[command(flatten)]
     signing: SigningArgs,
     #[command(flatten)]
+    tenants: TenantArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -135,6 +160,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
         trust_proxy: a.trust_proxy,
+        tenant_allowances: a.tenants.allowances()?,
         worker_exe,
         signing_key: a.signing.material()?,
         retired_public_keys: match &a.retired_signing_keys {

@@ -110,6 +110,7 @@ pub struct SchedulerArgs {
     tick_secs: u64,
     #[command(flatten)]
     signing: crate::SigningArgs,
+    tenants: crate::TenantArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -156,7 +157,16 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
             };
             let s = store(&a.state)
                 .await?
-                .create_schedule(&a.org, &a.name, &a.cron, &a.tz, &template, &refs, start)
+                .create_schedule(
+                    &a.org,
+                    &a.name,
+                    &a.cron,
+                    &a.tz,
+                    &template,
+                    &refs,
+                    start,
+                    pipeline::TrustLevel::Operator,
+                )
                 .await?;
             println!(
                 "schedule {} created; first run {}",
@@ -214,6 +224,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let signing_key = a.signing.material()?;
+    let tenant_allowances = a.tenants.allowances()?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -228,6 +239,7 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
         signing_key,
+        tenant_allowances,
     };
     let (tx, rx) = watch::channel(false);
     // SIGTERM like Ctrl-C: no new runs; the runs in progress stop taking work and

@@ -118,6 +118,7 @@ async fn run_canary_export(
         webhook_url: Some(hook_url),
         schedule: None,
         options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     store
         .create_job(&job, "org", "tester", &spec)

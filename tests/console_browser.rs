@@ -98,12 +98,17 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
-/// Starts `portshift serve` on a free port; returns the process and its base URL.
-fn start_console(data: &Path, log: &Path) -> (Killed, String) {
+/// Starts `portshift serve` on a free port, letting console jobs reach `allow` (the
+/// simulator and the local S3 server are loopback plain-HTTP origins, which console
+/// jobs may not reach by default); returns the process and its base URL.
+fn start_console(data: &Path, log: &Path, allow: &[String]) -> (Killed, String) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    for origin in allow {
+        cmd.args(["--allow-origin", origin]);
+    }
+    cmd.arg("--data-dir")
         .arg(data)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -317,7 +322,21 @@ async fn console_in_a_real_browser() {
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
 
-    let (server, base) = start_console(&data, &server_log);
+    let origin = |u: &str| {
+        let u = url::Url::parse(u).unwrap();
+        format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap(),
+            u.port_or_known_default().unwrap()
+        )
+    };
+    let allow = [
+        origin(sim.api_url.as_str()),
+        origin(sim.media_url.as_str()),
+        origin(&env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT")),
+    ];
+    let (server, base) = start_console(&data, &server_log, &allow);
     let (_driver, c) = start_browser(&tmp.path().join("chromium-profile")).await;
     let owner = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
     let member = format!("member-{}@example.com", uuid::Uuid::new_v4().simple());
@@ -499,7 +518,8 @@ async fn console_in_a_real_browser() {
     shot(&c, "07-audit-trail").await;
 
     // A nightly schedule from the console: a bad cron is shown next to its field, then
-    // the schedule is created with references only and listed.
+    // the server-side references (env:, aws:default) are refused next to theirs: a
+    // console user may not borrow the server's environment or identity.
     c.goto(&format!("{base}/orgs/{org_id}/schedules"))
         .await
         .unwrap();
@@ -526,11 +546,9 @@ async fn console_in_a_real_browser() {
         fill(&c, &format!("#new-schedule input[name={name}]"), value).await;
     }
     click(&c, "#create-schedule").await;
-    let listed = text(&c, "#schedules .schedule").await;
-    assert!(
-        listed.contains("Nightly archive") && listed.contains("0 2 * * * (Europe/Helsinki)"),
-        "{listed}"
-    );
+    let refused = text(&c, "#error-chorus_token_ref").await;
+    assert!(refused.contains("cross-account role"), "{refused}");
+    assert!(text(&c, "#error-s3_ref").await.contains("aws:default"));
     shot(&c, "09-schedules").await;
 
     // The invited member signs up, sees the organisation and the job, but not admin pages.

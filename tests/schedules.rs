@@ -46,6 +46,7 @@ fn start_scheduler(
         tick: Duration::from_millis(100),
         name: name.into(),
         signing_key: None,
+        tenant_allowances: Default::default(),
     };
     let (tx, rx) = watch::channel(false);
     (tx, tokio::spawn(scheduler.run(rx)))
@@ -61,6 +62,7 @@ async fn create(h: &Harness, refs: CredentialRefs, dest: &str, cron: &str) -> Sc
             &template(dest, h.sim.api_url.as_str()),
             &refs,
             "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
         )
         .await
         .unwrap()

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A job id: 32 lower-case hex characters (a UUIDv7, so ids sort by creation time).
@@ -154,7 +155,69 @@ pub struct JobSpec {
     /// Optional extra proofs (read-back verification); all off by default.
     #[serde(default)]
     pub options: ExportOptions,
+    /// Who the job acts for (operator: the CLI; tenant: the console or API, with what
+    /// the operator allowed). Set by the code path that creates the job, never from
+    /// tenant input; the worker enforces it (see `tenancy`).
+    #[serde(default)]
+    pub trust: Trust,
 }
+
+/// Who a job or schedule acts for. Set by the code path, stored with the job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "level", rename_all = "snake_case")]
+pub enum Trust {
+    /// The CLI: the machine's identity, environment, files and networks are allowed.
+    Operator,
+    /// The console or the API: a stranger, with only what the operator opened.
+    Tenant(Allowances),
+}
+
+impl Default for Trust {
+    /// A job record without a trust level (written before trust levels existed, or by a
+    /// path that forgot) is treated as a stranger's: the safe default.
+    fn default() -> Self {
+        Trust::Tenant(Allowances::default())
+    }
+}
+
+/// What the operator opened for tenants (`--allow-origin`, `--allow-file-root`).
+/// Empty by default: nothing beyond public HTTPS addresses and cloud storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Allowances {
+    /// Origins (`scheme://host:port`) tenants may reach even when they are not public
+    /// or not HTTPS: the Chorus simulator, local emulators, a private webhook receiver.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// A folder under which tenants may export to `file://` (trials, demos).
+    #[serde(default)]
+    pub file_root: Option<PathBuf>,
+}
+
+/// The level alone, as stored in the job and schedule tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustLevel {
+    Operator,
+    Tenant,
+}
+
+impl TrustLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustLevel::Operator => "operator",
+            TrustLevel::Tenant => "tenant",
+        }
+    }
+
+    /// Anything but `operator` reads as tenant: the safe side.
+    pub fn from_stored(s: &str) -> Self {
+        if s == "operator" {
+            TrustLevel::Operator
+        } else {
+            TrustLevel::Tenant
+        }
+    }
+}
+
 
 /// What an export does beyond writing files and a manifest. Shared by one-off jobs and
 /// schedule templates; every field defaults to off, so older records read unchanged.

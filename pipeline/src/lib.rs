@@ -21,6 +21,9 @@ pub mod secrets;
 pub mod shutdown;
 pub mod signing;
 pub mod store;
+pub mod tenancy;
 pub mod topology;
 
 pub use job::{ExportKinds, ExportOptions, FileKind, JobId, JobSpec, JobStatus, Layout};
+
+pub use job::{Trust, TrustLevel};

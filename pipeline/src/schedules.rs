@@ -20,7 +20,7 @@ use sqlx::Row;
 
 use crate::secrets::{AzureCredentials, Credentials, GcsCredentials, S3Credentials};
 use crate::store::{JobStore, StoreError, now_ms};
-use crate::{ExportKinds, JobId};
+use crate::{ExportKinds, JobId, TrustLevel};
 
 /// What each run exports, minus the time window (which the schedule computes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -357,6 +357,9 @@ pub struct Schedule {
     pub watermark_s: Option<i64>,
     pub next_run_ms: i64,
     pub created_ms: i64,
+    /// Operator (created with the CLI) or tenant (the console or API): decides what
+    /// its references and URLs may use at every run (see `tenancy`).
+    pub trust: TrustLevel,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -387,10 +390,11 @@ fn schedule_from_row(r: &sqlx::any::AnyRow) -> Result<Schedule, StoreError> {
         watermark_s: r.try_get("watermark_s")?,
         next_run_ms: r.try_get("next_run_ms")?,
         created_ms: r.try_get("created_ms")?,
+        trust: TrustLevel::from_stored(&r.try_get::<String, _>("trust")?),
     })
 }
 
-const SCHEDULE_COLUMNS: &str = "id, organisation, name, cron, timezone, template_json, credential_refs, start_s, paused, watermark_s, next_run_ms, created_ms";
+const SCHEDULE_COLUMNS: &str = "id, organisation, name, cron, timezone, template_json, credential_refs, start_s, paused, watermark_s, next_run_ms, created_ms, trust";
 
 impl JobStore {
     /// Validates and stores a new schedule; returns it with its first run time.
@@ -404,6 +408,7 @@ impl JobStore {
         template: &ScheduleTemplate,
         refs: &CredentialRefs,
         start: DateTime<Utc>,
+        trust: TrustLevel,
     ) -> Result<Schedule, ScheduleError> {
         refs.validate()?;
         let parsed = CronSchedule::parse(cron, timezone)?;
@@ -425,12 +430,13 @@ impl JobStore {
             watermark_s: None,
             next_run_ms: next.timestamp_millis(),
             created_ms: now.timestamp_millis(),
+            trust,
         };
         let template_json =
             serde_json::to_string(template).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let refs_json =
             serde_json::to_string(refs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(&format!("INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+        sqlx::query(&format!("INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"))
             .bind(&schedule.id)
             .bind(organisation)
             .bind(name)
@@ -443,6 +449,7 @@ impl JobStore {
             .bind(None::<i64>)
             .bind(schedule.next_run_ms)
             .bind(schedule.created_ms)
+            .bind(trust.as_str())
             .execute(&self.pool)
             .await
             .map_err(StoreError::from)?;

@@ -202,8 +202,8 @@ impl JobStore {
             serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO jobs (id, organisation, started_by, created_ms, updated_ms, status, spec_json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO jobs (id, organisation, started_by, created_ms, updated_ms, status, spec_json, trust) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id.as_str())
         .bind(organisation)
@@ -212,6 +212,7 @@ impl JobStore {
         .bind(now)
         .bind(JobStatus::Running.as_str())
         .bind(spec_json)
+        .bind(spec.trust.level().as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -220,7 +221,7 @@ impl JobStore {
     pub async fn job(&self, id: &JobId) -> Result<JobRecord, StoreError> {
         let row = sqlx::query(
             "SELECT id, organisation, started_by, created_ms, finished_ms, status, status_reason, \
-             spec_json, listing_complete, manifest_key, manifest_sha256 FROM jobs WHERE id = $1",
+             spec_json, listing_complete, manifest_key, manifest_sha256, trust FROM jobs WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -233,7 +234,7 @@ impl JobStore {
     pub async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, organisation, started_by, created_ms, finished_ms, status, status_reason, \
-             spec_json, listing_complete, manifest_key, manifest_sha256 FROM jobs \
+             spec_json, listing_complete, manifest_key, manifest_sha256, trust FROM jobs \
              ORDER BY created_ms DESC, id DESC LIMIT $1",
         )
         .bind(limit)
@@ -744,6 +745,17 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let id: String = row.try_get(0)?;
     let status: String = row.try_get(5)?;
     let spec_json: String = row.try_get(7)?;
+    let mut spec: JobSpec = serde_json::from_str(&spec_json)
+        .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?;
+    // The column decides the level (older rows got theirs from the migration); the
+    // spec carries what the operator allowed a tenant job. A spec claiming operator
+    // in a tenant row gets nothing.
+    let level: String = row.try_get(11)?;
+    spec.trust = match (crate::job::TrustLevel::from_stored(&level), spec.trust) {
+        (crate::job::TrustLevel::Operator, _) => crate::Trust::Operator,
+        (_, t @ crate::Trust::Tenant(_)) => t,
+        (_, crate::Trust::Operator) => crate::Trust::default(),
+    };
     Ok(JobRecord {
         id: id
             .parse()
@@ -754,8 +766,7 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
         finished_ms: row.try_get(4)?,
         status: JobStatus::from_str(&status).map_err(StoreError::Corrupt)?,
         status_reason: row.try_get(6)?,
-        spec: serde_json::from_str(&spec_json)
-            .map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))?,
+        spec,
         listing_complete: row.try_get::<i64, _>(8)? != 0,
         manifest_key: row.try_get(9)?,
         manifest_sha256: row.try_get(10)?,

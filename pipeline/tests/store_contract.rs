@@ -37,6 +37,7 @@ fn spec() -> JobSpec {
         webhook_url: None,
         schedule: None,
         options: Default::default(),
+        trust: pipeline::Trust::Operator,
     }
 }
 

@@ -181,6 +181,7 @@ impl BigQuerySink {
         target: &BigQueryUrl,
         credentials: Option<&pipeline::secrets::GcsCredentials>,
         extra_ca_file: Option<&Path>,
+        egress: &crate::http::Egress,
     ) -> Result<Self, SinkError> {
         let name = format!("{}.{}.{}", target.project, target.dataset, target.table);
         let refused = |detail: String| SinkError::Refused {
@@ -191,9 +192,17 @@ impl BigQuerySink {
             credentials.map(|c| &c.service_account_json),
             SCOPE_BIGQUERY,
             extra_ca_file,
+            egress,
         )
         .map_err(|e: GcpAuthError| refused(e.to_string()))?;
-        let http = crate::http::client_builder(extra_ca_file)
+        if let Some(ep) = &target.endpoint {
+            let ep = url::Url::parse(ep)
+                .map_err(|e| refused(format!("the BigQuery endpoint is not a URL: {e}")))?;
+            egress
+                .check_url("BigQuery endpoint", &ep)
+                .map_err(|e| refused(e.to_string()))?;
+        }
+        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
             .map_err(|e| refused(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
             .build()

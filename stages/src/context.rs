@@ -26,8 +26,11 @@ pub struct JobContext {
     pub webhook_secret: Option<SecretString>,
     /// The operator's manifest signing key, if one was handed to this worker.
     pub signing_key: Option<Arc<pipeline::signing::SigningKey>>,
-    /// For the webhook (built by `http::client_builder`: TLS validation on).
+    /// For the webhook (built by `http::client_builder`: TLS validation on, and the
+    /// job's network guard with each redirect hop checked).
     pub http: reqwest::Client,
+    /// The job's network guard (open for the operator's jobs).
+    pub egress: crate::http::Egress,
     /// The optional BigQuery metadata sink (one row per exported recording).
     pub metadata_sink: Option<Arc<crate::bigquery::BigQuerySink>>,
     /// Signalled when this process changes the job's status, so the worker notices a

@@ -20,6 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::http::Egress;
+
 /// Environment variable naming a service-account key file (Google's convention), used
 /// when the credentials document has no key.
 pub const KEY_FILE_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
@@ -47,6 +49,10 @@ pub enum GcpAuthError {
     NoIdentity(String),
     #[error("getting a Google access token failed: {0}")]
     Transient(String),
+    #[error(
+        "no service-account key was given: console jobs must bring their own key (portshift's own Google identity is not lent to them)"
+    )]
+    NotForTenants,
 }
 
 impl GcpAuthError {
@@ -108,19 +114,33 @@ impl std::fmt::Debug for TokenSource {
 
 impl TokenSource {
     /// From a key given in the credentials, else the key file named by
-    /// `GOOGLE_APPLICATION_CREDENTIALS`, else the machine's identity.
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, else the machine's identity. A console job
+    /// (guarded `egress`) gets neither fallback: the key must be its own, and the key's
+    /// `token_uri` must pass the network guard.
     pub fn resolve(
         key_json: Option<&SecretString>,
         scope: &str,
         extra_ca_file: Option<&Path>,
+        egress: &Egress,
     ) -> Result<Self, GcpAuthError> {
-        let http = crate::http::client_builder(extra_ca_file)
+        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
             .map_err(|e| GcpAuthError::Transient(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GcpAuthError::Transient(e.to_string()))?;
         if let Some(json) = key_json {
-            return Self::service_account(json.expose_secret().as_bytes(), scope, http);
+            let source = Self::service_account(json.expose_secret().as_bytes(), scope, http)?;
+            if let Source::ServiceAccount { token_uri, .. } = &source.inner.source {
+                let url = url::Url::parse(token_uri)
+                    .map_err(|_| GcpAuthError::BadKey("token_uri is not a URL".into()))?;
+                egress
+                    .check_url("key's token_uri", &url)
+                    .map_err(|e| GcpAuthError::BadKey(e.to_string()))?;
+            }
+            return Ok(source);
+        }
+        if egress.is_guarded() {
+            return Err(GcpAuthError::NotForTenants);
         }
         if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
             let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| {

@@ -79,6 +79,12 @@ impl StageHandler for NotifyStage {
         let ctx = &self.0;
         let summary = self.summary().await?;
         if let Some(url) = &ctx.spec.webhook_url {
+            let parsed = url::Url::parse(url).map_err(|_| {
+                StageError::Invalid(format!("the webhook URL {url:?} is not a URL"))
+            })?;
+            ctx.egress
+                .check_url("webhook URL", &parsed)
+                .map_err(|e| StageError::Invalid(format!("webhook {url}: {e}")))?;
             let body =
                 serde_json::to_vec(&summary).map_err(|e| StageError::Invalid(e.to_string()))?;
             let ts = chrono::Utc::now().timestamp();
@@ -93,11 +99,15 @@ impl StageHandler for NotifyStage {
                     signature(secret.expose_secret().as_bytes(), ts, &body),
                 );
             }
-            let resp = req
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| StageError::Transient(format!("webhook {url}: {e}")))?;
+            let resp =
+                req.body(body)
+                    .send()
+                    .await
+                    .map_err(|e| match crate::http::egress_refusal(&e) {
+                        // The guard's answer is final; retrying cannot change it.
+                        Some(refused) => StageError::Invalid(format!("webhook {url}: {refused}")),
+                        None => StageError::Transient(format!("webhook {url}: {e}")),
+                    })?;
             if !resp.status().is_success() {
                 return Err(StageError::Transient(format!(
                     "webhook {url} answered HTTP {}",

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use pipeline::messages::ListTask;
 use pipeline::schedules::{CronSchedule, Schedule};
 use pipeline::store::JobStore;
+use pipeline::tenancy::{Allowances, Trust};
 use pipeline::topology::{self, Stage};
 use pipeline::{JobId, JobSpec, JobStatus};
 use tokio::sync::watch;
@@ -35,6 +36,9 @@ pub struct Scheduler {
     pub name: String,
     /// The operator's manifest signing key, added to each run's credentials in memory.
     pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
+    /// What the operator opened for tenant schedules (`scheduler --allow-origin`,
+    /// `--allow-file-root`); nothing by default.
+    pub tenant_allowances: Allowances,
 }
 
 impl Scheduler {
@@ -125,6 +129,23 @@ impl Scheduler {
                 return Ok(());
             }
         }
+        // A tenant's schedule may not read the server's environment, files or identity,
+        // whenever it was created: checked before anything is resolved, so the reason
+        // says nothing about what exists on this machine.
+        let trust = Trust::for_level(schedule.trust, &self.tenant_allowances);
+        let refused = trust.check_refs(&schedule.refs);
+        if !refused.is_empty() {
+            let reason = refused
+                .iter()
+                .map(|r| format!("{}: {}", r.field, r.message))
+                .collect::<Vec<_>>()
+                .join(" ");
+            store
+                .update_run(&schedule.id, slot, "failed", None, Some(&reason), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
         let credentials = match schedule.refs.resolve() {
             Ok(mut c) => {
                 c.signing_key = self.signing_key.clone();
@@ -159,6 +180,7 @@ impl Scheduler {
             webhook_url: schedule.template.webhook_url.clone(),
             schedule: Some(schedule.id.clone()),
             options: schedule.template.options.clone(),
+            trust,
         };
         let job = JobId::new();
         store
@@ -273,5 +295,6 @@ pub fn scheduler(
         tick,
         name: name.to_string(),
         signing_key: None,
+        tenant_allowances: Allowances::default(),
     })
 }

@@ -10,8 +10,9 @@ use async_nats::jetstream;
 use pipeline::runner::{self, RunnerConfig, RunnerError, StageCounters};
 use pipeline::secrets::Credentials;
 use pipeline::store::{JobStore, StoreError};
+use pipeline::tenancy::{Refusal, Supplied};
 use pipeline::topology::{self, Stage};
-use pipeline::{JobId, JobStatus};
+use pipeline::{JobId, JobSpec, JobStatus};
 use tokio::sync::watch;
 
 use crate::bigquery::{BigQuerySink, SinkError};
@@ -19,6 +20,7 @@ use crate::chorus::{ChorusClient, ChorusConfig, ChorusError};
 use crate::context::JobContext;
 use crate::destination::{self, DestinationError, DestinationUrl, DestinationUrlError, Tuning};
 use crate::fetch::FetchStage;
+use crate::http::Egress;
 use crate::list::ListStage;
 use crate::manifest::ManifestStage;
 use crate::notify::NotifyStage;
@@ -28,7 +30,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// Silence after which a running job counts as having lost its workers.
 pub const WORKER_GONE_AFTER: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// Recordings fetched at once by this worker.
     pub fetch_concurrency: usize,
@@ -38,6 +40,22 @@ pub struct WorkerOptions {
     pub stages: Vec<Stage>,
     /// Extra CA bundle for private endpoints and test servers.
     pub extra_ca_file: Option<std::path::PathBuf>,
+    /// Turns host names into addresses for a console job's network guard (the system
+    /// resolver when `None`; tests inject answers). The guard's filter applies either way.
+    pub resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("fetch_concurrency", &self.fetch_concurrency)
+            .field("runner", &self.runner)
+            .field("tuning", &self.tuning)
+            .field("stages", &self.stages)
+            .field("extra_ca_file", &self.extra_ca_file)
+            .field("resolver", &self.resolver.as_ref().map(|_| "injected"))
+            .finish()
+    }
 }
 
 impl Default for WorkerOptions {
@@ -48,6 +66,7 @@ impl Default for WorkerOptions {
             tuning: Tuning::default(),
             stages: Stage::ALL.to_vec(),
             extra_ca_file: std::env::var_os("PORTSHIFT_CA_FILE").map(Into::into),
+            resolver: None,
         }
     }
 }
@@ -74,6 +93,28 @@ pub enum WorkerError {
     Signing(#[from] pipeline::signing::SigningError),
     #[error("a stage task of the worker stopped unexpectedly: {0}")]
     Join(String),
+    #[error("this job may not run as given: {0}")]
+    Refused(#[from] Refusal),
+}
+
+/// The job's trust rules on its spec and the credentials it was given (see
+/// `pipeline::tenancy`): nothing here for the operator's jobs.
+fn check_trust(spec: &JobSpec, credentials: &Credentials) -> Result<(), Refusal> {
+    let trust = &spec.trust;
+    trust.check_chorus_url(&spec.chorus_url)?;
+    trust.check_destination(&spec.destination)?;
+    if let Some(w) = &spec.webhook_url {
+        trust.check_webhook_url(w)?;
+    }
+    trust.check_destination_credentials(
+        &spec.destination,
+        Supplied {
+            s3: credentials.s3.is_some(),
+            azure: credentials.azure.is_some(),
+            gcs: credentials.gcs.is_some(),
+            bigquery: credentials.bigquery.is_some(),
+        },
+    )
 }
 
 /// Everything one job's stages share, from the job record and the credentials.
@@ -86,17 +127,29 @@ pub async fn prepare(
 ) -> Result<Arc<JobContext>, WorkerError> {
     let record = store.job(job).await?;
     let spec = record.spec;
+    // The console checked this when the job was made; checked again here because the
+    // worker is what acts, whoever made the job and whenever.
+    check_trust(&spec, credentials)?;
+    let egress = match &options.resolver {
+        Some(r) => Egress::for_trust(&spec.trust).with_resolver(r.clone()),
+        None => Egress::for_trust(&spec.trust),
+    };
     let base = url::Url::parse(&spec.chorus_url)
         .map_err(|_| WorkerError::ChorusUrl(spec.chorus_url.clone()))?;
     let mut chorus_config = ChorusConfig::new(base, credentials.chorus_token.clone());
     chorus_config.extra_ca_file = options.extra_ca_file.clone();
+    chorus_config.egress = egress.clone();
     let chorus = ChorusClient::new(chorus_config)?;
     let dest_url: DestinationUrl = spec.destination.parse()?;
-    let mut destination = destination::open_with(
+    if let DestinationUrl::Local { root } = &dest_url {
+        spec.trust.check_local_folder(root)?;
+    }
+    let mut destination = destination::open_guarded(
         &dest_url,
         credentials.into(),
         &options.tuning,
         options.extra_ca_file.as_deref(),
+        &egress,
     )
     .await?;
     destination.set_upload_journal(Arc::new(crate::upload_journal::StoreJournal::new(
@@ -109,6 +162,7 @@ pub async fn prepare(
                 target,
                 credentials.bigquery.as_ref().or(credentials.gcs.as_ref()),
                 options.extra_ca_file.as_deref(),
+                &egress,
             )
             .await?,
         )),
@@ -120,9 +174,7 @@ pub async fn prepare(
         .map(pipeline::signing::SigningKey::from_material)
         .transpose()?
         .map(Arc::new);
-    let http = crate::http::client_builder(options.extra_ca_file.as_deref())
-        .map_err(|e| WorkerError::Http(e.to_string()))?
-        .build()
+    let http = crate::http::webhook_client(options.extra_ca_file.as_deref(), &egress)
         .map_err(|e| WorkerError::Http(e.to_string()))?;
     Ok(Arc::new(JobContext {
         job: job.clone(),
@@ -134,6 +186,7 @@ pub async fn prepare(
         webhook_secret: credentials.webhook_secret.clone(),
         signing_key,
         http,
+        egress,
         metadata_sink,
         status_changed: tokio::sync::Notify::new(),
     }))

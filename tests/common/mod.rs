@@ -88,6 +88,7 @@ impl Harness {
             webhook_url: None,
             schedule: None,
             options: Default::default(),
+            trust: pipeline::Trust::Operator,
         };
         self.store
             .create_job(&job, "test-org", "tester", &spec)

@@ -316,7 +316,7 @@ async fn start_export(
 ) -> ApiResult {
     let c = org_ctx(&state, &headers, &org, Action::StartExport, true).await?;
     let f: ExportForm = body(&raw)?;
-    let spec = match exports::validate(&f) {
+    let spec = match exports::validate(&f, &state.tenant_trust()) {
         Ok(s) => s,
         Err(e) => return Ok(invalid(&e)),
     };
@@ -480,7 +480,7 @@ async fn create_schedule(
 ) -> ApiResult {
     let c = org_ctx(&state, &headers, &org, Action::ManageSchedules, true).await?;
     let f: schedules::NewSchedule = body(&raw)?;
-    let valid = match schedules::validate(&f) {
+    let valid = match schedules::validate(&f, &state.tenant_trust()) {
         Ok(v) => v,
         Err(e) => return Ok(invalid(&e)),
     };

@@ -300,6 +300,8 @@ pub struct AppState {
     pub counters: Counters,
     /// Public keys that verify this console's manifest signatures (never a secret).
     pub signing_keys: SigningKeys,
+    /// Every job and schedule created here is a tenant's, with these allowances.
+    pub tenant_allowances: pipeline::tenancy::Allowances,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -322,6 +324,11 @@ impl SigningKeys {
 pub type Shared = Arc<AppState>;
 
 impl AppState {
+    /// The trust every job and schedule created through the console or API gets.
+    pub fn tenant_trust(&self) -> pipeline::Trust {
+        pipeline::Trust::Tenant(self.tenant_allowances.clone())
+    }
+
     pub async fn new(
         store: JobStore,
         js: jetstream::Context,
@@ -341,6 +348,7 @@ impl AppState {
             limits: Limits::default(),
             counters: Counters::default(),
             signing_keys: SigningKeys::default(),
+            tenant_allowances: Default::default(),
         }))
     }
 }
@@ -437,6 +445,8 @@ pub struct ServeOptions {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub trust_proxy: bool,
+    /// What the operator opened for tenants (`--allow-origin`, `--allow-file-root`).
+    pub tenant_allowances: pipeline::tenancy::Allowances,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
     /// The operator's manifest signing key, handed to each worker over its stdin.
@@ -490,6 +500,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             current,
             retired: o.retired_public_keys.clone(),
         };
+        s.tenant_allowances = o.tenant_allowances.clone();
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.

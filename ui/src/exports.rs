@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use chrono::{NaiveDate, NaiveTime};
 use pipeline::messages::ListTask;
+use pipeline::tenancy::{Refusal, Supplied};
 use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use pipeline::{ExportKinds, JobId, JobSpec, JobStatus, Trust};
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -198,8 +199,18 @@ pub fn check_kinds(kinds: &ExportKinds, e: &mut Errors) {
     }
 }
 
-/// Checks the form; returns the job spec or an error per field.
-pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
+/// Records a tenancy refusal against its field, unless the field already has an error
+/// (the form's own message comes first).
+pub(crate) fn refused(e: &mut Errors, r: Result<(), Refusal>) {
+    if let Err(r) = r {
+        e.entry(r.field).or_insert(r.message);
+    }
+}
+
+/// Checks the form; returns the job spec or an error per field. `trust` is the
+/// console's (a tenant's, with what the operator allowed): what it may not use is
+/// reported against the field, with what to use instead.
+pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
     let mut e: Errors = BTreeMap::new();
     check_chorus_url(f.chorus_url.trim(), &mut e);
     if f.chorus_token.trim().is_empty() {
@@ -233,6 +244,7 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
         },
         &mut e,
     );
+    refused(&mut e, trust.check_chorus_url(f.chorus_url.trim()));
     let dest = f.destination.trim();
     check_destination(dest, &mut e);
     let layout = match f.layout.trim() {
@@ -242,6 +254,7 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
             pipeline::Layout::Plain
         }),
     };
+    refused(&mut e, trust.check_destination(dest));
     let has_key = !f.s3_access_key_id.trim().is_empty();
     let has_secret = !f.s3_secret_access_key.is_empty();
     if has_key != has_secret {
@@ -260,8 +273,21 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
         &f.gcs_service_account_json,
         &mut e,
     );
+    refused(
+        &mut e,
+        trust.check_destination_credentials(
+            dest,
+            Supplied {
+                s3: has_key && has_secret,
+                azure: !f.azure_sas_token.trim().is_empty(),
+                gcs: !f.gcs_service_account_json.trim().is_empty(),
+                bigquery: false,
+            },
+        ),
+    );
     let webhook = f.webhook_url.trim();
     if !webhook.is_empty() {
+        refused(&mut e, trust.check_webhook_url(webhook));
         match url::Url::parse(webhook) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {
                 if f.webhook_secret.is_empty() {
@@ -298,6 +324,7 @@ pub fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
             verify_after: f.verify_after,
             layout,
         },
+        trust: trust.clone(),
     })
 }
 
@@ -328,7 +355,7 @@ fn check_cloud_secrets(dest: &str, azure_sas: &str, gcs_json: &str, e: &mut Erro
         if !is_key {
             e.insert(
                 "gcs_service_account_json",
-                "Paste the whole service-account key file (JSON with client_email and private_key), or leave it empty to use the worker machine's identity.".into(),
+                "Paste the whole service-account key file (JSON with client_email and private_key).".into(),
             );
         } else if scheme != "gs" && !dest.contains("bigquery=") {
             e.insert(
@@ -568,7 +595,14 @@ mod tests {
         f.media = true;
         f.destination = "s3://bucket/prefix?region=eu-west-1".into();
         f.chorus_token = "t".into();
+        f.s3_access_key_id = "AKIA".into();
+        f.s3_secret_access_key = "sec".into();
         f
+    }
+
+    /// What `validate` gets in the console: a tenant's trust, nothing allowed.
+    fn validate(f: &ExportForm) -> Result<JobSpec, Errors> {
+        super::validate(f, &Trust::default())
     }
 
     #[test]
@@ -578,7 +612,7 @@ mod tests {
         f.to = "2023-12-31".into();
         f.destination = "ftp://x".into();
         f.media = false;
-        f.s3_access_key_id = "AKIA".into();
+        f.s3_secret_access_key.clear();
         let e = validate(&f).unwrap_err();
         for k in ["to", "destination", "kinds", "s3_secret_access_key"] {
             assert!(e.contains_key(k), "{k} missing in {e:?}");
@@ -596,6 +630,8 @@ mod tests {
         assert!(creds.webhook_secret.is_none() && creds.azure.is_none() && creds.gcs.is_none());
 
         let mut f = form();
+        f.s3_access_key_id.clear();
+        f.s3_secret_access_key.clear();
         f.destination = "azure://acct/calls/chorus".into();
         f.azure_sas_token = "?sv=2024&sp=cw&sig=x".into();
         assert!(validate(&f).is_ok());
@@ -604,6 +640,8 @@ mod tests {
         assert!(creds.azure.is_some() && creds.s3.is_none());
 
         let mut f = form();
+        f.s3_access_key_id.clear();
+        f.s3_secret_access_key.clear();
         f.destination = "gs://bucket/chorus".into();
         f.gcs_service_account_json =
             r#"{"type":"service_account","client_email":"a@p.iam","private_key":"k"}"#.into();
@@ -622,6 +660,7 @@ mod tests {
 
         let mut f = form();
         f.azure_sas_token = "sp=cw".into();
+        f.s3_access_key_id.clear();
         assert!(validate(&f).unwrap_err().contains_key("azure_sas_token"));
 
         let mut f = form();
@@ -632,8 +671,42 @@ mod tests {
             e["gcs_service_account_json"].contains("client_email"),
             "{e:?}"
         );
-        // Keyless GCS (workload identity) needs no key.
+        // Keyless GCS would be the server's own identity: a tenant must bring a key.
         f.gcs_service_account_json.clear();
-        assert!(validate(&f).is_ok());
+        let e = validate(&f).unwrap_err();
+        assert!(
+            e["gcs_service_account_json"].contains("own Google identity"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn tenants_are_refused_the_servers_disk_network_and_identity() {
+        let mut f = form();
+        f.s3_access_key_id.clear();
+        f.s3_secret_access_key.clear();
+        let e = validate(&f).unwrap_err();
+        assert!(e["s3_access_key_id"].contains("own AWS identity"), "{e:?}");
+
+        let mut f = form();
+        f.destination = "file:///var/www/html".into();
+        f.chorus_url = "http://169.254.169.254/".into();
+        f.webhook_url = "https://127.0.0.1:22/".into();
+        f.webhook_secret = "s".into();
+        let e = validate(&f).unwrap_err();
+        assert!(e["destination"].contains("s3://"), "{e:?}");
+        assert!(e["chorus_url"].contains("https://"), "{e:?}");
+        assert!(e["webhook_url"].contains("public"), "{e:?}");
+
+        // The operator's allowances open exactly what they name.
+        let dir = tempfile::tempdir().unwrap();
+        let allow =
+            pipeline::tenancy::Allowances::new(&["http://127.0.0.1:7070".into()], Some(dir.path()))
+                .unwrap();
+        let mut f = form();
+        f.chorus_url = "http://127.0.0.1:7070/".into();
+        f.destination = format!("file://{}/x", dir.path().canonicalize().unwrap().display());
+        let spec = super::validate(&f, &Trust::Tenant(allow)).unwrap();
+        assert!(spec.trust.is_tenant());
     }
 }

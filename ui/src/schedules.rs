@@ -9,10 +9,11 @@
 //! without being echoed), and nothing here shows those references back.
 
 use chrono::{DateTime, Utc};
-use pipeline::ExportKinds;
 use pipeline::schedules::{
     CredentialRefs, CronSchedule, Schedule, ScheduleError, ScheduleRun, ScheduleTemplate,
 };
+use pipeline::tenancy::Supplied;
+use pipeline::{ExportKinds, Trust, TrustLevel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -296,8 +297,10 @@ fn ref_field(what: &str) -> &'static str {
     }
 }
 
-/// Checks a new schedule; every problem is reported against its field.
-pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
+/// Checks a new schedule; every problem is reported against its field. `trust` is the
+/// console's (a tenant's): references that resolve on the server are refused, as are
+/// URLs a tenant may not reach (see `pipeline::tenancy`).
+pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors> {
     let mut e = Errors::new();
     let name = f.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
@@ -323,11 +326,13 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
     }
     let destination = f.destination.trim();
     exports::check_destination(destination, &mut e);
+    exports::refused(&mut e, trust.check_destination(destination));
     let chorus_url = match f.chorus_url.trim() {
         "" => "https://chorus.ai/",
         u => u,
     };
     exports::check_chorus_url(chorus_url, &mut e);
+    exports::refused(&mut e, trust.check_chorus_url(chorus_url));
     let kinds = ExportKinds {
         media: f.media.unwrap_or(true),
         transcript: f.transcript.unwrap_or(true),
@@ -336,6 +341,7 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
     exports::check_kinds(&kinds, &mut e);
     let webhook_url = given(&f.webhook_url);
     if let Some(w) = &webhook_url {
+        exports::refused(&mut e, trust.check_webhook_url(w));
         if !url::Url::parse(w).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             e.insert(
                 "webhook_url",
@@ -372,6 +378,24 @@ pub fn validate(f: &NewSchedule) -> Result<ValidSchedule, Errors> {
             e.insert("chorus_token_ref", err.to_string());
         }
     }
+    for r in trust.check_refs(&refs) {
+        e.entry(r.field).or_insert(r.message);
+    }
+    let supplied = Supplied {
+        s3: refs.s3.is_some(),
+        azure: refs.azure.is_some(),
+        gcs: refs.gcs.is_some(),
+        bigquery: false,
+    };
+    if let Err(r) = trust.check_destination_credentials(destination, supplied) {
+        // The export form's field names, as this form's reference fields.
+        let field = match r.field {
+            "s3_access_key_id" => "s3_ref",
+            "azure_sas_token" => "azure_ref",
+            _ => "gcs_ref",
+        };
+        e.entry(field).or_insert(r.message);
+    }
     match start {
         Some(start) if e.is_empty() => Ok(ValidSchedule {
             name: name.to_owned(),
@@ -405,6 +429,7 @@ pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Sc
             &v.template,
             &v.refs,
             v.start,
+            TrustLevel::Tenant,
         )
         .await?;
     let _ = state

@@ -613,7 +613,7 @@ async fn start_export(
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::StartExport);
     csrf!(c, f.csrf.as_deref());
-    let spec = match exports::validate(&f) {
+    let spec = match exports::validate(&f, &state.tenant_trust()) {
         Ok(s) => s,
         Err(errors) => {
             return (
@@ -992,7 +992,7 @@ async fn create_schedule(
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageSchedules);
     csrf!(c, f.csrf.as_deref());
-    let result = match schedules::validate(&f.to_new()) {
+    let result = match schedules::validate(&f.to_new(), &state.tenant_trust()) {
         Ok(valid) => schedules::create(&state, &c, valid).await.map_err(Err),
         Err(errors) => Err(Ok(errors)),
     };

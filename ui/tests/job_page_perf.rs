@@ -61,6 +61,7 @@ async fn job_page_with_ten_thousand_jobs_in_history() {
         webhook_url: None,
         schedule: None,
         options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     let seeded = Instant::now();
     let mut last = None;

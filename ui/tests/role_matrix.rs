@@ -139,6 +139,7 @@ async fn cell(w: &World, n: usize) -> Cell {
                 webhook_url: None,
                 schedule: None,
                 options: Default::default(),
+                trust: pipeline::Trust::Operator,
             },
         )
         .await
@@ -191,6 +192,7 @@ async fn new_schedule(store: &JobStore, org: &str) -> String {
                 gcs: None,
             },
             "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Tenant,
         )
         .await
         .unwrap()
@@ -241,7 +243,12 @@ fn expected(route: &ApiRoute, caller: Caller) -> u16 {
         (_, None) => route.ok,
         (Caller::Outsider, Some(_)) => 404,
         (Caller::Role(r), Some(a)) => {
-            if allows(r, a) {
+            if allows(r, a) && route.name == "create_schedule" {
+                // A permitted caller reaches validation, which refuses the server-side
+                // references a console user may not use (every kind that exists today
+                // reads the server's environment, files or identity).
+                422
+            } else if allows(r, a) {
                 route.ok
             } else {
                 403
@@ -866,6 +873,8 @@ async fn schedules_are_created_with_references_only() {
     assert!(json["error"]["fields"]["cron"].is_string(), "{json}");
     assert!(json["error"]["fields"]["gcs_ref"].is_string(), "{json}");
 
+    // Every reference that resolves on the server is refused for console users, each
+    // against its field, with what to use instead; nothing is stored.
     let before = w.store.schedules_of(&c.org).await.unwrap().len();
     let (status, json, _) = call(
         &w.state,
@@ -877,36 +886,37 @@ async fn schedules_are_created_with_references_only() {
             "name": "nightly gcs", "cron": "30 1 * * *", "timezone": "Europe/Helsinki",
             "start": "2024-02-01", "destination": "gs://bucket/calls",
             "media": false,
-            "chorus_token_ref": "file:/run/secrets/chorus", "gcs_ref": "gcp:workload-identity",
+            "chorus_token_ref": "file:/etc/passwd", "gcs_ref": "gcp:workload-identity",
+            "webhook_url": "https://hooks.example/x", "webhook_secret_ref": "env:HOME",
         })),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "{json}");
-    assert_eq!(json["name"], "nightly gcs");
-    assert_eq!(json["paused"], false);
-    let id = json["id"].as_str().unwrap().to_owned();
-    let stored = w.store.schedule(&id).await.unwrap();
-    assert_eq!(stored.organisation, c.org);
-    assert_eq!(
-        (stored.cron.as_str(), stored.timezone.as_str()),
-        ("30 1 * * *", "Europe/Helsinki")
-    );
-    assert!(!stored.template.kinds.media && stored.template.kinds.transcript);
-    assert_eq!(
-        stored.refs.gcs.as_deref(),
-        Some("gcp:workload-identity"),
-        "references stored as given"
-    );
-    assert_eq!(
-        w.store.schedules_of(&c.org).await.unwrap().len(),
-        before + 1
-    );
-    let log = Accounts::new(&w.store).audit_log(&c.org, 50).await.unwrap();
-    assert!(
-        log.iter()
-            .any(|e| e.action == "schedule.created" && e.detail.contains(&id)),
-        "no audit entry"
-    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    let fields = &json["error"]["fields"];
+    for f in ["chorus_token_ref", "gcs_ref", "webhook_secret_ref"] {
+        let msg = fields[f]
+            .as_str()
+            .unwrap_or_else(|| panic!("{f} missing in {json}"));
+        assert!(msg.contains("cross-account role"), "{f}: {msg}");
+    }
+    // The answer for a file that exists is the answer for one that does not.
+    let (_, other, _) = call(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        true,
+        Some(serde_json::json!({
+            "name": "nightly gcs", "cron": "30 1 * * *", "timezone": "Europe/Helsinki",
+            "start": "2024-02-01", "destination": "gs://bucket/calls",
+            "media": false,
+            "chorus_token_ref": "file:/nonexistent/portshift", "gcs_ref": "gcp:workload-identity",
+            "webhook_url": "https://hooks.example/x", "webhook_secret_ref": "env:PORTSHIFT_SURELY_UNSET",
+        })),
+    )
+    .await;
+    assert_eq!(json, other);
+    assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
     // A member may not create one.
     let member = c.sessions[2].1.clone().unwrap();
     let (status, _, _) = call(
@@ -958,7 +968,8 @@ async fn the_new_schedule_form_creates_one_or_shows_the_field_errors() {
     assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
     assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
 
-    let (status, _, headers) = page(
+    // With the token, the server-side references are refused next to their fields.
+    let (status, html, _) = page(
         &w.state,
         "POST",
         &path,
@@ -966,14 +977,14 @@ async fn the_new_schedule_form_creates_one_or_shows_the_field_errors() {
         Some(format!("csrf={}&{good}", admin.1)),
     )
     .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(headers["location"], path.as_str());
-    let all = w.store.schedules_of(&c.org).await.unwrap();
-    assert_eq!(all.len(), before + 1);
-    let s = all.iter().find(|s| s.name == "weekly").unwrap();
-    assert_eq!(s.refs.azure.as_deref(), Some("file:/run/secrets/azure-sas"));
-    let k = &s.template.kinds;
-    assert!(!k.media && k.transcript && !k.metadata, "{k:?}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("id=\"error-chorus_token_ref\""), "{html}");
+    assert!(html.contains("id=\"error-azure_ref\""), "{html}");
+    assert!(
+        !html.contains("/run/secrets/azure-sas"),
+        "a reference was echoed"
+    );
+    assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
     let (_, html, _) = page(&w.state, "GET", &path, Some(&admin), None).await;
-    assert!(html.contains("weekly") && html.contains("id=\"new-schedule\""));
+    assert!(html.contains("id=\"new-schedule\""));
 }

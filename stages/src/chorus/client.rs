@@ -26,7 +26,9 @@ use url::Url;
 
 pub use super::model::parse_conversation;
 use super::model::{EngagementPage, kind, parse_engagement_page};
-use crate::http::{HttpSetupError, ca_file_from_env, client_builder, error_chain};
+use crate::http::{
+    Egress, HttpSetupError, ca_file_from_env, egress_refusal, error_chain, guarded_client_builder,
+};
 
 /// Largest JSON response accepted (a page of engagements or a long transcript is a few
 /// MiB at most); anything larger is treated as malformed rather than buffered.
@@ -61,6 +63,9 @@ pub struct ChorusConfig {
     pub base_backoff: Duration,
     /// Largest backoff ceiling (default 20 s).
     pub max_backoff: Duration,
+    /// Where the client may connect (open for the operator's jobs; public HTTPS and
+    /// allowed origins only for a tenant's), checked on every redirect hop too.
+    pub egress: Egress,
 }
 
 impl ChorusConfig {
@@ -74,6 +79,7 @@ impl ChorusConfig {
             max_attempts: 6,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(20),
+            egress: Egress::open(),
         }
     }
 }
@@ -119,6 +125,10 @@ pub enum ChorusError {
         "Chorus sent a malformed {what}: {detail}; if this persists, check for a proxy between portshift and Chorus or report an API change"
     )]
     Malformed { what: String, detail: String },
+    /// The network guard of a console job refused the address (not public, not HTTPS):
+    /// permanent, the recording is skipped.
+    #[error("refused to connect for the {what}: {detail}")]
+    Refused { what: String, detail: String },
     /// The HTTP client could not be set up (CA bundle).
     #[error(transparent)]
     Setup(#[from] HttpSetupError),
@@ -144,6 +154,7 @@ impl ChorusError {
             ChorusError::NotFound { .. }
                 | ChorusError::Rejected { .. }
                 | ChorusError::UnusableId { .. }
+                | ChorusError::Refused { .. }
         )
     }
 
@@ -211,6 +222,7 @@ struct Inner {
     auth: HeaderValue,
     /// Only to scrub the token from text a server echoes back into an error.
     token: SecretString,
+    egress: Egress,
     max_attempts: u32,
     base_backoff: Duration,
     max_backoff: Duration,
@@ -247,6 +259,12 @@ impl ChorusClient {
         }
         base.set_query(None);
         base.set_fragment(None);
+        config
+            .egress
+            .check_url("Chorus API address", &base)
+            .map_err(|e| ChorusError::Config {
+                detail: e.to_string(),
+            })?;
         let token = config.token.expose_secret().trim();
         if token.is_empty() {
             return Err(ChorusError::Config {
@@ -260,7 +278,7 @@ impl ChorusClient {
         })?;
         auth.set_sensitive(true);
         let build = |what: &str| -> Result<reqwest::Client, ChorusError> {
-            client_builder(config.extra_ca_file.as_deref())?
+            guarded_client_builder(config.extra_ca_file.as_deref(), &config.egress)?
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| ChorusError::Config {
@@ -274,6 +292,7 @@ impl ChorusClient {
                 base,
                 auth,
                 token: SecretString::from(token.to_owned()),
+                egress: config.egress.clone(),
                 max_attempts: config.max_attempts.max(1),
                 base_backoff: config.base_backoff,
                 max_backoff: config.max_backoff,
@@ -398,6 +417,13 @@ impl ChorusClient {
                         detail,
                     }
                 })?;
+                self.inner
+                    .egress
+                    .check_url("media redirect", &url)
+                    .map_err(|e| ChorusError::Refused {
+                        what: format!("media of {id}"),
+                        detail: e.to_string(),
+                    })?;
                 continue;
             }
             if status == StatusCode::OK {
@@ -480,6 +506,12 @@ impl ChorusClient {
         // Without the URL: a storage link's query string is a credential of sorts.
         let e = e.without_url();
         let text = self.redact(error_chain(&e));
+        if let Some(refused) = egress_refusal(&e) {
+            return Err(ChorusError::Refused {
+                what: what.into(),
+                detail: refused.to_string(),
+            });
+        }
         if e.is_builder() {
             return Err(ChorusError::Config {
                 detail: format!("cannot build the {what} request: {text}"),

@@ -36,6 +36,7 @@ use super::parts::PartReader;
 use super::url::GcsUrl;
 use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
 use crate::gcp_auth::{GcpAuthError, SCOPE_STORAGE, TokenSource};
+use crate::http::Egress;
 
 /// Resumable chunks must be multiples of this (except the last).
 pub const CHUNK_GRANULE: usize = 256 * 1024;
@@ -68,6 +69,7 @@ impl GcsDestination {
         credentials: Option<&pipeline::secrets::GcsCredentials>,
         tuning: &Tuning,
         extra_ca_file: Option<&Path>,
+        egress: &Egress,
     ) -> Result<Self, DestinationError> {
         let location = format!("gs://{}/{}", url.bucket, url.prefix);
         let refused = |detail: String| DestinationError::Refused {
@@ -84,9 +86,15 @@ impl GcsDestination {
             credentials.map(|c| &c.service_account_json),
             SCOPE_STORAGE,
             extra_ca_file,
+            egress,
         )
         .map_err(|e| refused(e.to_string()))?;
-        let http = crate::http::client_builder(extra_ca_file)
+        let endpoint = url::Url::parse(&url.endpoint)
+            .map_err(|e| refused(format!("the endpoint is not a URL: {e}")))?;
+        egress
+            .check_url("storage endpoint", &endpoint)
+            .map_err(|e| refused(e.to_string()))?;
+        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
             .map_err(|e| refused(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use self::url::{DestinationUrl, DestinationUrlError, Storage};
+use crate::http::Egress;
 
 /// File bytes as they stream through: never collected whole, never written to our disk.
 pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
@@ -169,29 +170,45 @@ pub async fn open(
     .await
 }
 
-/// Opens the destination a URL names with the given credentials and extra CA bundle.
+/// Opens the destination a URL names with the given credentials and extra CA bundle,
+/// for an operator's job (no network guard).
 pub async fn open_with(
     url: &DestinationUrl,
     credentials: DestinationCredentials<'_>,
     tuning: &Tuning,
     extra_ca_file: Option<&std::path::Path>,
 ) -> Result<Box<dyn Destination>, DestinationError> {
+    open_guarded(url, credentials, tuning, extra_ca_file, &Egress::open()).await
+}
+
+/// Opens the destination with the job's network guard: for a console job no fallback
+/// to the server's identity or environment, and endpoints only where `egress` allows.
+/// (`file://` for console jobs is checked by the worker against the allowed root.)
+pub async fn open_guarded(
+    url: &DestinationUrl,
+    credentials: DestinationCredentials<'_>,
+    tuning: &Tuning,
+    extra_ca_file: Option<&std::path::Path>,
+    egress: &Egress,
+) -> Result<Box<dyn Destination>, DestinationError> {
     match &url.storage {
         Storage::Local { root } => Ok(Box::new(local::LocalFolder::new(root.clone()))),
         Storage::S3(s3url) => Ok(Box::new(
-            s3::S3Destination::connect(s3url, credentials.s3, tuning).await?,
+            s3::S3Destination::connect(s3url, credentials.s3, tuning, egress).await?,
         )),
         Storage::Azure(a) => Ok(Box::new(azure::AzureDestination::connect(
             a,
             credentials.azure,
             tuning,
             extra_ca_file,
+            egress,
         )?)),
         Storage::Gcs(g) => Ok(Box::new(gcs::GcsDestination::connect(
             g,
             credentials.gcs,
             tuning,
             extra_ca_file,
+            egress,
         )?)),
     }
 }

@@ -42,13 +42,36 @@ pub struct S3Destination {
 
 impl S3Destination {
     /// Builds the client. Credentials: the given ones (from the worker's memory), else
-    /// the standard AWS chain (environment, profile, instance role).
+    /// the standard AWS chain (environment, profile, instance role). A console job
+    /// (guarded `egress`) gets no chain: it must give keys, and a custom endpoint only
+    /// on an origin the operator allowed (the AWS SDK's connections do not pass through
+    /// portshift's address guard, so tenants cannot name arbitrary endpoints).
     pub async fn connect(
         url: &S3Url,
         credentials: Option<&pipeline::secrets::S3Credentials>,
         tuning: &Tuning,
+        egress: &crate::http::Egress,
     ) -> Result<Self, DestinationError> {
         use secrecy::ExposeSecret;
+        if egress.is_guarded() {
+            let refused = |detail: &str| DestinationError::Refused {
+                destination: format!("s3://{}/{}", url.bucket, url.prefix),
+                detail: detail.into(),
+            };
+            if credentials.is_none() {
+                return Err(refused(
+                    "no access key was given: console jobs must bring their own keys (portshift's own AWS identity is not lent to them)",
+                ));
+            }
+            if let Some(ep) = &url.endpoint {
+                let allowed = url::Url::parse(ep).is_ok_and(|u| egress.allows_origin(&u));
+                if !allowed {
+                    return Err(refused(
+                        "a custom S3 endpoint is not available to console jobs unless the operator allows its origin (--allow-origin)",
+                    ));
+                }
+            }
+        }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &url.region {
             loader = loader.region(aws_config::Region::new(region.clone()));

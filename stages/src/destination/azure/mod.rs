@@ -68,6 +68,7 @@ impl AzureDestination {
         credentials: Option<&pipeline::secrets::AzureCredentials>,
         tuning: &Tuning,
         extra_ca_file: Option<&Path>,
+        egress: &crate::http::Egress,
     ) -> Result<Self, DestinationError> {
         let location = format!("azure://{}/{}/{}", url.account, url.container, url.prefix);
         let refused = |detail: String| DestinationError::Refused {
@@ -76,6 +77,12 @@ impl AzureDestination {
         };
         let sas = match credentials {
             Some(c) => c.sas_token.clone(),
+            // A console job never gets the server's own token from its environment.
+            None if egress.is_guarded() => {
+                return Err(refused(format!(
+                    "no SAS token: console jobs must give their own SAS token for the container; {NEEDED}"
+                )));
+            }
             None => match std::env::var(SAS_ENV) {
                 Ok(v) if !v.trim().is_empty() => SecretString::from(v),
                 _ => {
@@ -103,7 +110,10 @@ impl AzureDestination {
                 "the block size must be between 1 byte and 4000 MiB (Azure's limit)".into(),
             ));
         }
-        let http = crate::http::client_builder(extra_ca_file)
+        egress
+            .check_url("storage endpoint", &container_url)
+            .map_err(|e| refused(e.to_string()))?;
+        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
             .map_err(|e| refused(e.to_string()))?
             // The SDK follows no redirects either; a redirect would resend the SAS.
             .redirect(reqwest::redirect::Policy::none())
