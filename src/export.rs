@@ -37,7 +37,11 @@ pub struct ExportArgs {
     #[arg(long)]
     dest: String,
     /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
-    #[arg(long, env = "PORTSHIFT_CHORUS_URL", default_value = "https://chorus.ai/")]
+    #[arg(
+        long,
+        env = "PORTSHIFT_CHORUS_URL",
+        default_value = "https://chorus.ai/"
+    )]
     chorus_url: String,
     /// What to export per recording.
     #[arg(

@@ -58,7 +58,11 @@ pub struct CreateArgs {
     #[arg(long)]
     dest: String,
     /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
-    #[arg(long, env = "PORTSHIFT_CHORUS_URL", default_value = "https://chorus.ai/")]
+    #[arg(
+        long,
+        env = "PORTSHIFT_CHORUS_URL",
+        default_value = "https://chorus.ai/"
+    )]
     chorus_url: String,
     #[arg(
         long,

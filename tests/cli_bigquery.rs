@@ -207,7 +207,14 @@ async fn scheduled_runs_write_one_bigquery_row_per_recording() {
     let state = ["--nats-url", nats.as_str(), "--database-url", db.as_str()];
 
     let created = portshift()
-        .args(["schedule", "create", "--name", "bq", "--cron", "*/3 * * * * *"])
+        .args([
+            "schedule",
+            "create",
+            "--name",
+            "bq",
+            "--cron",
+            "*/3 * * * * *",
+        ])
         .args(["--start", "2000-01-01", "--dest", &dest])
         .args(["--chorus-url", h.sim.api_url.as_str()])
         .arg(format!("--chorus-token-ref=file:{}", token.display()))

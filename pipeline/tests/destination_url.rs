@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use pipeline::destination_url::{
-    AzureUrl, BigQueryUrl, DestinationUrl, GcsUrl, S3Encryption, S3Url, Storage,
-    azure_default_endpoint, GCS_DEFAULT_ENDPOINT,
+    AzureUrl, BigQueryUrl, DestinationUrl, GCS_DEFAULT_ENDPOINT, GcsUrl, S3Encryption, S3Url,
+    Storage, azure_default_endpoint,
 };
 use proptest::prelude::*;
 
@@ -76,7 +76,8 @@ fn s3() -> impl Strategy<Value = Storage> {
         prop_oneof![
             Just(None),
             Just(Some(S3Encryption::Aes256)),
-            proptest::option::of(free_value()).prop_map(|key_id| Some(S3Encryption::Kms { key_id })),
+            proptest::option::of(free_value())
+                .prop_map(|key_id| Some(S3Encryption::Kms { key_id })),
         ],
     )
         .prop_map(|(bucket, prefix, region, endpoint, sse)| {
@@ -134,8 +135,7 @@ fn local() -> impl Strategy<Value = Storage> {
         // Any bytes but '/' and NUL: file names on Unix need not be UTF-8.
         proptest::collection::vec(1u8..=255, 1..10).prop_filter_map("a file name", |b| {
             use std::os::unix::ffi::OsStringExt;
-            (!b.contains(&b'/') && b != b"." && b != b"..")
-                .then(|| std::ffi::OsString::from_vec(b))
+            (!b.contains(&b'/') && b != b"." && b != b"..").then(|| std::ffi::OsString::from_vec(b))
         }),
     ];
     proptest::collection::vec(component, 0..5).prop_map(|parts| {
