@@ -31,10 +31,17 @@ pub struct ExportArgs {
     to: String,
     /// Where the export goes: file:///path, s3://bucket/prefix?region=..&endpoint=..,
     /// azure://account/container/prefix (SAS in AZURE_STORAGE_SAS_TOKEN) or
-    /// gs://bucket/prefix (key file in GOOGLE_APPLICATION_CREDENTIALS). See docs/permissions.md.
+    /// gs://bucket/prefix (key file in GOOGLE_APPLICATION_CREDENTIALS); any of them may add
+    /// &bigquery=project.dataset.table. Write '#', '?', '%' and spaces in a path as %23,
+    /// %3F, %25 and %20. See docs/permissions.md and docs/bigquery.md.
     #[arg(long)]
     dest: String,
-    #[arg(long, default_value = "https://chorus.ai/")]
+    /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
+    #[arg(
+        long,
+        env = "PORTSHIFT_CHORUS_URL",
+        default_value = "https://chorus.ai/"
+    )]
     chorus_url: String,
     /// What to export per recording.
     #[arg(
@@ -545,6 +552,15 @@ async fn summary(
             None => println!("{}", stages::manifest::UNSIGNED_NOTE),
         }
         if let Some(dir) = location.strip_prefix("file://") {
+            // Quoted for the shell when the folder name needs it.
+            let dir = if dir
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@".contains(c))
+            {
+                dir.to_string()
+            } else {
+                format!("'{}'", dir.replace('\'', r"'\''"))
+            };
             println!("Check it: cd {dir} && sha256sum -c {name}");
         }
     }

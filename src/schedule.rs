@@ -57,7 +57,12 @@ pub struct CreateArgs {
     tz: String,
     #[arg(long)]
     dest: String,
-    #[arg(long, default_value = "https://chorus.ai/")]
+    /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
+    #[arg(
+        long,
+        env = "PORTSHIFT_CHORUS_URL",
+        default_value = "https://chorus.ai/"
+    )]
     chorus_url: String,
     #[arg(
         long,

@@ -30,7 +30,9 @@ pub struct DestinationUrl {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
     /// A local folder (operators only; an absolute path without `.`/`..` parts).
-    Local { root: PathBuf },
+    Local {
+        root: PathBuf,
+    },
     S3(S3Url),
     Azure(AzureUrl),
     Gcs(GcsUrl),
@@ -206,7 +208,10 @@ fn only_known(
 
 fn http_endpoint(given: &str, name: &str, ep: &str) -> Result<String, DestinationUrlError> {
     if ep.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(given, format!("the {name} contains spaces or control characters")));
+        return Err(err(
+            given,
+            format!("the {name} contains spaces or control characters"),
+        ));
     }
     let u = url::Url::parse(ep).map_err(|e| err(given, format!("{name}: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{NaiveDate, NaiveTime};
+use pipeline::destination_url::DestinationUrl;
 use pipeline::messages::ListTask;
 use pipeline::tenancy::{Refusal, Supplied};
 use pipeline::topology::{self, Stage};
@@ -146,33 +147,38 @@ pub(crate) fn day(s: &str, end: bool) -> Option<chrono::DateTime<chrono::Utc>> {
     Some(d.and_time(t).and_utc())
 }
 
-const SCHEMES: &[&str] = &["s3", "file", "azure", "gs"];
-
-/// Checks a destination URL's scheme and shape (the worker applies the full grammar);
-/// shared by the export form and schedules.
-pub fn check_destination(dest: &str, e: &mut Errors) {
-    match url::Url::parse(dest) {
-        Ok(u) if SCHEMES.contains(&u.scheme()) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                e.insert(
-                    "destination",
-                    "Do not put credentials in the destination URL: use the credential fields."
-                        .into(),
-                );
-            }
-            if u.path().split('/').any(|s| s == "." || s == "..") {
-                e.insert(
-                    "destination",
-                    "The destination path must not contain . or .. segments.".into(),
-                );
-            }
-        }
-        _ => {
+/// Checks a destination URL with the one destination grammar the worker reads
+/// ([`DestinationUrl`]); shared by the export form, schedules and the JSON API. Gives
+/// back the destination as it is to be stored: its canonical rendering, which reads
+/// back as the same destination (BigQuery sink and every option included).
+pub fn check_destination(dest: &str, e: &mut Errors) -> Option<DestinationUrl> {
+    if dest.is_empty() {
+        e.insert(
+            "destination",
+            "Enter a destination URL: s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path".into(),
+        );
+        return None;
+    }
+    match dest.parse::<DestinationUrl>() {
+        Ok(d) => Some(d),
+        Err(err) => {
             e.insert(
                 "destination",
-                "Enter a destination URL: s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path".into(),
+                format!(
+                    "{} (destinations look like s3://bucket/prefix?region=.., azure://account/container/prefix, gs://bucket/prefix or file:///path; see docs/permissions.md).",
+                    capitalise(err.problem())
+                ),
             );
+            None
         }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 
@@ -246,7 +252,7 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
     );
     refused(&mut e, trust.check_chorus_url(f.chorus_url.trim()));
     let dest = f.destination.trim();
-    check_destination(dest, &mut e);
+    let parsed = check_destination(dest, &mut e);
     let layout = match f.layout.trim() {
         "" => pipeline::Layout::Plain,
         other => other.parse().unwrap_or_else(|msg: String| {
@@ -268,7 +274,7 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
         );
     }
     check_cloud_secrets(
-        dest,
+        parsed.as_ref(),
         &f.azure_sas_token,
         &f.gcs_service_account_json,
         &mut e,
@@ -317,7 +323,7 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
             transcript: f.transcript,
             metadata: f.metadata,
         },
-        destination: dest.to_string(),
+        destination: parsed.map(|d| d.to_string()).unwrap_or_default(),
         webhook_url: (!webhook.is_empty()).then(|| webhook.to_string()),
         schedule: None,
         options: pipeline::ExportOptions {
@@ -330,8 +336,15 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
 
 /// Azure needs a SAS token (portshift has no other way in); a GCS key, when given, must
 /// be a service-account key file, and neither belongs to another kind of destination.
-fn check_cloud_secrets(dest: &str, azure_sas: &str, gcs_json: &str, e: &mut Errors) {
-    let scheme = dest.split_once("://").map(|(s, _)| s).unwrap_or_default();
+fn check_cloud_secrets(
+    dest: Option<&DestinationUrl>,
+    azure_sas: &str,
+    gcs_json: &str,
+    e: &mut Errors,
+) {
+    // An unreadable destination already has its own error; nothing to compare with.
+    let Some(dest) = dest else { return };
+    let scheme = dest.scheme();
     if scheme == "azure" && azure_sas.trim().is_empty() {
         e.insert(
             "azure_sas_token",
@@ -357,7 +370,7 @@ fn check_cloud_secrets(dest: &str, azure_sas: &str, gcs_json: &str, e: &mut Erro
                 "gcs_service_account_json",
                 "Paste the whole service-account key file (JSON with client_email and private_key).".into(),
             );
-        } else if scheme != "gs" && !dest.contains("bigquery=") {
+        } else if scheme != "gs" && dest.bigquery.is_none() {
             e.insert(
                 "gcs_service_account_json",
                 "A Google key is only used for gs:// destinations and BigQuery: clear it or change the destination.".into(),
@@ -649,6 +662,33 @@ mod tests {
         let creds =
             pipeline::secrets::Credentials::from_json(&credentials_json(&f.secrets())).unwrap();
         assert!(creds.gcs.is_some());
+    }
+
+    /// The console reads a destination with the worker's grammar: what the worker would
+    /// refuse is refused at the form, and what is stored reads back the same (sink too).
+    #[test]
+    fn destinations_are_checked_with_the_worker_grammar() {
+        let mut f = form();
+        f.destination = "file:///tmp/my%20calls?bigquery=p-1.calls.recordings&bigquery_endpoint=http://127.0.0.1:19050/bigquery/v2".into();
+        let spec = validate(&f).unwrap();
+        let d: DestinationUrl = spec.destination.parse().unwrap();
+        assert_eq!(d, f.destination.parse::<DestinationUrl>().unwrap());
+        assert_eq!(d.bigquery.unwrap().table, "recordings");
+        for bad in [
+            "s3://bucket/p?colour=red",
+            "s3://bucket/p?bigquery=two.parts",
+            "s3://bucket/p?sse=rot13",
+            "gs://bucket/p?kms_key=mykey",
+            "file:///tmp/a#b",
+            "s3://key:secret@bucket/p",
+            "s3://bucket/a/../b",
+            "",
+        ] {
+            f.destination = bad.into();
+            let e = validate(&f).unwrap_err();
+            assert!(e.contains_key("destination"), "{bad}: {e:?}");
+            assert!(!e["destination"].contains("secret@"), "{e:?}");
+        }
     }
 
     #[test]

@@ -324,9 +324,10 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
     if start.is_none() {
         e.insert("start", "Enter the first day as YYYY-MM-DD.".into());
     }
-    let destination = f.destination.trim();
-    exports::check_destination(destination, &mut e);
-    exports::refused(&mut e, trust.check_destination(destination));
+    let destination = exports::check_destination(f.destination.trim(), &mut e)
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    exports::refused(&mut e, trust.check_destination(f.destination.trim()));
     let chorus_url = match f.chorus_url.trim() {
         "" => "https://chorus.ai/",
         u => u,
@@ -404,7 +405,7 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
             template: ScheduleTemplate {
                 chorus_url: chorus_url.to_owned(),
                 kinds,
-                destination: destination.to_owned(),
+                destination,
                 webhook_url,
                 lookback_s: lookback_days * 24 * 3600,
                 options: Default::default(),
