@@ -425,16 +425,18 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         o.data_dir.clone(),
     );
     let current = match &o.signing_key {
-        Some(m) => Some(
-            pipeline::signing::PublicKey::parse(
-                &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
-            )?,
-        ),
+        Some(m) => Some(pipeline::signing::PublicKey::parse(
+            &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
+        )?),
         None => None,
     };
     launcher.signing_key = o.signing_key.clone();
-    let mut state =
-        AppState::new(services.store.clone(), services.js.clone(), Arc::new(launcher)).await?;
+    let mut state = AppState::new(
+        services.store.clone(),
+        services.js.clone(),
+        Arc::new(launcher),
+    )
+    .await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
