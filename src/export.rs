@@ -715,7 +715,10 @@ async fn verify_chain(
                 .collect();
             names.sort();
             names.pop().with_context(|| {
-                format!("no portshift-manifest-<job>.txt in {}: is this a schedule's destination?", root.display())
+                format!(
+                    "no portshift-manifest-<job>.txt in {}: is this a schedule's destination?",
+                    root.display()
+                )
             })?
         }
         (None, _) => bail!(
@@ -735,7 +738,10 @@ async fn verify_chain(
             }
             Ok(r) => {
                 for m in &r.mismatched {
-                    println!("{}: {m}: FAILED (content differs from the manifest)", link.manifest);
+                    println!(
+                        "{}: {m}: FAILED (content differs from the manifest)",
+                        link.manifest
+                    );
                 }
                 for m in &r.missing {
                     println!("{}: {m}: MISSING", link.manifest);
@@ -772,7 +778,9 @@ async fn check_signature(
     let sig = match stages::verify::read_small(dest, &sig_name).await {
         Ok(s) => String::from_utf8_lossy(&s).to_string(),
         Err(e) => {
-            println!("{sig_name}: MISSING: the manifest is unsigned or its signature was removed ({e})");
+            println!(
+                "{sig_name}: MISSING: the manifest is unsigned or its signature was removed ({e})"
+            );
             return Ok(false);
         }
     };

@@ -4,6 +4,14 @@
 
 mod common;
 
+/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
+/// from a shared target folder), else the one cargo built for this test.
+fn portshift_bin() -> std::path::PathBuf {
+    std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
+}
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -51,7 +59,7 @@ fn tamper_one_payload_file(dir: &Path) -> String {
 async fn a_cli_bagit_export_to_a_local_folder_validates_and_tampering_fails() {
     let h = Harness::start(Harness::sim_config(8, 81)).await;
     let root = h.tmp.path().join("bag");
-    let out = Command::new(env!("CARGO_BIN_EXE_portshift"))
+    let out = Command::new(portshift_bin())
         .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
         .arg("--dest")
         .arg(format!("file://{}", root.display()))
@@ -82,7 +90,10 @@ async fn a_cli_bagit_export_to_a_local_folder_validates_and_tampering_fails() {
         info.contains(&format!("Payload-Oxum: {bytes}.{}\n", files.len())),
         "{info}"
     );
-    assert!(info.contains("External-Identifier: portshift job "), "{info}");
+    assert!(
+        info.contains("External-Identifier: portshift job "),
+        "{info}"
+    );
     // The portshift manifest still checks with sha256sum, over the data/ paths.
     sha256sum_check(&root);
 

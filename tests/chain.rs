@@ -6,6 +6,14 @@
 
 mod common;
 
+/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
+/// from a shared target folder), else the one cargo built for this test.
+fn portshift_bin() -> std::path::PathBuf {
+    std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
+}
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -39,7 +47,7 @@ async fn runs_with_files(h: &Harness, schedule: &str, n: usize) -> Vec<String> {
 }
 
 fn verify_chain(root: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portshift"))
+    let out = Command::new(portshift_bin())
         .args(["verify", "--chain"])
         .arg(format!("file://{}", root.display()))
         .args(extra)
@@ -139,9 +147,11 @@ async fn three_runs_chain_and_a_removed_manifest_or_file_breaks_it() {
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(scheduler.run(rx));
     runs_with_files(&h, &schedule.id, 1).await;
-    h.sim.add_recordings(3, Utc::now() - chrono::Duration::hours(1));
+    h.sim
+        .add_recordings(3, Utc::now() - chrono::Duration::hours(1));
     runs_with_files(&h, &schedule.id, 2).await;
-    h.sim.add_recordings(2, Utc::now() - chrono::Duration::hours(1));
+    h.sim
+        .add_recordings(2, Utc::now() - chrono::Duration::hours(1));
     let runs = runs_with_files(&h, &schedule.id, 3).await;
     stop.send(true).unwrap();
     task.await.unwrap();

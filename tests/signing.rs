@@ -6,6 +6,14 @@
 
 mod common;
 
+/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
+/// from a shared target folder), else the one cargo built for this test.
+fn portshift_bin() -> std::path::PathBuf {
+    std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,14 +25,17 @@ use pipeline::{ExportKinds, JobStatus};
 const MINISIGN: &str = "minisign";
 
 fn portshift() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_portshift"));
+    let mut c = Command::new(portshift_bin());
     c.env_remove("PORTSHIFT_SIGNING_KEY");
     c
 }
 
 /// `portshift signing-key generate` into `dir`; returns (secret key, public key) paths.
 fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    let (sk, pk) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pub")),
+    );
     let out = portshift()
         .args(["signing-key", "generate", "--secret-key"])
         .arg(&sk)
@@ -50,7 +61,9 @@ fn minisign_verify(dir: &Path, manifest: &str, public_key: &Path) -> (bool, Stri
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| {
-            panic!("could not run minisign ({e}): install Debian's minisign (deploy/local/install.sh)")
+            panic!(
+                "could not run minisign ({e}): install Debian's minisign (deploy/local/install.sh)"
+            )
         });
     (
         out.status.success(),
@@ -194,7 +207,11 @@ async fn a_worker_process_signs_with_the_key_from_its_standard_input() {
     let material = SigningKeyMaterial::load(&SigningKeyRef::File(sk.clone())).unwrap();
     // The document the console writes: its credentials plus the operator's key.
     let creds = ui::with_signing_key(
-        zeroize::Zeroizing::new(serde_json::json!({"chorus_token": TOKEN}).to_string().into_bytes()),
+        zeroize::Zeroizing::new(
+            serde_json::json!({"chorus_token": TOKEN})
+                .to_string()
+                .into_bytes(),
+        ),
         Some(&material),
     );
     let log = h.tmp.path().join("worker.log");
@@ -364,7 +381,8 @@ async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
         index.contains(&format!("{old_id} retired")),
         "the index lists the retired key: {index}"
     );
-    let (code, published_old) = get(format!("/.well-known/portshift-signing-keys/{old_id}.pub")).await;
+    let (code, published_old) =
+        get(format!("/.well-known/portshift-signing-keys/{old_id}.pub")).await;
     assert_eq!(code, 200);
     let fetched = keys.path().join("fetched-old.pub");
     std::fs::write(&fetched, published_old).unwrap();

@@ -59,7 +59,12 @@ async fn upload_only(h: &Harness, job: &JobId, creds: &Credentials) {
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(ctx, options, WorkerCounters::default(), stop_rx));
+    let run = tokio::spawn(worker::run(
+        ctx,
+        options,
+        WorkerCounters::default(),
+        stop_rx,
+    ));
     tokio::time::timeout(Duration::from_secs(120), async {
         while !h.store.is_settled(job).await.unwrap() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -90,9 +95,13 @@ async fn tamper(h: &Harness, job: &JobId, destination: &str, creds: &Credentials
     )
     .await
     .unwrap();
-    dest.put_bytes(&victim, bytes::Bytes::from_static(b"not the recording"), "video/mp4")
-        .await
-        .unwrap();
+    dest.put_bytes(
+        &victim,
+        bytes::Bytes::from_static(b"not the recording"),
+        "video/mp4",
+    )
+    .await
+    .unwrap();
     victim
 }
 
@@ -117,8 +126,7 @@ async fn assert_reported(h: &Harness, job: &JobId, victim: &str, status: JobStat
         .await
         .unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
-    let task: pipeline::messages::FetchTask =
-        serde_json::from_slice(&letters[0].payload).unwrap();
+    let task: pipeline::messages::FetchTask = serde_json::from_slice(&letters[0].payload).unwrap();
     assert_eq!(task.recording_id, recording);
     assert!(letters[0].error.contains(victim));
 }
@@ -150,7 +158,12 @@ async fn s3_an_object_altered_after_upload_is_reported_and_replayable() {
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(ctx, options, WorkerCounters::default(), stop_rx));
+    let run = tokio::spawn(worker::run(
+        ctx,
+        options,
+        WorkerCounters::default(),
+        stop_rx,
+    ));
     tokio::time::timeout(Duration::from_secs(60), async {
         while h.store.progress(&job).await.unwrap().dead > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -78,11 +78,7 @@ impl std::str::FromStr for SigningKeyRef {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if let Some(name) = s.strip_prefix("env:") {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(SigningError::BadReference(s.chars().take(40).collect()));
             }
             return Ok(Self::Env(name.to_string()));
@@ -227,7 +223,11 @@ impl SigningKey {
 
 /// The trusted comment portshift signs: job id, time, and the manifest JSON's SHA-256.
 /// One line of `key=value` pairs so a shell can read it (`minisign -V` prints it).
-pub fn trusted_comment(job: &str, time: &chrono::DateTime<chrono::Utc>, json_sha256: &str) -> String {
+pub fn trusted_comment(
+    job: &str,
+    time: &chrono::DateTime<chrono::Utc>,
+    json_sha256: &str,
+) -> String {
     format!(
         "portshift job={job} time={} manifest_json_sha256={json_sha256}",
         time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

@@ -496,12 +496,14 @@ impl JobStore {
         key: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM files WHERE job_id = $1 AND recording_id = $2 AND object_key = $3")
-            .bind(job.as_str())
-            .bind(recording_id)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "DELETE FROM files WHERE job_id = $1 AND recording_id = $2 AND object_key = $3",
+        )
+        .bind(job.as_str())
+        .bind(recording_id)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
         self.set_recording(job, recording_id, "dead", Some(reason), &["exported"])
             .await
     }

@@ -167,7 +167,10 @@ pub async fn previous_run_manifest(
     };
     let me = store.job(job).await?;
     for run in store.schedule_runs(schedule, 10_000).await? {
-        let Some(id) = run.job_id.as_deref().and_then(|j| j.parse::<pipeline::JobId>().ok())
+        let Some(id) = run
+            .job_id
+            .as_deref()
+            .and_then(|j| j.parse::<pipeline::JobId>().ok())
         else {
             continue;
         };
@@ -314,25 +317,26 @@ impl ManifestStage {
         recordings: &[ManifestRecording],
     ) -> Result<(), StageError> {
         let ctx = &self.0;
-        let report =
-            match crate::verify::verify_manifest(ctx.destination.as_ref(), txt_name, 8).await {
-                Ok(r) => r,
-                Err(crate::verify::VerifyError::NoManifest { source, .. })
-                | Err(crate::verify::VerifyError::Read { source, .. })
-                    if source.is_refused() =>
-                {
-                    return Err(ctx
+        let report = match crate::verify::verify_manifest(ctx.destination.as_ref(), txt_name, 8)
+            .await
+        {
+            Ok(r) => r,
+            Err(crate::verify::VerifyError::NoManifest { source, .. })
+            | Err(crate::verify::VerifyError::Read { source, .. })
+                if source.is_refused() =>
+            {
+                return Err(ctx
                         .blocked(format!(
                             "read-back verification (--verify-after) needs read permission on the destination (docs/permissions.md): {source}"
                         ))
                         .await);
-                }
-                Err(e) => {
-                    return Err(StageError::Transient(format!(
-                        "read-back verification: {e}"
-                    )));
-                }
-            };
+            }
+            Err(e) => {
+                return Err(StageError::Transient(format!(
+                    "read-back verification: {e}"
+                )));
+            }
+        };
         if report.manifest_sha256 != txt_sha {
             return Err(StageError::Transient(format!(
                 "read-back verification: {txt_name} reads back different from what was written; writing it again"
@@ -454,7 +458,7 @@ impl StageHandler for ManifestStage {
         }
         let (skipped, failed): (Vec<_>, Vec<_>) =
             problems.into_iter().partition(|p| p.status == "skipped");
-        let doc = ManifestDocument {
+        let mut doc = ManifestDocument {
             format: "portshift-manifest/1".into(),
             job_id: ctx.job.to_string(),
             exported_at: Utc::now(),
@@ -511,7 +515,6 @@ impl StageHandler for ManifestStage {
             layout: ctx.spec.options.layout,
             bag: ctx.spec.bag_root(&ctx.job),
         };
-        let mut doc = doc;
         let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
         let sig_name = pipeline::signing::signature_name(&txt_name);
         if let Some(key) = &ctx.signing_key {
@@ -572,7 +575,11 @@ impl StageHandler for ManifestStage {
         if let Some(signature) = signature
             && let Err(e) = ctx
                 .destination
-                .put_bytes(&sig_name, Bytes::from(signature), "text/plain; charset=utf-8")
+                .put_bytes(
+                    &sig_name,
+                    Bytes::from(signature),
+                    "text/plain; charset=utf-8",
+                )
                 .await
         {
             return Err(ctx.destination_error(e).await);

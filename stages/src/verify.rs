@@ -173,7 +173,11 @@ impl ChainLink {
 /// first: every manifest's files, and through its `<sha256>  portshift-manifest-<job>.txt`
 /// line the exact bytes of the run before. Stops where a link is missing or broken
 /// (that link's report says so); the returned list is newest first.
-pub async fn verify_chain(dest: &dyn Destination, head: &str, concurrency: usize) -> Vec<ChainLink> {
+pub async fn verify_chain(
+    dest: &dyn Destination,
+    head: &str,
+    concurrency: usize,
+) -> Vec<ChainLink> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut next = Some(head.to_string());

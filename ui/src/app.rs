@@ -482,11 +482,9 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         o.data_dir.clone(),
     );
     let current = match &o.signing_key {
-        Some(m) => Some(
-            pipeline::signing::PublicKey::parse(
-                &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
-            )?,
-        ),
+        Some(m) => Some(pipeline::signing::PublicKey::parse(
+            &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
+        )?),
         None => None,
     };
     launcher.signing_key = o.signing_key.clone();
