@@ -87,11 +87,14 @@ struct ServeArgs {
     #[arg(long)]
     trust_proxy: bool,
     #[command(flatten)]
+    budget: export::BudgetArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
+    a.budget.config()?;
     let worker_exe = std::env::current_exe()
         .context("could not find the portshift binary to start workers with")?;
     ui::serve(ui::ServeOptions {
@@ -103,12 +106,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         tls_key: a.tls_key,
         trust_proxy: a.trust_proxy,
         worker_exe,
+        worker_args: a.budget.worker_args(),
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn main() -> std::process::ExitCode {
+    pipeline::memory::bound_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -102,6 +102,8 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = 15)]
     tick_secs: u64,
     #[command(flatten)]
+    budget: crate::export::BudgetArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -200,6 +202,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let chorus_budget = a.budget.config()?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -210,7 +213,10 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let scheduler = stages::scheduler::Scheduler {
         store: services.store.clone(),
         js: services.js.clone(),
-        options: stages::worker::WorkerOptions::default(),
+        options: stages::worker::WorkerOptions {
+            chorus_budget,
+            ..stages::worker::WorkerOptions::default()
+        },
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
     };

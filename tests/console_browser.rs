@@ -103,6 +103,8 @@ fn start_console(data: &Path, log: &Path) -> (Killed, String) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // The simulator has no rate limit: a budget that never slows the test.
+        .args(["--chorus-rate", "10000", "--chorus-burst", "10000"])
         .arg("--data-dir")
         .arg(data)
         .env_clear()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use pipeline::rate_budget::{BudgetConfig, RequestBudget};
 use pipeline::runner::{self, RunnerConfig, RunnerError, StageCounters};
 use pipeline::secrets::Credentials;
 use pipeline::store::{JobStore, StoreError};
@@ -38,6 +39,9 @@ pub struct WorkerOptions {
     pub stages: Vec<Stage>,
     /// Extra CA bundle for private endpoints and test servers.
     pub extra_ca_file: Option<std::path::PathBuf>,
+    /// The Chorus request budget (rate and burst), shared through JetStream by every
+    /// worker of every job on the same Chorus account.
+    pub chorus_budget: BudgetConfig,
 }
 
 impl Default for WorkerOptions {
@@ -48,6 +52,7 @@ impl Default for WorkerOptions {
             tuning: Tuning::default(),
             stages: Stage::ALL.to_vec(),
             extra_ca_file: std::env::var_os("PORTSHIFT_CA_FILE").map(Into::into),
+            chorus_budget: BudgetConfig::default(),
         }
     }
 }
@@ -88,6 +93,10 @@ pub async fn prepare(
         .map_err(|_| WorkerError::ChorusUrl(spec.chorus_url.clone()))?;
     let mut chorus_config = ChorusConfig::new(base, credentials.chorus_token.clone());
     chorus_config.extra_ca_file = options.extra_ca_file.clone();
+    let account = chorus_config.account_key();
+    chorus_config.budget = Some(Arc::new(
+        RequestBudget::shared(&js, &account, Some(job), options.chorus_budget).await,
+    ));
     let chorus = ChorusClient::new(chorus_config)?;
     let dest_url: DestinationUrl = spec.destination.parse()?;
     let mut destination = destination::open_with(

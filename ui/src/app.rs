@@ -78,6 +78,8 @@ pub struct ProcessLauncher {
     pub nats_url: String,
     pub database_url: String,
     pub data_dir: PathBuf,
+    /// Operator options passed on to every worker (e.g. the Chorus request budget).
+    pub worker_args: Vec<String>,
     running: Arc<Mutex<HashMap<JobId, tokio::sync::oneshot::Sender<()>>>>,
 }
 
@@ -88,6 +90,7 @@ impl ProcessLauncher {
             nats_url,
             database_url,
             data_dir,
+            worker_args: Vec::new(),
             running: Arc::default(),
         }
     }
@@ -112,6 +115,7 @@ impl WorkerLauncher for ProcessLauncher {
             .args(["--database-url", &self.database_url])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.worker_args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdin(std::process::Stdio::piped());
@@ -320,6 +324,9 @@ pub struct ServeOptions {
     pub trust_proxy: bool,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
+    /// Extra arguments for every `portshift worker` (operator options such as the
+    /// Chorus request budget; never a secret: command lines are visible to the machine).
+    pub worker_args: Vec<String>,
 }
 
 /// Runs the console until Ctrl-C.
@@ -347,12 +354,14 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     let services =
         pipeline::config::Services::start(&o.data_dir, Some(&nats_url), Some(&database_url))
             .await?;
-    let launcher = Arc::new(ProcessLauncher::new(
+    let mut launcher = ProcessLauncher::new(
         o.worker_exe.clone(),
         nats_url,
         database_url,
         o.data_dir.clone(),
-    ));
+    );
+    launcher.worker_args = o.worker_args.clone();
+    let launcher = Arc::new(launcher);
     let mut state = AppState::new(services.store.clone(), services.js.clone(), launcher).await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
