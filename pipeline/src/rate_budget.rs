@@ -162,7 +162,7 @@ impl BudgetState {
         let rate = self.rate(config, now_ms);
         let interval = BudgetConfig::interval_ms(rate);
         let tolerance = interval * f64::from(config.burst.saturating_sub(1));
-        let resume = (now_ms.max(self.hold_until_ms)) as f64;
+        let resume = now_ms.max(self.hold_until_ms) as f64;
         self.tat_ms = self.tat_ms.max(resume + tolerance);
         self.config_rate = config.rate;
         self.config_burst = config.burst;
