@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::config::Services;
 use pipeline::messages::ListTask;
+use pipeline::rate_budget::BudgetConfig;
 use pipeline::secrets::Credentials;
 use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
@@ -82,10 +83,41 @@ pub struct TuningArgs {
     /// Seconds before a message whose worker went silent is delivered again.
     #[arg(long, default_value_t = 30)]
     ack_wait_secs: u64,
+    #[command(flatten)]
+    budget: BudgetArgs,
+}
+
+/// The Chorus request budget, shared by every worker of every job on one Chorus account.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BudgetArgs {
+    /// Chorus API requests per second, for all workers of the account together (the rate
+    /// halves on a 429 and recovers slowly up to this).
+    #[arg(long, env = "PORTSHIFT_CHORUS_RATE", default_value_t = BudgetConfig::DEFAULT_RATE)]
+    pub chorus_rate: f64,
+    /// Chorus API requests allowed at once after a quiet spell.
+    #[arg(long, env = "PORTSHIFT_CHORUS_BURST", default_value_t = BudgetConfig::DEFAULT_BURST)]
+    pub chorus_burst: u32,
+}
+
+impl BudgetArgs {
+    pub fn config(&self) -> anyhow::Result<BudgetConfig> {
+        BudgetConfig::new(self.chorus_rate, self.chorus_burst)
+            .context("check --chorus-rate and --chorus-burst")
+    }
+
+    /// The same options as arguments of a `portshift worker` command line.
+    pub fn worker_args(&self) -> Vec<String> {
+        vec![
+            "--chorus-rate".into(),
+            self.chorus_rate.to_string(),
+            "--chorus-burst".into(),
+            self.chorus_burst.to_string(),
+        ]
+    }
 }
 
 impl TuningArgs {
-    fn options(&self) -> WorkerOptions {
+    fn options(&self) -> anyhow::Result<WorkerOptions> {
         let mut options = WorkerOptions {
             fetch_concurrency: self.concurrency.max(1),
             tuning: Tuning {
@@ -95,7 +127,8 @@ impl TuningArgs {
             ..WorkerOptions::default()
         };
         options.runner.ack_wait = Duration::from_secs(self.ack_wait_secs.max(3));
-        options
+        options.chorus_budget = self.budget.config()?;
+        Ok(options)
     }
 }
 
@@ -265,6 +298,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     url::Url::parse(&a.chorus_url)
         .with_context(|| format!("--chorus-url {:?} is not a URL", a.chorus_url))?;
     let kinds = parse_kinds(&a.include)?;
+    let options = a.tuning.options()?;
     let creds = credentials_from_env(&a.signing)?;
     if a.webhook_url.is_some() && creds.webhook_secret.is_none() {
         bail!(
@@ -314,7 +348,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         to.date_naive(),
         destination
     );
-    let code = drive(&services, &job, creds, a.tuning.options(), true).await;
+    let code = drive(&services, &job, creds, options, true).await;
     services.stop().await;
     code
 }
@@ -341,7 +375,7 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("job {job} is {status}; running its {left} queued message(s)");
     }
-    let code = drive(&services, &job, creds, a.tuning.options(), true).await;
+    let code = drive(&services, &job, creds, a.tuning.options()?, true).await;
     services.stop().await;
     code
 }
@@ -377,7 +411,7 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             .set_status(&job, JobStatus::Running, None)
             .await?;
     }
-    let code = drive(&services, &job, creds, a.tuning.options(), false).await;
+    let code = drive(&services, &job, creds, a.tuning.options()?, false).await;
     services.stop().await;
     code
 }
@@ -413,8 +447,9 @@ async fn drive(
         let _ = abort_tx.send(());
     });
     let started = Instant::now();
+    let budget = ctx.chorus.budget().cloned();
     let progress =
-        interactive.then(|| spawn_progress(services.store.clone(), job.clone(), started));
+        interactive.then(|| spawn_progress(services.store.clone(), job.clone(), started, budget));
     let counters = WorkerCounters::default();
     let status = tokio::select! {
         s = worker::run(ctx.clone(), options, counters.clone(), stop_rx) => s,
@@ -446,6 +481,7 @@ fn spawn_progress(
     store: pipeline::store::JobStore,
     job: JobId,
     started: Instant,
+    budget: Option<std::sync::Arc<pipeline::rate_budget::RequestBudget>>,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -462,8 +498,20 @@ fn spawn_progress(
                 b.set_length(p.listed);
                 b.set_position(p.exported + p.skipped + p.dead);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
+                let settled = p.exported + p.skipped + p.dead;
+                let eta = pipeline::rate_budget::eta(settled, p.listed, secs)
+                    .filter(|_| p.listing_complete)
+                    .map(|left| format!("  ETA {}", human_duration(left)))
+                    .unwrap_or_default();
+                let waiting = match &budget {
+                    Some(budget) if budget.waiting_now() > 0 => format!(
+                        "  waiting for Chorus rate limit ({:.1} req/s)",
+                        budget.view().rate
+                    ),
+                    _ => String::new(),
+                };
                 b.set_message(format!(
-                    "{} files  {}  {}/s{}",
+                    "{} files  {}  {}/s{}{}{}",
                     p.files,
                     human_bytes(p.bytes),
                     human_bytes((p.bytes as f64 / secs) as u64),
@@ -471,13 +519,27 @@ fn spawn_progress(
                         ""
                     } else {
                         "  (listing…)"
-                    }
+                    },
+                    eta,
+                    waiting
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     (bar, task)
+}
+
+/// `1 h 02 min`, `3 min 05 s`, `42 s`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -643,7 +705,7 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let creds = credentials_from_env(&a.signing)?;
-    let code = drive(&services, &job, creds, a.tuning.options(), true).await;
+    let code = drive(&services, &job, creds, a.tuning.options()?, true).await;
     services.stop().await;
     code
 }

@@ -145,11 +145,14 @@ struct ServeArgs {
     #[command(flatten)]
     tenants: TenantArgs,
     #[command(flatten)]
+    budget: export::BudgetArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context;
+    a.budget.config()?;
     let worker_exe = std::env::current_exe()
         .context("could not find the portshift binary to start workers with")?;
     ui::serve(ui::ServeOptions {
@@ -167,12 +170,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             Some(p) => pipeline::signing::read_public_keys(p)?,
             None => Vec::new(),
         },
+        worker_args: a.budget.worker_args(),
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn main() -> std::process::ExitCode {
+    pipeline::memory::bound_allocator();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTSHIFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -116,6 +116,7 @@ pub struct SchedulerArgs {
     #[command(flatten)]
     signing: crate::SigningArgs,
     tenants: crate::TenantArgs,
+    budget: crate::export::BudgetArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -230,6 +231,7 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let signing_key = a.signing.material()?;
     let tenant_allowances = a.tenants.allowances()?;
+    let chorus_budget = a.budget.config()?;
     let services = Services::start(
         &a.state.data_dir(),
         a.state.nats_url.as_deref(),
@@ -240,7 +242,10 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let scheduler = stages::scheduler::Scheduler {
         store: services.store.clone(),
         js: services.js.clone(),
-        options: stages::worker::WorkerOptions::default(),
+        options: stages::worker::WorkerOptions {
+            chorus_budget,
+            ..stages::worker::WorkerOptions::default()
+        },
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),
         signing_key,

@@ -58,6 +58,10 @@ pub struct SimArgs {
     /// Latency added to each API request, ms.
     #[arg(long, default_value_t = 0)]
     slow_ms: u64,
+    /// A hard rate limit like a real API's: an API request when this many were answered
+    /// in the last second gets 429 (with --retry-after; 0 there sends none). 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    limit_per_sec: u32,
 }
 
 pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
@@ -77,6 +81,7 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         rate_5xx: a.fault_5xx,
         rate_truncate: a.fault_truncate,
         slow_ms: a.slow_ms,
+        limit_per_sec: a.limit_per_sec,
         ..Faults::default()
     };
     let handle = stages::chorus::sim::start(config, a.listen, a.media_listen).await?;

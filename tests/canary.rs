@@ -149,6 +149,7 @@ async fn run_canary_export(
             &database_url,
         ])
         .args(["--data-dir", h.tmp.path().to_str().unwrap()])
+        .args(TEST_BUDGET_ARGS)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("PORTSHIFT_LOG", "debug")

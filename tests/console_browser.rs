@@ -108,7 +108,9 @@ fn start_console(data: &Path, log: &Path, allow: &[String]) -> (Killed, String) 
     for origin in allow {
         cmd.args(["--allow-origin", origin]);
     }
-    cmd.arg("--data-dir")
+    // The simulator has no rate limit: a budget that never slows the test.
+    cmd.args(["--chorus-rate", "10000", "--chorus-burst", "10000"])
+        .arg("--data-dir")
         .arg(data)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -55,6 +55,8 @@ fn portshift(h: &Harness, args: &[&str]) -> std::process::Output {
             &format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
         ])
         .env("CHORUS_API_TOKEN", TOKEN)
+        .env("PORTSHIFT_CHORUS_RATE", "1000")
+        .env("PORTSHIFT_CHORUS_BURST", "1000")
         .env(
             "PORTSHIFT_NATS_SERVER_BIN",
             env_or_fail("PORTSHIFT_NATS_SERVER_BIN"),

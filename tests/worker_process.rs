@@ -89,6 +89,7 @@ async fn a_killed_worker_leaves_the_job_waiting_for_credentials_and_resume_finis
             "--ack-wait-secs",
             "3",
         ])
+        .args(TEST_BUDGET_ARGS)
         .env("CHORUS_API_TOKEN", TOKEN)
         .output()
         .unwrap();

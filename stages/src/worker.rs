@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use pipeline::rate_budget::{BudgetConfig, RequestBudget};
 use pipeline::runner::{self, RunnerConfig, RunnerError, StageCounters};
 use pipeline::secrets::Credentials;
 use pipeline::store::{JobStore, StoreError};
@@ -43,6 +44,9 @@ pub struct WorkerOptions {
     /// Turns host names into addresses for a console job's network guard (the system
     /// resolver when `None`; tests inject answers). The guard's filter applies either way.
     pub resolver: Option<Arc<dyn reqwest::dns::Resolve>>,
+    /// The Chorus request budget (rate and burst), shared through JetStream by every
+    /// worker of every job on the same Chorus account.
+    pub chorus_budget: BudgetConfig,
 }
 
 impl std::fmt::Debug for WorkerOptions {
@@ -54,6 +58,7 @@ impl std::fmt::Debug for WorkerOptions {
             .field("stages", &self.stages)
             .field("extra_ca_file", &self.extra_ca_file)
             .field("resolver", &self.resolver.as_ref().map(|_| "injected"))
+            .field("chorus_budget", &self.chorus_budget)
             .finish()
     }
 }
@@ -67,6 +72,7 @@ impl Default for WorkerOptions {
             stages: Stage::ALL.to_vec(),
             extra_ca_file: std::env::var_os("PORTSHIFT_CA_FILE").map(Into::into),
             resolver: None,
+            chorus_budget: BudgetConfig::default(),
         }
     }
 }
@@ -139,6 +145,10 @@ pub async fn prepare(
     let mut chorus_config = ChorusConfig::new(base, credentials.chorus_token.clone());
     chorus_config.extra_ca_file = options.extra_ca_file.clone();
     chorus_config.egress = egress.clone();
+    let account = chorus_config.account_key();
+    chorus_config.budget = Some(Arc::new(
+        RequestBudget::shared(&js, &account, Some(job), options.chorus_budget).await,
+    ));
     let chorus = ChorusClient::new(chorus_config)?;
     let dest_url: DestinationUrl = spec.destination.parse()?;
     if let DestinationUrl::Local { root } = &dest_url {

@@ -150,9 +150,14 @@ impl Harness {
     }
 }
 
+/// A Chorus request budget that never slows a test down (the simulator has no limit
+/// unless a test sets one); the tests of the budget itself set their own.
+pub const TEST_BUDGET_ARGS: [&str; 4] = ["--chorus-rate", "10000", "--chorus-burst", "10000"];
+
 /// Worker options with short retry delays, so fault tests take seconds.
 pub fn fast_options() -> WorkerOptions {
     let mut o = WorkerOptions::default();
+    o.chorus_budget = pipeline::rate_budget::BudgetConfig::new(10_000.0, 10_000).unwrap();
     o.runner.retry_base = Duration::from_millis(50);
     o.runner.retry_max = Duration::from_millis(500);
     o.runner.ack_wait = Duration::from_secs(10);
@@ -455,6 +460,7 @@ pub fn spawn_worker(
             database_url,
         ])
         .args(["--data-dir", h.tmp.path().to_str().unwrap()])
+        .args(TEST_BUDGET_ARGS)
         .args(extra)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())

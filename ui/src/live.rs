@@ -249,6 +249,16 @@ fn shape(series: &Series, start_s: i64, end_s: i64, is_final: bool) -> (f64, Vec
     (rate, buckets)
 }
 
+/// `3 min`, `1 h 05 min`, `under a minute`.
+fn minutes_text(d: Duration) -> String {
+    let m = d.as_secs().div_ceil(60);
+    match m {
+        0 | 1 => "a minute".into(),
+        2..=59 => format!("{m} min"),
+        _ => format!("{} h {:02} min", m / 60, m % 60),
+    }
+}
+
 pub async fn job_view(
     store: &JobStore,
     js: &jetstream::Context,
@@ -265,6 +275,24 @@ pub async fn job_view(
     let (hash_rate, hash_series) = shape(&hash, start_s, end_s, is_final);
     let (up_rate, up_series) = shape(&upload, start_s, end_s, is_final);
     let settled = p.exported + p.skipped + p.dead;
+    let mut fetch_note = format!("{} of {} recordings settled", settled, p.listed);
+    if !is_final {
+        let elapsed_s = (now_s() - start_s).max(1) as f64;
+        if let Some(left) =
+            pipeline::rate_budget::eta(settled, p.listed, elapsed_s).filter(|_| p.listing_complete)
+        {
+            fetch_note.push_str(&format!(", about {} left", minutes_text(left)));
+        }
+        // The Chorus request budget the job's workers share (see pipeline::rate_budget).
+        if let Some(budget) = pipeline::rate_budget::job_view(js, &job.id).await
+            && budget.waiting
+        {
+            fetch_note.push_str(&format!(
+                " · waiting for Chorus rate limit ({:.1} req/s)",
+                budget.rate
+            ));
+        }
+    }
     let stages = vec![
         StageView {
             stage: "list",
@@ -283,7 +311,7 @@ pub async fn job_view(
             items: settled,
             bytes: hash.bytes,
             throughput_bps: hash_rate,
-            note: format!("{} of {} recordings settled", settled, p.listed),
+            note: fetch_note,
             series: hash_series.clone(),
         },
         StageView {

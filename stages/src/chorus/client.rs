@@ -2,6 +2,11 @@
 //! transcript and the media stream, with retries (jittered exponential backoff that
 //! honours `Retry-After`) and an error type that tells the pipeline what is permanent.
 //!
+//! Every request to the API's own origin first takes a slot of the account's request
+//! budget ([`pipeline::rate_budget`]), when one is configured, and reports a 429 to it,
+//! so all of a job's workers (and every job on the same Chorus account) slow down
+//! together.
+//!
 //! The token travels only in the `Authorization` header of requests to the API's own
 //! origin: redirects are followed by hand so a storage host never receives it, and it is
 //! kept out of every error message, `Debug` output and log line.
@@ -18,10 +23,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{BoxStream, Stream, StreamExt};
+use pipeline::rate_budget::RequestBudget;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use url::Url;
 
 pub use super::model::parse_conversation;
@@ -66,6 +73,8 @@ pub struct ChorusConfig {
     /// Where the client may connect (open for the operator's jobs; public HTTPS and
     /// allowed origins only for a tenant's), checked on every redirect hop too.
     pub egress: Egress,
+    /// The account's request budget; `None` = unlimited (tests of the client itself).
+    pub budget: Option<Arc<RequestBudget>>,
 }
 
 impl ChorusConfig {
@@ -80,7 +89,22 @@ impl ChorusConfig {
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(20),
             egress: Egress::open(),
+            budget: None,
         }
+    }
+
+    /// The opaque key of this token's Chorus account, for the shared request budget:
+    /// a truncated SHA-256 of the API origin and the token under a fixed label. Tokens
+    /// are long random strings, so the key reveals nothing usable; it only lets every
+    /// worker of every job on one account find the same budget.
+    pub fn account_key(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"portshift chorus request budget v1\n")
+            .chain_update(self.base_url.origin().ascii_serialization().as_bytes())
+            .chain_update(b"\n")
+            .chain_update(self.token.expose_secret().trim().as_bytes())
+            .finalize();
+        hex::encode(&digest[..16])
     }
 }
 
@@ -227,6 +251,7 @@ struct Inner {
     base_backoff: Duration,
     max_backoff: Duration,
     retries: AtomicU64,
+    budget: Option<Arc<RequestBudget>>,
 }
 
 impl fmt::Debug for ChorusClient {
@@ -297,6 +322,7 @@ impl ChorusClient {
                 base_backoff: config.base_backoff,
                 max_backoff: config.max_backoff,
                 retries: AtomicU64::new(0),
+                budget: config.budget,
             }),
         })
     }
@@ -304,6 +330,29 @@ impl ChorusClient {
     /// Requests retried so far (all kinds), for the job report.
     pub fn retries(&self) -> u64 {
         self.inner.retries.load(Ordering::Relaxed)
+    }
+
+    /// The request budget this client spends, if any.
+    pub fn budget(&self) -> Option<&Arc<RequestBudget>> {
+        self.inner.budget.as_ref()
+    }
+
+    /// Waits for a slot of the request budget (if any).
+    async fn spend(&self) {
+        if let Some(budget) = &self.inner.budget {
+            budget.acquire().await;
+        }
+    }
+
+    /// Tells the budget about a 429 from the API's own origin.
+    async fn note_throttled(&self, response: &reqwest::Response) {
+        if response.status() == StatusCode::TOO_MANY_REQUESTS
+            && let Some(budget) = &self.inner.budget
+        {
+            budget
+                .throttled(retry_after(response.headers(), Utc::now()))
+                .await;
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -391,6 +440,9 @@ impl ChorusClient {
         let mut url = start.clone();
         for hop in 0..=MAX_REDIRECTS {
             let own_origin = url.origin() == api_origin;
+            if own_origin {
+                self.spend().await;
+            }
             let request = if own_origin {
                 self.inner
                     .api
@@ -404,6 +456,9 @@ impl ChorusClient {
                 Err(e) => return self.transport_step(e, "media download"),
             };
             let status = response.status();
+            if own_origin {
+                self.note_throttled(&response).await;
+            }
             if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 if hop == MAX_REDIRECTS {
                     return Err(ChorusError::Malformed {
@@ -462,6 +517,7 @@ impl ChorusClient {
         what: &str,
         id: Option<&str>,
     ) -> Result<Step<Vec<u8>>, ChorusError> {
+        self.spend().await;
         let sent = self
             .inner
             .api
@@ -477,6 +533,7 @@ impl ChorusClient {
         };
         let status = response.status();
         if !status.is_success() {
+            self.note_throttled(&response).await;
             return self.failure(response, what, id).await;
         }
         let content_type = header_text(response.headers(), CONTENT_TYPE);

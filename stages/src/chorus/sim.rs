@@ -138,6 +138,10 @@ pub struct Faults {
     /// The last (short) page of a listing hands out the key of the first page's end
     /// instead of finishing, so paging would loop forever (A -> B -> A).
     pub cyclic_listing: bool,
+    /// A hard rate limit on API requests, like a real API's: a request when this many
+    /// were answered in the last second gets 429 (with `Retry-After` if
+    /// `retry_after_secs` is set); 0 = no limit. The media host is not limited.
+    pub limit_per_sec: u32,
 }
 
 /// Counters of what the simulator did.
@@ -157,6 +161,8 @@ pub struct SimStats {
     pub media_completed: AtomicU64,
     /// Media requests refused because they carried an `Authorization` header (must stay 0).
     pub media_auth_rejected: AtomicU64,
+    /// API requests refused with 429 by the hard rate limit (`Faults::limit_per_sec`).
+    pub rate_limited: AtomicU64,
 }
 
 /// A point-in-time copy of [`SimStats`] (what `GET /_sim/stats` returns).
@@ -171,6 +177,8 @@ pub struct SimStatsSnapshot {
     pub media_bytes_served: u64,
     pub media_completed: u64,
     pub media_auth_rejected: u64,
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 impl SimStats {
@@ -186,6 +194,7 @@ impl SimStats {
             media_bytes_served: get(&self.media_bytes_served),
             media_completed: get(&self.media_completed),
             media_auth_rejected: get(&self.media_auth_rejected),
+            rate_limited: get(&self.rate_limited),
         }
     }
 }
@@ -205,6 +214,8 @@ struct SimState {
     forced_429: AtomicU32,
     forced_5xx: AtomicU32,
     stats: Arc<SimStats>,
+    /// When the API requests of the last second were answered (for `limit_per_sec`).
+    answered: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 impl SimState {
@@ -231,6 +242,41 @@ impl SimState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .add_recordings(n, at)
+    }
+
+    /// The hard rate limit: `Some(429)` if `limit` requests were already answered in
+    /// the last second, else the request is counted and may go on.
+    fn over_limit(&self, faults: &Faults) -> Option<Response> {
+        if faults.limit_per_sec == 0 {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        while answered
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            answered.pop_front();
+        }
+        if answered.len() >= faults.limit_per_sec as usize {
+            drop(answered);
+            bump(&self.stats.rate_limited);
+            let mut response = api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too Many Requests",
+                format!("more than {} requests per second", faults.limit_per_sec),
+                None,
+            );
+            if faults.retry_after_secs > 0 {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(faults.retry_after_secs));
+            }
+            return Some(response);
+        }
+        answered.push_back(now);
+        None
     }
 
     /// Rolls the 429 and 5xx faults for one request.
@@ -407,6 +453,7 @@ pub async fn start(
         forced_429: AtomicU32::new(0),
         forced_5xx: AtomicU32::new(0),
         stats: stats.clone(),
+        answered: Mutex::new(std::collections::VecDeque::new()),
     });
     state.set_faults(config.faults);
 
@@ -467,6 +514,9 @@ async fn api_guard(State(state): State<Arc<SimState>>, request: Request, next: N
     let faults = state.faults();
     if faults.slow_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.slow_ms)).await;
+    }
+    if let Some(limited) = state.over_limit(&faults) {
+        return limited;
     }
     if let Some(fault) = state.roll_fault() {
         return fault;
