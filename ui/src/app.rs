@@ -488,3 +488,106 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         database_url,
         o.data_dir.clone(),
     );
+    let current = match &o.signing_key {
+        Some(m) => Some(pipeline::signing::PublicKey::parse(
+            &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
+        )?),
+        None => None,
+    };
+    launcher.signing_key = o.signing_key.clone();
+    launcher.worker_args = o.worker_args.clone();
+    let launcher = Arc::new(launcher);
+    let mut state =
+        AppState::new(services.store.clone(), services.js.clone(), launcher.clone()).await?;
+    if let Some(s) = Arc::get_mut(&mut state) {
+        s.tls = o.tls_cert.is_some();
+        s.trust_proxy = o.trust_proxy;
+        s.signing_keys = SigningKeys {
+            current,
+            retired: o.retired_public_keys.clone(),
+        };
+        s.tenant_allowances = o.tenant_allowances.clone();
+    }
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
+    let shutdown = async {
+        let signal = pipeline::shutdown::signal().await;
+        eprintln!("stopping ({signal:?}): finishing requests, stopping this server's workers");
+    };
+    match (&o.tls_cert, &o.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|source| UiError::Tls {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    source,
+                })?;
+            let listener =
+                std::net::TcpListener::bind(o.listen).map_err(|source| UiError::Bind {
+                    addr: o.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(UiError::Serve)?;
+            eprintln!("portshift console listening on https://{addr}");
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(UiError::Serve)?;
+        }
+        _ => {
+            let listener = tokio::net::TcpListener::bind(o.listen)
+                .await
+                .map_err(|source| UiError::Bind {
+                    addr: o.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(UiError::Serve)?;
+            eprintln!("portshift console listening on http://{addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(UiError::Serve)?;
+        }
+    }
+    // Workers use the embedded nats-server: they stop (finishing or nakking what they
+    // hold) before it may stop.
+    launcher.stop_all(std::time::Duration::from_secs(60)).await;
+    services.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_joins_the_workers_credentials_document() {
+        let material: pipeline::signing::SigningKeyMaterial = serde_json::from_str(
+            r#"{"secret_key": "untrusted comment: k\nRWQ\"quoted\"\n", "password": "p"}"#,
+        )
+        .unwrap();
+        let doc = with_signing_key(
+            Zeroizing::new(br#"{"chorus_token": "t"}"#.to_vec()),
+            Some(&material),
+        );
+        let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
+        let key = creds.signing_key.unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            key.secret_key.expose_secret(),
+            "untrusted comment: k\nRWQ\"quoted\"\n"
+        );
+        assert_eq!(key.password.unwrap().expose_secret(), "p");
+        // Without a key the document is passed on untouched.
+        let plain = with_signing_key(Zeroizing::new(b"{\"chorus_token\":\"t\"}".to_vec()), None);
+        assert_eq!(&plain[..], b"{\"chorus_token\":\"t\"}");
+    }
+}
