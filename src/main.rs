@@ -2,6 +2,7 @@
 //! from the environment (never from argv), and calls into `pipeline` and `stages`.
 
 mod export;
+mod keep;
 mod schedule;
 mod sim;
 
@@ -65,6 +66,12 @@ enum Command {
     ChorusSim(sim::SimArgs),
     /// Run the web console (HTTPS with --tls-cert/--tls-key, else HTTP behind a proxy).
     Serve(ServeArgs),
+    /// Write a consistent backup of the job store to a file or storage (online).
+    Backup(keep::BackupArgs),
+    /// Restore a backup into an empty job store.
+    Restore(keep::RestoreArgs),
+    /// Delete what is past its retention period (jobs, sessions, audit events, ...).
+    Purge(keep::PurgeArgs),
     /// Write the JSON Schemas of messages and the manifest into a folder.
     Schemas {
         #[arg(default_value = "schemas")]
@@ -87,6 +94,8 @@ struct ServeArgs {
     #[arg(long)]
     trust_proxy: bool,
     #[command(flatten)]
+    retention: keep::RetentionArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -103,6 +112,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         tls_key: a.tls_key,
         trust_proxy: a.trust_proxy,
         worker_exe,
+        retention: a.retention.options(),
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -136,6 +146,9 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Schedule(cmd) => schedule::run(cmd).await,
             Command::Scheduler(args) => schedule::scheduler(args).await,
+            Command::Purge(args) => keep::purge(args).await,
+            Command::Backup(args) => keep::backup(args).await,
+            Command::Restore(args) => keep::restore(args).await,
             Command::Schemas { dir } => export::write_schemas(&dir),
         }
     });

@@ -102,6 +102,8 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = 15)]
     tick_secs: u64,
     #[command(flatten)]
+    retention: crate::keep::RetentionArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -219,8 +221,16 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
         let _ = tx.send(true);
     });
+    let purger = pipeline::retention::Purger::new(
+        services.store.clone(),
+        Some(services.js.clone()),
+        Some(a.state.data_dir().join("logs")),
+        a.retention.options(),
+    );
+    let purge_loop = tokio::spawn(purger.run(rx.clone()));
     eprintln!("scheduler running; Ctrl-C stops it after the runs in progress");
     scheduler.run(rx).await;
+    let _ = purge_loop.await;
     services.stop().await;
     Ok(ExitCode::SUCCESS)
 }

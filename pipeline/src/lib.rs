@@ -7,12 +7,14 @@
 
 pub mod accounts;
 pub mod backoff;
+pub mod backup;
 pub mod config;
 pub mod embedded_nats;
 pub mod job;
 pub mod keys;
 pub mod messages;
 pub mod replay;
+pub mod retention;
 pub mod runner;
 pub mod schedules;
 pub mod schema;

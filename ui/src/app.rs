@@ -211,6 +211,10 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub limits: Limits,
     pub counters: Counters,
+    /// The operator's retention settings (the settings page shows them).
+    pub retention: pipeline::retention::RetentionOptions,
+    /// What this server's purge loop deleted (for `/metrics`).
+    pub purge: Arc<pipeline::retention::PurgeCounters>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -234,6 +238,8 @@ impl AppState {
             trust_proxy: false,
             limits: Limits::default(),
             counters: Counters::default(),
+            retention: pipeline::retention::RetentionOptions::default(),
+            purge: Arc::default(),
         }))
     }
 }
@@ -320,6 +326,8 @@ pub struct ServeOptions {
     pub trust_proxy: bool,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
+    /// Retention periods and the purge loop's interval and batch size.
+    pub retention: pipeline::retention::RetentionOptions,
 }
 
 /// Runs the console until Ctrl-C.
@@ -353,11 +361,21 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         database_url,
         o.data_dir.clone(),
     ));
+    let purger = pipeline::retention::Purger::new(
+        services.store.clone(),
+        Some(services.js.clone()),
+        Some(o.data_dir.join("logs")),
+        o.retention.clone(),
+    );
     let mut state = AppState::new(services.store.clone(), services.js.clone(), launcher).await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
+        s.retention = o.retention.clone();
+        s.purge = purger.counters.clone();
     }
+    let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
+    let purge_loop = tokio::spawn(purger.run(purge_stopped));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -405,6 +423,8 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
                 .map_err(UiError::Serve)?;
         }
     }
+    let _ = stop_purge.send(true);
+    let _ = purge_loop.await;
     services.stop().await;
     if let Some(e) = embedded {
         e.stop().await;
