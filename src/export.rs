@@ -375,6 +375,29 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("job {job} is {status}; running its {left} queued message(s)");
     }
+    // The queue may have lost the job's tasks (a store restored from backup, a new NATS
+    // server): put back what the store says is outstanding (idempotent).
+    let ctx = worker::prepare(
+        &job,
+        services.store.clone(),
+        services.js.clone(),
+        &creds,
+        &a.tuning.options()?,
+    )
+    .await?;
+    let requeued = worker::requeue_outstanding(&ctx).await?;
+    drop(ctx);
+    if requeued.listing || requeued.fetches > 0 {
+        eprintln!(
+            "Job {job}: queued again {}{} recordings still to export",
+            if requeued.listing {
+                "the listing and "
+            } else {
+                ""
+            },
+            requeued.fetches
+        );
+    }
     let code = drive(&services, &job, creds, a.tuning.options()?, true).await;
     services.stop().await;
     code

@@ -2,6 +2,7 @@
 //! from the environment (never from argv), and calls into `pipeline` and `stages`.
 
 mod export;
+mod keep;
 mod schedule;
 mod signing;
 mod sim;
@@ -115,6 +116,12 @@ enum Command {
     /// Create a manifest signing key pair, or print the public key of one.
     #[command(subcommand)]
     SigningKey(signing::SigningKeyCommand),
+    /// Write a consistent backup of the job store to a file or storage (online).
+    Backup(keep::BackupArgs),
+    /// Restore a backup into an empty job store.
+    Restore(keep::RestoreArgs),
+    /// Delete what is past its retention period (jobs, sessions, audit events, ...).
+    Purge(keep::PurgeArgs),
     /// Write the JSON Schemas of messages and the manifest into a folder.
     Schemas {
         #[arg(default_value = "schemas")]
@@ -147,6 +154,8 @@ struct ServeArgs {
     #[command(flatten)]
     budget: export::BudgetArgs,
     #[command(flatten)]
+    retention: keep::RetentionArgs,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -171,6 +180,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             None => Vec::new(),
         },
         worker_args: a.budget.worker_args(),
+        retention: a.retention.options(),
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -218,6 +228,9 @@ fn main() -> std::process::ExitCode {
             Command::Schedule(cmd) => schedule::run(cmd).await,
             Command::Scheduler(args) => schedule::scheduler(args).await,
             Command::SigningKey(cmd) => signing::run(cmd),
+            Command::Purge(args) => keep::purge(args).await,
+            Command::Backup(args) => keep::backup(args).await,
+            Command::Restore(args) => keep::restore(args).await,
             Command::Schemas { dir } => export::write_schemas(&dir),
         }
     });

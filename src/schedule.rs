@@ -117,6 +117,7 @@ pub struct SchedulerArgs {
     signing: crate::SigningArgs,
     tenants: crate::TenantArgs,
     budget: crate::export::BudgetArgs,
+    retention: crate::keep::RetentionArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -258,8 +259,16 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         pipeline::shutdown::signal().await;
         let _ = tx.send(true);
     });
+    let purger = pipeline::retention::Purger::new(
+        services.store.clone(),
+        Some(services.js.clone()),
+        Some(a.state.data_dir().join("logs")),
+        a.retention.options(),
+    );
+    let purge_loop = tokio::spawn(purger.run(rx.clone()));
     eprintln!("scheduler running; Ctrl-C (or SIGTERM) stops it after the runs in progress");
     scheduler.run(rx).await;
+    let _ = purge_loop.await;
     services.stop().await;
     Ok(ExitCode::SUCCESS)
 }

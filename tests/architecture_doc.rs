@@ -178,12 +178,16 @@ fn architecture_page_names_only_what_exists() {
     }
     for stream in streams {
         if !spans.iter().any(|s| s == stream) {
-            problems.push(format!("stream `{stream}` exists but the page does not name it"));
+            problems.push(format!(
+                "stream `{stream}` exists but the page does not name it"
+            ));
         }
     }
     for subject in &subjects {
         if !spans.contains(subject) {
-            problems.push(format!("subject `{subject}` exists but the page does not name it"));
+            problems.push(format!(
+                "subject `{subject}` exists but the page does not name it"
+            ));
         }
     }
     for table in tables.difference(&named_tables) {

@@ -11,7 +11,8 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::store::{JobStore, now_ms};
+use crate::retention::DEFAULT_RETENTION_DAYS;
+use crate::store::{Bound, DAY_MS, JobStore, delete_some, now_ms};
 use crate::{JobId, JobStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,10 @@ pub enum RateDecision {
     Refused { retry_after_s: u64 },
 }
 
+/// How long a rate-limit row outlives the start of its window: longer than any window
+/// the console uses, so deleting older rows never resets a live count.
+pub const RATE_LIMIT_ROWS_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 #[derive(Clone, Debug)]
 pub struct Accounts {
     pool: AnyPool,
@@ -229,10 +234,13 @@ impl Accounts {
         let id = new_id();
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO organisations (id, name, created_ms) VALUES ($1, $2, $3)")
-            .bind(&id)
-            .bind(name)
-            .bind(now)
+        sqlx::query(
+            "INSERT INTO organisations (id, name, retention_days, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(DEFAULT_RETENTION_DAYS)
+        .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -248,7 +256,7 @@ impl Accounts {
         Ok(Organisation {
             id,
             name: name.to_string(),
-            retention_days: 90,
+            retention_days: DEFAULT_RETENTION_DAYS,
             billing_plan: "trial".into(),
         })
     }
@@ -737,5 +745,75 @@ impl Accounts {
                 one("SELECT COUNT(*) AS n FROM jobs WHERE status IN ('finished', 'finished_with_failures')").await?,
             ),
         ])
+    }
+    // --- retention ---------------------------------------------------------------------
+
+    /// When the organisation's oldest kept job started (the settings page shows it).
+    pub async fn oldest_job_ms(&self, org_id: &str) -> Result<Option<i64>, AccountsError> {
+        let row = sqlx::query("SELECT MIN(created_ms) AS m FROM jobs WHERE organisation = $1")
+            .bind(org_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("m")?)
+    }
+
+    /// Deletes up to `limit` sessions that expired before `now_ms`.
+    pub async fn purge_expired_sessions(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<u64, AccountsError> {
+        Ok(delete_some(
+            &self.pool,
+            "sessions",
+            "expires_ms < $1",
+            &[Bound::Int(now_ms)],
+            limit,
+        )
+        .await?)
+    }
+
+    /// Deletes up to `limit` rate-limit rows whose window began more than
+    /// [`RATE_LIMIT_ROWS_KEPT_MS`] before `now_ms` (every window is shorter, so such a
+    /// row counts nothing any more).
+    pub async fn purge_rate_limits(&self, now_ms: i64, limit: i64) -> Result<u64, AccountsError> {
+        Ok(delete_some(
+            &self.pool,
+            "rate_limits",
+            "window_ms < $1",
+            &[Bound::Int(now_ms - RATE_LIMIT_ROWS_KEPT_MS)],
+            limit,
+        )
+        .await?)
+    }
+
+    /// Deletes up to `limit` audit events older than `days` at `now_ms`.
+    pub async fn purge_audit_events(
+        &self,
+        now_ms: i64,
+        days: i64,
+        limit: i64,
+    ) -> Result<u64, AccountsError> {
+        Ok(delete_some(
+            &self.pool,
+            "audit_events",
+            "at_ms < $1",
+            &[Bound::Int(now_ms - days * DAY_MS)],
+            limit,
+        )
+        .await?)
+    }
+
+    /// How many sessions, rate-limit rows and audit events are stored (for tests).
+    pub async fn console_row_counts(&self) -> Result<(i64, i64, i64), AccountsError> {
+        let one = |sql: &'static str| async move {
+            let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+            Ok::<i64, AccountsError>(row.try_get("n")?)
+        };
+        Ok((
+            one("SELECT COUNT(*) AS n FROM sessions").await?,
+            one("SELECT COUNT(*) AS n FROM rate_limits").await?,
+            one("SELECT COUNT(*) AS n FROM audit_events").await?,
+        ))
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod backoff;
+pub mod backup;
 pub mod config;
 pub mod destination_url;
 pub mod embedded_nats;
@@ -16,6 +17,7 @@ pub mod memory;
 pub mod messages;
 pub mod rate_budget;
 pub mod replay;
+pub mod retention;
 pub mod runner;
 pub mod schedules;
 pub mod schema;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::secrets::{AzureCredentials, Credentials, GcsCredentials, S3Credentials};
-use crate::store::{JobStore, StoreError, now_ms};
+use crate::store::{Bound, DAY_MS, JobStore, StoreError, delete_some, now_ms};
 use crate::{ExportKinds, JobId, TrustLevel};
 
 /// What each run exports, minus the time window (which the schedule computes).
@@ -665,6 +665,52 @@ impl JobStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// Retention of the schedule tables (see `retention`).
+impl JobStore {
+    /// Deletes up to `limit` rows of each schedule table that point at `job` (its run
+    /// row and what it exported); returns `(runs, exported)` deleted.
+    ///
+    /// Forgetting what a purged run exported is safe: a later run that lists those
+    /// recordings again (a window reaching back past the retention period) writes the
+    /// same bytes at the same keys.
+    pub async fn purge_schedule_rows_of_job(
+        &self,
+        job: &JobId,
+        limit: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let bind = [Bound::Text(job.as_str().to_string())];
+        let runs = delete_some(&self.pool, "schedule_runs", "job_id = $1", &bind, limit).await?;
+        let exported =
+            delete_some(&self.pool, "schedule_exported", "job_id = $1", &bind, limit).await?;
+        Ok((runs, exported))
+    }
+
+    /// Deletes up to `limit` run rows that have no job (skipped or failed slots) and are
+    /// older than their schedule's organisation's retention period at `now_ms`
+    /// (`default_days` for a CLI schedule or a deleted one).
+    pub async fn purge_jobless_runs(
+        &self,
+        now_ms: i64,
+        default_days: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(delete_some(
+            &self.pool,
+            "schedule_runs",
+            "job_id IS NULL AND updated_ms < $1 - $3 * COALESCE((SELECT o.retention_days \
+             FROM schedules s JOIN organisations o ON o.id = s.organisation \
+             WHERE s.id = schedule_runs.schedule_id), $2)",
+            &[
+                Bound::Int(now_ms),
+                Bound::Int(default_days),
+                Bound::Int(DAY_MS),
+            ],
+            limit,
+        )
+        .await?)
     }
 }
 

@@ -645,6 +645,32 @@ impl JobStore {
             .map_err(StoreError::from)
     }
 
+    /// Recordings still pending (what a resumed job must fetch again when the queue
+    /// lost their tasks, e.g. after a restore from backup).
+    pub async fn pending_recordings(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<ListedRecording>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
+             WHERE job_id = $1 AND status = 'pending' ORDER BY recording_id",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ListedRecording {
+                    recording_id: r.try_get(0)?,
+                    recorded_at: r.try_get(1)?,
+                    duration_s: r.try_get(2)?,
+                    engagement_type: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Recordings that were skipped or died, with reasons, for the summary.
     pub async fn problems(&self, job: &JobId) -> Result<Vec<Problem>, StoreError> {
         let rows = sqlx::query(
@@ -741,6 +767,174 @@ fn status_list(statuses: &[JobStatus]) -> String {
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A value bound into a purge statement's condition.
+#[derive(Clone, Debug)]
+pub(crate) enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+/// Whether the pool talks to SQLite (else PostgreSQL): the purge statements differ.
+pub(crate) fn is_sqlite(pool: &AnyPool) -> bool {
+    pool.connect_options()
+        .database_url
+        .scheme()
+        .starts_with("sqlite")
+}
+
+/// Deletes at most `limit` rows of `table` matching `cond` (placeholders `$1`, `$2`, ...
+/// bound from `binds`) and returns how many went. `table` and `cond` are literals of
+/// this crate, never input.
+///
+/// Several servers may purge at once. On PostgreSQL each statement locks the rows it
+/// picks and skips rows another purger holds (`FOR UPDATE SKIP LOCKED`), so two purgers
+/// never wait on each other's rows in opposite orders (a deadlock); each row is deleted
+/// and counted by exactly one of them. SQLite has one writer at a time (busy timeout).
+pub(crate) async fn delete_some(
+    pool: &AnyPool,
+    table: &str,
+    cond: &str,
+    binds: &[Bound],
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = if is_sqlite(pool) {
+        format!(
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {cond} LIMIT {limit})"
+        )
+    } else {
+        format!(
+            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {cond} \
+             LIMIT {limit} FOR UPDATE SKIP LOCKED))"
+        )
+    };
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = match b {
+            Bound::Text(t) => q.bind(t.clone()),
+            Bound::Int(i) => q.bind(*i),
+        };
+    }
+    Ok(q.execute(pool).await?.rows_affected())
+}
+
+/// Milliseconds in a day.
+pub(crate) const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// The tables of the job store proper that hold rows keyed by a job, in the order the
+/// purge empties them (the `jobs` row itself goes last, see [`JobStore::delete_job_if_bare`]).
+pub const JOB_TABLES: [&str; 4] = ["recordings", "files", "list_pages", "open_uploads"];
+
+impl JobStore {
+    /// Jobs nothing has happened to for longer than their organisation's retention
+    /// period at `now_ms`, oldest first, at most `limit`. "Happened" is the job's last
+    /// status or progress change or its worker's last heartbeat, so a job that still
+    /// runs is never expired. Jobs of no organisation (the CLI's `local`, or an
+    /// organisation that no longer exists) use `default_days`.
+    pub async fn expired_jobs(
+        &self,
+        now_ms: i64,
+        default_days: i64,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT j.id FROM jobs j LEFT JOIN organisations o ON o.id = j.organisation \
+             WHERE j.updated_ms < $1 - COALESCE(o.retention_days, $2) * $3 \
+               AND COALESCE(j.heartbeat_ms, 0) < $1 - COALESCE(o.retention_days, $2) * $3 \
+             ORDER BY j.updated_ms, j.id LIMIT $4",
+        )
+        .bind(now_ms)
+        .bind(default_days)
+        .bind(DAY_MS)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                id.parse::<JobId>()
+                    .map_err(|e| StoreError::Corrupt(format!("{e}")))
+            })
+            .collect()
+    }
+
+    /// Deletes at most `limit` rows of each of the job's progress tables
+    /// ([`JOB_TABLES`]); returns how many went from each. Call until all are zero.
+    pub async fn purge_job_progress(
+        &self,
+        job: &JobId,
+        limit: i64,
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let mut out = Vec::with_capacity(JOB_TABLES.len());
+        for table in JOB_TABLES {
+            let n = delete_some(
+                &self.pool,
+                table,
+                "job_id = $1",
+                &[Bound::Text(job.as_str().to_string())],
+                limit,
+            )
+            .await?;
+            out.push((table, n));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the job's row, but only once nothing keyed by the job is left in any
+    /// table (another purger may still hold some of its rows): true if this call
+    /// deleted it, so each purged job is counted by exactly one purger.
+    pub async fn delete_job_if_bare(&self, job: &JobId) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM jobs WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM recordings WHERE job_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM files WHERE job_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM list_pages WHERE job_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM open_uploads WHERE job_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM schedule_runs WHERE job_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM schedule_exported WHERE job_id = $1)",
+        )
+        .bind(job.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes up to `limit` listing pages of jobs whose listing is complete and that
+    /// ended: the pages only serve to detect a looping listing while it runs.
+    pub async fn purge_finished_list_pages(&self, limit: i64) -> Result<u64, StoreError> {
+        Ok(delete_some(
+            &self.pool,
+            "list_pages",
+            "job_id IN (SELECT id FROM jobs WHERE listing_complete <> 0 AND finished_ms IS NOT NULL)",
+            &[],
+            limit,
+        )
+        .await?)
+    }
+
+    /// How many rows of each table mention `job` in a job-id column (for tests and
+    /// audits of the purge: all zero once a job is gone).
+    pub async fn rows_of_job(&self, job: &JobId) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for (table, column) in [
+            ("jobs", "id"),
+            ("recordings", "job_id"),
+            ("files", "job_id"),
+            ("list_pages", "job_id"),
+            ("open_uploads", "job_id"),
+            ("schedule_runs", "job_id"),
+            ("schedule_exported", "job_id"),
+        ] {
+            let n: i64 =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+                    .bind(job.as_str())
+                    .fetch_one(&self.pool)
+                    .await?;
+            out.push((table, n));
+        }
+        Ok(out)
+    }
 }
 
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {

@@ -349,3 +349,63 @@ pub async fn retire_job(js: &jetstream::Context, job: &JobId) {
         }
     }
 }
+
+/// What [`purge_job`] removed from JetStream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgedMessages {
+    pub messages: u64,
+    pub consumers: u64,
+}
+
+/// Removes everything JetStream holds of a job: its messages in the three streams
+/// (purged by subject, so other jobs' messages stay) and its durable consumers.
+/// Idempotent: a second call finds nothing and succeeds.
+pub async fn purge_job(
+    js: &jetstream::Context,
+    job: &JobId,
+) -> Result<PurgedMessages, TopologyError> {
+    let mut subjects: Vec<(&'static str, String)> = Vec::new();
+    for stage in Stage::ALL {
+        subjects.push((WORK_STREAM, stage.subject(job)));
+        subjects.push((DLQ_STREAM, stage.dlq_subject(job)));
+    }
+    subjects.push((RECORD_STREAM, hash_subject(job)));
+    subjects.push((RECORD_STREAM, upload_subject(job)));
+    let mut out = PurgedMessages::default();
+    for stream_name in [WORK_STREAM, RECORD_STREAM, DLQ_STREAM] {
+        let stream = js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| TopologyError::Stream {
+                stream: stream_name,
+                source: Box::new(e),
+            })?;
+        for (_, subject) in subjects.iter().filter(|(s, _)| *s == stream_name) {
+            let done = stream.purge().filter(subject.as_str()).await.map_err(|e| {
+                TopologyError::Stream {
+                    stream: stream_name,
+                    source: Box::new(e),
+                }
+            })?;
+            out.messages += done.purged;
+        }
+    }
+    let work = js
+        .get_stream(WORK_STREAM)
+        .await
+        .map_err(|e| TopologyError::Stream {
+            stream: WORK_STREAM,
+            source: Box::new(e),
+        })?;
+    for stage in Stage::ALL {
+        // Not found (never made, already deleted, expired) is the goal, not an error.
+        if work
+            .delete_consumer(&stage.consumer_name(job))
+            .await
+            .is_ok()
+        {
+            out.consumers += 1;
+        }
+    }
+    Ok(out)
+}

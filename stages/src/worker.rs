@@ -101,6 +101,8 @@ pub enum WorkerError {
     Join(String),
     #[error("this job may not run as given: {0}")]
     Refused(#[from] Refusal),
+    #[error("could not put the job's outstanding work back in its queue: {0}")]
+    Requeue(String),
 }
 
 /// The job's trust rules on its spec and the credentials it was given (see
@@ -378,4 +380,61 @@ pub async fn run(
         topology::retire_job(&ctx.js, &ctx.job).await;
     }
     Ok(status)
+}
+
+/// What [`requeue_outstanding`] put back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requeued {
+    pub listing: bool,
+    pub fetches: usize,
+}
+
+/// Puts back in JetStream the work the job store says is outstanding: the listing from
+/// its first page if it is not complete, a fetch task per pending recording, and the
+/// manifest task if everything is settled. For `resume` after the queue lost the job's
+/// tasks (a store restored from backup, a new NATS server). Everything it publishes is
+/// idempotent: a task that is still queued has the same msg-id (JetStream drops the
+/// copy within its duplicate window) and a recording fetched twice is written to the
+/// same keys, files already exported are skipped.
+pub async fn requeue_outstanding(ctx: &JobContext) -> Result<Requeued, WorkerError> {
+    use pipeline::messages::{FetchTask, ListTask};
+    use pipeline::topology;
+    let record = ctx.store.job(&ctx.job).await?;
+    let mut out = Requeued::default();
+    let failed = |e: topology::TopologyError| WorkerError::Requeue(e.to_string());
+    if !record.listing_complete {
+        topology::publish_json(
+            &ctx.js,
+            Stage::List.subject(&ctx.job),
+            &topology::msg_id(&ctx.job, "list", &["0"]),
+            &ListTask {
+                job: ctx.job.clone(),
+                page: 0,
+                continuation_key: None,
+            },
+        )
+        .await
+        .map_err(failed)?;
+        out.listing = true;
+    }
+    for r in ctx.store.pending_recordings(&ctx.job).await? {
+        let id_token = pipeline::keys::sanitize_segment(&r.recording_id);
+        topology::publish_json(
+            &ctx.js,
+            Stage::Fetch.subject(&ctx.job),
+            &topology::msg_id(&ctx.job, "fetch", &[&id_token]),
+            &FetchTask {
+                job: ctx.job.clone(),
+                recording_id: r.recording_id,
+                recorded_at: r.recorded_at,
+            },
+        )
+        .await
+        .map_err(failed)?;
+        out.fetches += 1;
+    }
+    ctx.maybe_request_manifest()
+        .await
+        .map_err(|e| WorkerError::Requeue(e.to_string()))?;
+    Ok(out)
 }

@@ -306,6 +306,10 @@ pub struct AppState {
     pub signing_keys: SigningKeys,
     /// Every job and schedule created here is a tenant's, with these allowances.
     pub tenant_allowances: pipeline::tenancy::Allowances,
+    /// The operator's retention settings (the settings page shows them).
+    pub retention: pipeline::retention::RetentionOptions,
+    /// What this server's purge loop deleted (for `/metrics`).
+    pub purge: Arc<pipeline::retention::PurgeCounters>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -353,6 +357,8 @@ impl AppState {
             counters: Counters::default(),
             signing_keys: SigningKeys::default(),
             tenant_allowances: Default::default(),
+            retention: pipeline::retention::RetentionOptions::default(),
+            purge: Arc::default(),
         }))
     }
 }
@@ -460,6 +466,8 @@ pub struct ServeOptions {
     /// Extra arguments for every `portshift worker` (operator options such as the
     /// Chorus request budget; never a secret: command lines are visible to the machine).
     pub worker_args: Vec<String>,
+    /// Retention periods and the purge loop's interval and batch size.
+    pub retention: pipeline::retention::RetentionOptions,
 }
 
 /// Runs the console until Ctrl-C.
@@ -488,6 +496,12 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         database_url,
         o.data_dir.clone(),
     );
+    let purger = pipeline::retention::Purger::new(
+        services.store.clone(),
+        Some(services.js.clone()),
+        Some(o.data_dir.join("logs")),
+        o.retention.clone(),
+    );
     let current = match &o.signing_key {
         Some(m) => Some(pipeline::signing::PublicKey::parse(
             &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
@@ -507,7 +521,11 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             retired: o.retired_public_keys.clone(),
         };
         s.tenant_allowances = o.tenant_allowances.clone();
+        s.retention = o.retention.clone();
+        s.purge = purger.counters.clone();
     }
+    let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
+    let purge_loop = tokio::spawn(purger.run(purge_stopped));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
     let shutdown = async {
@@ -560,6 +578,8 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     // Workers use the embedded nats-server: they stop (finishing or nakking what they
     // hold) before it may stop.
     launcher.stop_all(std::time::Duration::from_secs(60)).await;
+    let _ = stop_purge.send(true);
+    let _ = purge_loop.await;
     services.stop().await;
     Ok(())
 }

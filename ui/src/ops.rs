@@ -1,8 +1,9 @@
 //! Operations endpoints and static files: `/healthz` (store and NATS reachable),
 //! `/metrics` (Prometheus text: requests, sign-ins, rate-limit refusals, jobs by status,
-//! per-stage counters), the console's one script and one stylesheet, and the public
-//! keys that verify manifest signatures (`/.well-known/portshift-signing-key.pub` and,
-//! by key id, `/.well-known/portshift-signing-keys/<KEY ID>.pub`).
+//! per-stage counters, what the retention purge deleted), the console's one script and
+//! one stylesheet, and the public keys that verify manifest signatures
+//! (`/.well-known/portshift-signing-key.pub` and, by key id,
+//! `/.well-known/portshift-signing-keys/<KEY ID>.pub`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -170,6 +171,30 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
                 "portshift_stage_items_total{{stage=\"{stage}\",source=\"store\"}} {items}"
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP portshift_purged_total Rows, JetStream messages and consumers, and worker logs the retention purge of this server deleted.\n# TYPE portshift_purged_total counter"
+    );
+    for (what, n) in state.purge.totals().pairs() {
+        let _ = writeln!(out, "portshift_purged_total{{what=\"{what}\"}} {n}");
+    }
+    for (name, help, v) in [
+        (
+            "portshift_purge_runs_total",
+            "Retention purges this server ran.",
+            state.purge.runs.load(Ordering::Relaxed),
+        ),
+        (
+            "portshift_purge_failures_total",
+            "Retention purges that stopped on an error (retried at the next interval).",
+            state.purge.failures.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

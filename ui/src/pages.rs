@@ -27,6 +27,12 @@ fn time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+fn day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
 fn duration(created: i64, finished: Option<i64>) -> String {
     let end = finished.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let s = ((end - created).max(0) / 1000) as u64;
@@ -682,7 +688,23 @@ pub fn schedules(
     )
 }
 
-pub fn settings(nav: Nav, org: &Organisation, role: Role, notice: Option<String>) -> String {
+/// What the settings page says about retention: the organisation's period is in
+/// `Organisation`; these come from the job store and the operator's options.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionFacts {
+    /// When the oldest job still kept started, if any job is kept.
+    pub oldest_job_ms: Option<i64>,
+    /// How long audit events are kept (the operator's `--audit-retention-days`).
+    pub audit_days: i64,
+}
+
+pub fn settings(
+    nav: Nav,
+    org: &Organisation,
+    role: Role,
+    facts: RetentionFacts,
+    notice: Option<String>,
+) -> String {
     let csrf = nav.csrf.clone();
     let base = format!("/orgs/{}", org.id);
     let owner = (role == Role::Owner).then(|| {
@@ -717,6 +739,22 @@ pub fn settings(nav: Nav, org: &Organisation, role: Role, notice: Option<String>
             {notice.map(|n| view! { <p class="notice">{n}</p> })}
             <div class="card" id="retention">
                 <h2>"Retention"</h2>
+                <p id="retention-period">{format!(
+                    "Job history is kept {} days after a job's last activity; then the job, its \
+                     progress rows, queue messages and worker log are deleted.",
+                    org.retention_days
+                )}</p>
+                <p id="oldest-job">{match facts.oldest_job_ms {
+                    Some(ms) => format!("Oldest job kept: started {}.", day(ms)),
+                    None => "No jobs are kept at the moment.".to_string(),
+                }}</p>
+                <p class="muted">{format!(
+                    "The default is {} days; choose from {} to {} days. Audit events are kept {} days.",
+                    pipeline::retention::DEFAULT_RETENTION_DAYS,
+                    pipeline::retention::MIN_RETENTION_DAYS,
+                    pipeline::retention::MAX_RETENTION_DAYS,
+                    facts.audit_days
+                )}</p>
                 <form method="post" action=format!("{base}/settings/retention")>
                     <input type="hidden" name="csrf" value=csrf.clone()/>
                     <label>"Keep job history for (days) " <input type="text" name="days" value=org.retention_days.to_string()/></label>

@@ -1064,7 +1064,20 @@ async fn settings(
     Path(org): Path<String>,
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageRetention);
-    Html(pages::settings(nav(&c), &c.org, c.role, None)).into_response()
+    settings_page(&state, &c, None).await
+}
+
+/// The settings page with the retention facts from the store.
+async fn settings_page(state: &Shared, c: &OrgCtx, notice: Option<String>) -> Response {
+    let facts = pages::RetentionFacts {
+        oldest_job_ms: state
+            .accounts
+            .oldest_job_ms(&c.org.id)
+            .await
+            .unwrap_or(None),
+        audit_days: state.retention.audit_days,
+    };
+    Html(pages::settings(nav(c), &c.org, c.role, facts, notice)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -1076,12 +1089,16 @@ struct RetentionForm {
 }
 
 pub(crate) fn check_days(days: &str) -> Result<i64, Denied> {
-    match days.trim().parse::<i64>() {
-        Ok(d) if (1..=3650).contains(&d) => Ok(d),
-        _ => Err(Denied::Invalid(
-            "Retention is a whole number of days from 1 to 3650.".into(),
-        )),
-    }
+    use pipeline::retention::{MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, check_retention_days};
+    days.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|d| check_retention_days(d).ok())
+        .ok_or_else(|| {
+            Denied::Invalid(format!(
+                "Retention is a whole number of days from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}."
+            ))
+        })
 }
 
 async fn set_retention(
@@ -1110,13 +1127,12 @@ async fn set_retention(
         .await;
     let mut c = c;
     c.org.retention_days = days;
-    Html(pages::settings(
-        nav(&c),
-        &c.org,
-        c.role,
-        Some(format!("Job history is kept {days} days.")),
-    ))
-    .into_response()
+    settings_page(
+        &state,
+        &c,
+        Some(format!("Job history is now kept {days} days.")),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -1150,13 +1166,7 @@ async fn set_billing(
         .await;
     let mut c = c;
     c.org.billing_plan = f.plan.clone();
-    Html(pages::settings(
-        nav(&c),
-        &c.org,
-        c.role,
-        Some(format!("Plan changed to {}.", f.plan)),
-    ))
-    .into_response()
+    settings_page(&state, &c, Some(format!("Plan changed to {}.", f.plan))).await
 }
 
 #[derive(Deserialize)]
