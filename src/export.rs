@@ -580,6 +580,7 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn summary(
     services: &Services,
     job: &JobId,
