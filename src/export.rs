@@ -316,6 +316,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         options: pipeline::ExportOptions {
             verify_after: a.verify_after,
             layout: a.layout,
+        trust: pipeline::Trust::Operator,
         },
         trust: pipeline::Trust::Operator,
     };

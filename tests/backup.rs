@@ -67,6 +67,8 @@ async fn start_job(h: &Harness, dest: &Path) -> JobId {
         destination: format!("file://{}", dest.display()),
         webhook_url: None,
         schedule: None,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     h.store
         .create_job(&job, "local", "ops", &spec)

@@ -120,6 +120,7 @@ async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
         options: ExportOptions {
             layout: Layout::Bagit,
             ..Default::default()
+        trust: pipeline::Trust::Operator,
         },
     };
     h.store

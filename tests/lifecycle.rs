@@ -443,6 +443,8 @@ async fn sigterm_stops_a_worker_which_leaves_its_job_to_the_next() {
         destination: format!("file://{}", out.display()),
         webhook_url: None,
         schedule: None,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     services
         .store

@@ -205,6 +205,7 @@ async fn a_replayed_webhook_on_a_finished_job_is_delivered() {
         webhook_url: Some(hook),
         schedule: None,
         options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     h.store
         .create_job(&job, "org", "tester", &spec)

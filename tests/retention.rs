@@ -46,6 +46,8 @@ async fn start_job(h: &Harness, org: &str, dest: &Path) -> JobId {
             media: false,
             transcript: true,
             metadata: true,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
         },
         destination: format!("file://{}", dest.display()),
         webhook_url: None,

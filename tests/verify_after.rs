@@ -29,6 +29,7 @@ async fn start_verified_job(h: &Harness, destination: &str) -> JobId {
         options: ExportOptions {
             verify_after: true,
             ..Default::default()
+        trust: pipeline::Trust::Operator,
         },
     };
     h.store

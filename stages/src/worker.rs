@@ -153,7 +153,7 @@ pub async fn prepare(
     ));
     let chorus = ChorusClient::new(chorus_config)?;
     let dest_url: DestinationUrl = spec.destination.parse()?;
-    if let DestinationUrl::Local { root } = &dest_url {
+    if let destination::Storage::Local { root } = &dest_url.storage {
         spec.trust.check_local_folder(root)?;
     }
     let mut destination = destination::open_guarded(

@@ -388,7 +388,7 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
         gcs: refs.gcs.is_some(),
         bigquery: false,
     };
-    if let Err(r) = trust.check_destination_credentials(destination, supplied) {
+    if let Err(r) = trust.check_destination_credentials(&destination, supplied) {
         // The export form's field names, as this form's reference fields.
         let field = match r.field {
             "s3_access_key_id" => "s3_ref",

@@ -121,6 +121,8 @@ async fn the_settings_page_and_metrics_tell_the_truth_about_retention() {
                 destination: "s3://bucket/prefix".into(),
                 webhook_url: None,
                 schedule: None,
+                options: Default::default(),
+                trust: pipeline::Trust::Operator,
             },
         )
         .await
