@@ -12,6 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::config::Services;
 use pipeline::messages::ListTask;
 use pipeline::secrets::Credentials;
+use pipeline::worker_process::{WorkerInput, WorkerSecrets};
+use secrecy::ExposeSecret;
 use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
 use secrecy::SecretString;
@@ -118,6 +120,10 @@ pub struct ReplayArgs {
 pub struct WorkerArgs {
     #[arg(long)]
     job: String,
+    /// STS and Secrets Manager endpoint for runs that read their credentials through a
+    /// cross-account role (an emulator; AWS's own when unset).
+    #[arg(long, env = "PORTSHIFT_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
@@ -293,35 +299,88 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// The per-job worker process: credentials arrive as one JSON document on standard
-/// input, so they appear in neither argv nor the environment.
+/// The per-job worker process: credentials (and the service URLs, which may hold
+/// passwords) arrive as one JSON document on standard input, so they appear in neither
+/// argv nor the environment; everything the process logs is redacted of them.
 pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     pipeline::secrets::harden_process().context("could not disable core dumps")?;
     let job: JobId = a.job.parse()?;
-    let mut input = Vec::new();
+    // Sized up front: growing the buffer would leave copies of the secrets behind.
+    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(1 << 16));
     std::io::stdin()
         .read_to_end(&mut input)
         .context("could not read credentials from standard input")?;
-    let creds = Credentials::from_json(&input)?;
-    input.iter_mut().for_each(|b| *b = 0);
-    let Some(nats_url) = a.state.nats_url.as_deref() else {
+    let WorkerInput {
+        nats_url,
+        database_url,
+        secrets,
+    } = WorkerInput::from_json(&input)?;
+    drop(input);
+    match &secrets {
+        WorkerSecrets::Credentials(c) => c.redact_in_logs(),
+        WorkerSecrets::AwsRole(g) => g.redact_in_logs(),
+    }
+    let nats_url = nats_url
+        .map(|u| u.expose_secret().to_string())
+        .or(a.state.nats_url.clone());
+    let database_url = database_url
+        .map(|u| u.expose_secret().to_string())
+        .or(a.state.database_url.clone());
+    for url in nats_url.iter().chain(database_url.iter()) {
+        pipeline::secrets::register_url_password(url);
+    }
+    let Some(nats_url) = nats_url.as_deref() else {
         bail!(
             "a worker joins an existing job: give --nats-url (or PORTSHIFT_NATS_URL) of the server that runs it"
         );
     };
-    let services = Services::start(
-        &a.state.data_dir(),
-        Some(nats_url),
-        a.state.database_url.as_deref(),
-    )
-    .await?;
+    let services = Services::start(&a.state.data_dir(), Some(nats_url), database_url.as_deref())
+        .await?;
     if services.store.job(&job).await?.status == JobStatus::NeedsCredentials {
         services
             .store
             .set_status(&job, JobStatus::Running, None)
             .await?;
     }
-    let code = drive(&services, &job, creds, a.tuning.options(), false).await;
+    let options = a.tuning.options();
+    let aws = stages::aws_role::AwsRoleOptions {
+        endpoint_url: a.aws_endpoint_url.clone(),
+        region: None,
+    };
+    let prepared = async {
+        let creds = match secrets {
+            WorkerSecrets::Credentials(c) => c,
+            WorkerSecrets::AwsRole(grant) => {
+                stages::aws_role::credentials_from_grant(&grant, &aws).await?
+            }
+        };
+        let ctx = worker::prepare(
+            &job,
+            services.store.clone(),
+            services.js.clone(),
+            &creds,
+            &options,
+        )
+        .await?;
+        drop(creds);
+        anyhow::Ok(ctx)
+    }
+    .await;
+    let ctx = match prepared {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // Nothing can run with these credentials: say why on the job, where the
+            // console and the scheduler's run history show it.
+            let reason = pipeline::secrets::redact(&e.to_string());
+            let _ = services
+                .store
+                .set_status(&job, JobStatus::Failed, Some(&reason))
+                .await;
+            services.stop().await;
+            bail!("{reason}");
+        }
+    };
+    let code = drive_prepared(&services, &job, ctx, options, false).await;
     services.stop().await;
     code
 }
@@ -342,6 +401,16 @@ async fn drive(
     )
     .await?;
     drop(creds);
+    drive_prepared(services, job, ctx, options, interactive).await
+}
+
+async fn drive_prepared(
+    services: &Services,
+    job: &JobId,
+    ctx: std::sync::Arc<stages::context::JobContext>,
+    options: WorkerOptions,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// Take the client address from X-Forwarded-For (only behind your own proxy).
     #[arg(long)]
     trust_proxy: bool,
+    /// Exports one organisation may have running at once (each is a worker process;
+    /// scheduled runs count too). One more is refused with a message saying so.
+    #[arg(long, default_value_t = ui::DEFAULT_MAX_WORKERS_PER_ORG, env = "PORTSHIFT_MAX_WORKERS_PER_ORG")]
+    max_workers_per_org: u64,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -103,6 +107,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         tls_key: a.tls_key,
         trust_proxy: a.trust_proxy,
         worker_exe,
+        max_workers_per_org: a.max_workers_per_org,
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -115,7 +120,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("PORTSHIFT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Redacted: a worker registers its secrets, so its log never carries them.
+        .with_writer(|| pipeline::secrets::RedactingStderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -142,7 +148,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!(
+                "error: {}",
+                pipeline::secrets::redact(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }

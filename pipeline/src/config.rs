@@ -44,6 +44,7 @@ pub struct Services {
     pub store: JobStore,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
+    nats_url: String,
     embedded: Option<EmbeddedNats>,
 }
 
@@ -144,8 +145,15 @@ impl Services {
             store,
             nats,
             js,
+            nats_url: url,
             embedded,
         })
+    }
+
+    /// The NATS URL in use (the embedded server's when none was given): what worker
+    /// processes started from here connect to.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
     }
 
     /// Flushes, closes the store and stops the embedded server, if any.

@@ -6,6 +6,7 @@
 //! depend on it, never the other way round.
 
 pub mod accounts;
+pub mod aws_role;
 pub mod backoff;
 pub mod config;
 pub mod embedded_nats;
@@ -19,5 +20,6 @@ pub mod schema;
 pub mod secrets;
 pub mod store;
 pub mod topology;
+pub mod worker_process;
 
 pub use job::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};

@@ -148,6 +148,19 @@ impl Harness {
     }
 }
 
+/// How a scheduler in a test starts `portshift worker` processes for the harness's
+/// NATS server and SQLite store.
+pub fn worker_command(h: &Harness) -> pipeline::worker_process::WorkerCommand {
+    let mut c = pipeline::worker_process::WorkerCommand::new(
+        env!("CARGO_BIN_EXE_portshift").into(),
+        &h.nats.as_ref().unwrap().url(),
+        &format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
+        h.tmp.path().to_path_buf(),
+    );
+    c.extra_args = vec!["--ack-wait-secs".into(), "10".into()];
+    c
+}
+
 /// Worker options with short retry delays, so fault tests take seconds.
 pub fn fast_options() -> WorkerOptions {
     let mut o = WorkerOptions::default();

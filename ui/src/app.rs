@@ -18,7 +18,7 @@ use axum::response::Response;
 use pipeline::JobId;
 use pipeline::accounts::Accounts;
 use pipeline::store::JobStore;
-use tokio::io::AsyncWriteExt;
+use pipeline::worker_process::WorkerCommand;
 use zeroize::Zeroizing;
 
 use crate::live::StatsCache;
@@ -48,15 +48,7 @@ pub enum UiError {
     Serve(std::io::Error),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error(
-        "could not start the worker process {exe}: {source}. Check that the portshift binary is intact"
-    )]
-    Spawn { exe: String, source: std::io::Error },
-    #[error("could not hand the credentials to the worker: {0}. Start the export again")]
-    Stdin(std::io::Error),
-}
+pub use pipeline::worker_process::LaunchError;
 
 /// Starts a job's worker. The server's implementation spawns `portshift worker`; tests
 /// substitute a recorder.
@@ -71,23 +63,18 @@ pub trait WorkerLauncher: Send + Sync {
     fn stop(&self, job: &JobId) -> bool;
 }
 
-/// Spawns `<exe> worker --job J --nats-url U --database-url D --data-dir DIR` with an
-/// empty environment (PATH only) and the credentials on standard input.
+/// Spawns `portshift worker` per job through [`WorkerCommand`] (shared with the
+/// scheduler): an emptied environment, nothing secret on the command line, the service
+/// URLs and credentials on standard input, output in the job's private worker log.
 pub struct ProcessLauncher {
-    pub exe: PathBuf,
-    pub nats_url: String,
-    pub database_url: String,
-    pub data_dir: PathBuf,
+    pub command: WorkerCommand,
     running: Arc<Mutex<HashMap<JobId, tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl ProcessLauncher {
     pub fn new(exe: PathBuf, nats_url: String, database_url: String, data_dir: PathBuf) -> Self {
         Self {
-            exe,
-            nats_url,
-            database_url,
-            data_dir,
+            command: WorkerCommand::new(exe, &nats_url, &database_url, data_dir),
             running: Arc::default(),
         }
     }
@@ -99,47 +86,11 @@ impl WorkerLauncher for ProcessLauncher {
         job: &JobId,
         credentials: Zeroizing<Vec<u8>>,
     ) -> futures::future::BoxFuture<'static, Result<(), LaunchError>> {
-        let logs = self.data_dir.join("logs");
-        let _ = std::fs::create_dir_all(&logs);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("worker-{job}.log")));
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("worker")
-            .args(["--job", job.as_str()])
-            .args(["--nats-url", &self.nats_url])
-            .args(["--database-url", &self.database_url])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::piped());
-        match log_file.and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok((out, err)) => {
-                cmd.stdout(out).stderr(err);
-            }
-            Err(_) => {
-                cmd.stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
-        let spawned = cmd.spawn();
-        let exe = self.exe.display().to_string();
+        let command = self.command.clone();
         let running = self.running.clone();
         let job = job.clone();
         Box::pin(async move {
-            let mut child = spawned.map_err(|source| LaunchError::Spawn { exe, source })?;
-            let mut stdin = child.stdin.take().ok_or_else(|| {
-                LaunchError::Stdin(std::io::Error::other("no standard input pipe"))
-            })?;
-            stdin
-                .write_all(&credentials)
-                .await
-                .map_err(LaunchError::Stdin)?;
-            drop(credentials);
-            stdin.shutdown().await.map_err(LaunchError::Stdin)?;
-            drop(stdin);
+            let mut child = command.spawn(&job, credentials).await?;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             running
                 .lock()
@@ -174,18 +125,29 @@ impl WorkerLauncher for ProcessLauncher {
     }
 }
 
-/// Rate-limit settings: hits allowed per fixed window.
+/// Rate-limit settings: hits allowed per fixed window (milliseconds); and the cap on
+/// live workers per organisation.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub sign_in: (u64, i64),
     pub api: (u64, i64),
+    /// Requests that start work (start an export, retry one, create a schedule), per
+    /// user, on top of the per-client API limit: each can mean a new worker process.
+    pub start_work: (u64, i64),
+    /// Live workers (running exports, scheduled ones included) one organisation may
+    /// have at once; one more is refused with a message saying so.
+    pub workers_per_org: u64,
 }
+
+pub use pipeline::worker_process::DEFAULT_MAX_WORKERS_PER_ORG;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             sign_in: (10, 5 * 60 * 1000),
             api: (600, 60 * 1000),
+            start_work: (30, 10 * 60 * 1000),
+            workers_per_org: DEFAULT_MAX_WORKERS_PER_ORG,
         }
     }
 }
@@ -211,6 +173,9 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub limits: Limits,
     pub counters: Counters,
+    /// Held from the worker-cap check until the new job exists, so two requests to this
+    /// server cannot both take the last place.
+    pub start_lock: tokio::sync::Mutex<()>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -234,6 +199,7 @@ impl AppState {
             trust_proxy: false,
             limits: Limits::default(),
             counters: Counters::default(),
+            start_lock: tokio::sync::Mutex::new(()),
         }))
     }
 }
@@ -320,6 +286,8 @@ pub struct ServeOptions {
     pub trust_proxy: bool,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
+    /// Live workers one organisation may have at once (see [`Limits::workers_per_org`]).
+    pub max_workers_per_org: u64,
 }
 
 /// Runs the console until Ctrl-C.
@@ -357,6 +325,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
+        s.limits.workers_per_org = o.max_workers_per_org.max(1);
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {

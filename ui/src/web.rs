@@ -1063,7 +1063,16 @@ async fn settings(
     Path(org): Path<String>,
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageRetention);
-    Html(pages::settings(nav(&c), &c.org, c.role, None)).into_response()
+    settings_page(&state, &c, None).await
+}
+
+/// The settings page, with the organisation's AWS ExternalId (made on first view).
+async fn settings_page(state: &crate::app::AppState, c: &OrgCtx, notice: Option<String>) -> Response {
+    match state.store.aws_external_id(&c.org.id).await {
+        Ok(external_id) => Html(pages::settings(nav(c), &c.org, c.role, &external_id, notice))
+            .into_response(),
+        Err(e) => refuse(e.into(), Some(nav(c))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -1109,13 +1118,7 @@ async fn set_retention(
         .await;
     let mut c = c;
     c.org.retention_days = days;
-    Html(pages::settings(
-        nav(&c),
-        &c.org,
-        c.role,
-        Some(format!("Job history is kept {days} days.")),
-    ))
-    .into_response()
+    settings_page(&state, &c, Some(format!("Job history is kept {days} days."))).await
 }
 
 #[derive(Deserialize)]
@@ -1149,13 +1152,7 @@ async fn set_billing(
         .await;
     let mut c = c;
     c.org.billing_plan = f.plan.clone();
-    Html(pages::settings(
-        nav(&c),
-        &c.org,
-        c.role,
-        Some(format!("Plan changed to {}.", f.plan)),
-    ))
-    .into_response()
+    settings_page(&state, &c, Some(format!("Plan changed to {}.", f.plan))).await
 }
 
 #[derive(Deserialize)]
