@@ -12,10 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::config::Services;
 use pipeline::messages::ListTask;
 use pipeline::secrets::Credentials;
-use pipeline::worker_process::{WorkerInput, WorkerSecrets};
-use secrecy::ExposeSecret;
 use pipeline::topology::{self, Stage};
+use pipeline::worker_process::{WorkerInput, WorkerSecrets};
 use pipeline::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use stages::destination::{DestinationUrl, Tuning};
 use stages::worker::{self, WorkerCounters, WorkerOptions};
@@ -334,8 +334,8 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             "a worker joins an existing job: give --nats-url (or PORTSHIFT_NATS_URL) of the server that runs it"
         );
     };
-    let services = Services::start(&a.state.data_dir(), Some(nats_url), database_url.as_deref())
-        .await?;
+    let services =
+        Services::start(&a.state.data_dir(), Some(nats_url), database_url.as_deref()).await?;
     if services.store.job(&job).await?.status == JobStatus::NeedsCredentials {
         services
             .store

@@ -148,10 +148,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
-                "error: {}",
-                pipeline::secrets::redact(&format!("{e:#}"))
-            );
+            eprintln!("error: {}", pipeline::secrets::redact(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -221,9 +221,10 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("starting the scheduler's services")?;
-    let database_url = a.state.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}", data_dir.join("portshift.sqlite3").display())
-    });
+    let database_url =
+        a.state.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", data_dir.join("portshift.sqlite3").display())
+        });
     let exe = std::env::current_exe()
         .context("could not find the portshift binary to start workers with")?;
     let mut worker = pipeline::worker_process::WorkerCommand::new(

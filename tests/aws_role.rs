@@ -89,7 +89,8 @@ async fn sts_proxy(moto: String, trusted: Arc<Mutex<Option<String>>>) -> (String
 
 /// A secret in moto's Secrets Manager (account 123456789012); returns its ARN.
 async fn create_secret(moto: &str, name: &str, value: &str) -> String {
-    let creds = aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "test");
+    let creds =
+        aws_sdk_secretsmanager::config::Credentials::new("test", "test", None, None, "test");
     let config = aws_sdk_secretsmanager::config::Builder::new()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("eu-west-1"))
@@ -120,13 +121,18 @@ async fn first_final_run(store: &JobStore, schedule: &str) -> ScheduleRun {
         {
             return r;
         }
-        assert!(Instant::now() < deadline, "no run of {schedule} ended in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "no run of {schedule} ended in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -146,7 +152,10 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     // The customer's organisation and its ExternalId, which their trust policy names.
     let acme_id = h.store.aws_external_id("acme").await.unwrap();
     let mallory_id = h.store.aws_external_id("mallory").await.unwrap();
-    assert_ne!(acme_id, mallory_id, "each organisation has its own ExternalId");
+    assert_ne!(
+        acme_id, mallory_id,
+        "each organisation has its own ExternalId"
+    );
     assert_eq!(
         h.store.aws_external_id("acme").await.unwrap(),
         acme_id,
@@ -191,7 +200,13 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
 
     let log = h.tmp.path().join("scheduler.log");
     let mut scheduler = std::process::Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args(["scheduler", "--tick-secs", "1", "--aws-endpoint-url", &proxy])
+        .args([
+            "scheduler",
+            "--tick-secs",
+            "1",
+            "--aws-endpoint-url",
+            &proxy,
+        ])
         .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
         .arg("--data-dir")
         .arg(h.tmp.path())
@@ -217,14 +232,22 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
         .unwrap()
         .unwrap();
     let scheduler_log = std::fs::read(&log).unwrap();
-    assert!(status.success(), "{}", String::from_utf8_lossy(&scheduler_log));
+    assert!(
+        status.success(),
+        "{}",
+        String::from_utf8_lossy(&scheduler_log)
+    );
 
     // The customer's run exported everything with the token read through the role.
     assert_eq!(acme_run.status, "finished", "{acme_run:?}");
     assert_eq!(acme_run.files, Some(4 * 3));
     let acme_job = acme_run.job_id.clone().unwrap();
     let check = std::process::Command::new("sha256sum")
-        .args(["-c", "--strict", &format!("portshift-manifest-{acme_job}.txt")])
+        .args([
+            "-c",
+            "--strict",
+            &format!("portshift-manifest-{acme_job}.txt"),
+        ])
         .current_dir(acme_out.path())
         .output()
         .unwrap();
@@ -250,7 +273,10 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     );
     // The other organisation was refused, clearly, and nothing reached its folder.
     assert_eq!(mallory_run.status, "failed", "{mallory_run:?}");
-    assert!(mallory_run.job_id.is_none(), "no job starts without credentials");
+    assert!(
+        mallory_run.job_id.is_none(),
+        "no job starts without credentials"
+    );
     let reason = mallory_run.reason.clone().unwrap();
     assert!(
         reason.contains(&format!("could not assume the role {ROLE}"))
@@ -263,13 +289,22 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
 
     // The token is nowhere on our side: not in the schedule rows, not in any log.
     let stored = h.store.schedule(&schedules[0].id).await.unwrap();
-    assert_eq!(stored.refs.chorus_token, reference, "the row holds the ARNs");
-    assert!(!contains(&scheduler_log, &token), "the scheduler never saw the token");
+    assert_eq!(
+        stored.refs.chorus_token, reference,
+        "the row holds the ARNs"
+    );
+    assert!(
+        !contains(&scheduler_log, &token),
+        "the scheduler never saw the token"
+    );
     let worker_log = std::fs::read(pipeline::worker_process::worker_log_path(
         h.tmp.path(),
         &acme_job.parse().unwrap(),
     ))
     .unwrap();
     assert!(!worker_log.is_empty());
-    assert!(!contains(&worker_log, &token), "the worker log holds the token");
+    assert!(
+        !contains(&worker_log, &token),
+        "the worker log holds the token"
+    );
 }

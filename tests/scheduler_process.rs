@@ -249,7 +249,10 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
     eprintln!(
         "scheduler sampled {scheduler_samples} times; {} children seen: {:?}",
         children.len(),
-        children.values().map(|s| (&s.argv, s.samples)).collect::<Vec<_>>()
+        children
+            .values()
+            .map(|s| (&s.argv, s.samples))
+            .collect::<Vec<_>>()
     );
     for run in &finished_runs {
         let job: JobId = run.job_id.as_deref().unwrap().parse().unwrap();
@@ -261,7 +264,10 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
             "the worker of {job} could dump core: {seen:?}"
         );
         assert!(
-            !seen.argv.iter().any(|a| a.contains("database") || a.contains("postgres")),
+            !seen
+                .argv
+                .iter()
+                .any(|a| a.contains("database") || a.contains("postgres")),
             "the job store is named on the worker's command line: {:?}",
             seen.argv
         );
@@ -269,7 +275,12 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
         let log = worker_log_path(data_dir.path(), &job);
         let meta = std::fs::metadata(&log).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", log.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            log.display()
+        );
         let text = std::fs::read(&log).unwrap();
         assert!(
             text.split(|b| *b == b'\n').count() > 5,

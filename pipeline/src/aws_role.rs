@@ -58,9 +58,11 @@ pub fn parse(s: &str) -> Option<Result<RoleRef, String>> {
     if let Some(secret) = secret
         && !is_secret_arn(secret)
     {
-        return Some(Err("the secret must be a Secrets Manager secret ARN, e.g. \
+        return Some(Err(
+            "the secret must be a Secrets Manager secret ARN, e.g. \
              arn:aws:secretsmanager:eu-west-1:123456789012:secret:chorus-token-AbCdEf"
-            .into()));
+                .into(),
+        ));
     }
     Some(Ok(RoleRef {
         role_arn: role.to_string(),
@@ -224,14 +226,22 @@ mod tests {
         let r = parse("aws-role:arn:aws:iam::123456789012:role/team/portshift-export?secret=arn:aws:secretsmanager:eu-west-1:123456789012:secret:chorus-AbC")
             .unwrap()
             .unwrap();
-        assert_eq!(r.role_arn, "arn:aws:iam::123456789012:role/team/portshift-export");
-        assert_eq!(region_of(r.secret_arn.as_deref().unwrap()), Some("eu-west-1"));
+        assert_eq!(
+            r.role_arn,
+            "arn:aws:iam::123456789012:role/team/portshift-export"
+        );
+        assert_eq!(
+            region_of(r.secret_arn.as_deref().unwrap()),
+            Some("eu-west-1")
+        );
         assert_eq!(
             parse(&r.to_string()).unwrap().unwrap(),
             r,
             "display round-trips"
         );
-        let bare = parse("aws-role:arn:aws:iam::123456789012:role/x").unwrap().unwrap();
+        let bare = parse("aws-role:arn:aws:iam::123456789012:role/x")
+            .unwrap()
+            .unwrap();
         assert!(bare.secret_arn.is_none());
         assert!(parse("env:X").is_none());
         for bad in [

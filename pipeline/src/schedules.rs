@@ -234,15 +234,16 @@ impl CredentialRefs {
             reference: reference.to_string(),
             detail: detail.to_string(),
         };
-        let role_of = |what: &'static str, r: &Option<String>| -> Result<Option<RoleRef>, ScheduleError> {
-            match r {
-                Some(r) => match parse_ref(what, r)? {
-                    CredentialRef::AwsRole(role) => Ok(Some(role)),
-                    _ => Ok(None),
-                },
-                None => Ok(None),
-            }
-        };
+        let role_of =
+            |what: &'static str, r: &Option<String>| -> Result<Option<RoleRef>, ScheduleError> {
+                match r {
+                    Some(r) => match parse_ref(what, r)? {
+                        CredentialRef::AwsRole(role) => Ok(Some(role)),
+                        _ => Ok(None),
+                    },
+                    None => Ok(None),
+                }
+            };
         let chorus = role_of("chorus token", &Some(self.chorus_token.clone()))?;
         let s3 = role_of("s3", &self.s3)?;
         let webhook = role_of("webhook secret", &self.webhook_secret)?;
@@ -278,7 +279,10 @@ impl CredentialRefs {
                 "an AWS role reaches AWS only: use an s3:// destination with it",
             ));
         }
-        for (what, given, role) in [("s3", &self.s3, &s3), ("webhook secret", &self.webhook_secret, &webhook)] {
+        for (what, given, role) in [
+            ("s3", &self.s3, &s3),
+            ("webhook secret", &self.webhook_secret, &webhook),
+        ] {
             if let Some(given) = given {
                 match role {
                     None => {
@@ -290,7 +294,11 @@ impl CredentialRefs {
                         ));
                     }
                     Some(r) if r.role_arn != chorus.role_arn => {
-                        return Err(mixed(what, given, "use the same role as for the Chorus token"));
+                        return Err(mixed(
+                            what,
+                            given,
+                            "use the same role as for the Chorus token",
+                        ));
                     }
                     Some(_) => {}
                 }

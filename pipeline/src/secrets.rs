@@ -156,9 +156,11 @@ impl Credentials {
         };
         let sizes = [
             Some(doc.chorus_token.len()),
-            doc.s3
-                .as_ref()
-                .map(|s| s.access_key_id.len() + s.secret_access_key.len() + s.session_token.map_or(0, str::len)),
+            doc.s3.as_ref().map(|s| {
+                s.access_key_id.len()
+                    + s.secret_access_key.len()
+                    + s.session_token.map_or(0, str::len)
+            }),
             doc.webhook_secret.map(str::len),
             doc.azure.as_ref().map(|a| a.sas_token.len()),
             doc.gcs.as_ref().map(|g| g.service_account_json.len()),
@@ -394,6 +396,9 @@ mod tests {
         creds.redact_in_logs();
         register_url_password("postgres://u:CANARY%2DRDT-3@db/x");
         let out = redact("a CANARY-RDT-1 b CANARY-RDT-2 c CANARY-RDT-3 d CANARY%2DRDT-3 AKIA");
-        assert_eq!(out, "a [redacted] b [redacted] c [redacted] d [redacted] AKIA");
+        assert_eq!(
+            out,
+            "a [redacted] b [redacted] c [redacted] d [redacted] AKIA"
+        );
     }
 }

@@ -379,7 +379,11 @@ pub async fn start_work_allowed(state: &AppState, ctx: &OrgCtx) -> Result<(), De
     let key = crate::auth::sha256_hex(
         format!("{}|user|{}", state.ip_salt, ctx.session.user.id).as_bytes(),
     );
-    match state.accounts.hit(&key, "start_work", window, limit).await? {
+    match state
+        .accounts
+        .hit(&key, "start_work", window, limit)
+        .await?
+    {
         pipeline::accounts::RateDecision::Allowed { .. } => Ok(()),
         pipeline::accounts::RateDecision::Refused { retry_after_s } => {
             state

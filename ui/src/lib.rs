@@ -22,6 +22,6 @@ mod web;
 
 pub use api::openapi_document;
 pub use app::{
-    AppState, DEFAULT_MAX_WORKERS_PER_ORG, LaunchError, Limits, ProcessLauncher, ServeOptions, Shared, UiError, WorkerLauncher,
-    router, serve,
+    AppState, DEFAULT_MAX_WORKERS_PER_ORG, LaunchError, Limits, ProcessLauncher, ServeOptions,
+    Shared, UiError, WorkerLauncher, router, serve,
 };

@@ -1067,10 +1067,20 @@ async fn settings(
 }
 
 /// The settings page, with the organisation's AWS ExternalId (made on first view).
-async fn settings_page(state: &crate::app::AppState, c: &OrgCtx, notice: Option<String>) -> Response {
+async fn settings_page(
+    state: &crate::app::AppState,
+    c: &OrgCtx,
+    notice: Option<String>,
+) -> Response {
     match state.store.aws_external_id(&c.org.id).await {
-        Ok(external_id) => Html(pages::settings(nav(c), &c.org, c.role, &external_id, notice))
-            .into_response(),
+        Ok(external_id) => Html(pages::settings(
+            nav(c),
+            &c.org,
+            c.role,
+            &external_id,
+            notice,
+        ))
+        .into_response(),
         Err(e) => refuse(e.into(), Some(nav(c))),
     }
 }
@@ -1118,7 +1128,12 @@ async fn set_retention(
         .await;
     let mut c = c;
     c.org.retention_days = days;
-    settings_page(&state, &c, Some(format!("Job history is kept {days} days."))).await
+    settings_page(
+        &state,
+        &c,
+        Some(format!("Job history is kept {days} days.")),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
