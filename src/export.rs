@@ -14,7 +14,9 @@ use pipeline::messages::ListTask;
 use pipeline::rate_budget::BudgetConfig;
 use pipeline::secrets::Credentials;
 use pipeline::topology::{self, Stage};
+use pipeline::worker_process::{WorkerInput, WorkerSecrets};
 use pipeline::{ExportKinds, FileKind, JobId, JobSpec, JobStatus};
+use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use stages::destination::{DestinationUrl, Tuning};
 use stages::worker::{self, WorkerCounters, WorkerOptions};
@@ -174,6 +176,10 @@ pub struct WorkerArgs {
     /// Used only when the credentials document on standard input has no signing key.
     #[command(flatten)]
     signing: SigningArgs,
+    /// STS and Secrets Manager endpoint for runs that read their credentials through a
+    /// cross-account role (an emulator; AWS's own when unset).
+    #[arg(long, env = "PORTSHIFT_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
@@ -404,38 +410,94 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// The per-job worker process: credentials arrive as one JSON document on standard
-/// input, so they appear in neither argv nor the environment.
+/// The per-job worker process: credentials (and the service URLs, which may hold
+/// passwords) arrive as one JSON document on standard input, so they appear in neither
+/// argv nor the environment; everything the process logs is redacted of them.
 pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     pipeline::secrets::harden_process().context("could not disable core dumps")?;
     let job: JobId = a.job.parse()?;
-    let mut input = Vec::new();
+    // Sized up front: growing the buffer would leave copies of the secrets behind.
+    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(1 << 16));
     std::io::stdin()
         .read_to_end(&mut input)
         .context("could not read credentials from standard input")?;
-    let mut creds = Credentials::from_json(&input)?;
-    input.iter_mut().for_each(|b| *b = 0);
-    if creds.signing_key.is_none() {
-        creds.signing_key = a.signing.material()?;
+    let WorkerInput {
+        nats_url,
+        database_url,
+        secrets,
+    } = WorkerInput::from_json(&input)?;
+    drop(input);
+    let mut secrets = secrets;
+    match &mut secrets {
+        WorkerSecrets::Credentials(c) => {
+            c.redact_in_logs();
+            if c.signing_key.is_none() {
+                c.signing_key = a.signing.material()?;
+            }
+        }
+        WorkerSecrets::AwsRole(g) => g.redact_in_logs(),
     }
-    let Some(nats_url) = a.state.nats_url.as_deref() else {
+    let nats_url = nats_url
+        .map(|u| u.expose_secret().to_string())
+        .or(a.state.nats_url.clone());
+    let database_url = database_url
+        .map(|u| u.expose_secret().to_string())
+        .or(a.state.database_url.clone());
+    for url in nats_url.iter().chain(database_url.iter()) {
+        pipeline::secrets::register_url_password(url);
+    }
+    let Some(nats_url) = nats_url.as_deref() else {
         bail!(
             "a worker joins an existing job: give --nats-url (or PORTSHIFT_NATS_URL) of the server that runs it"
         );
     };
-    let services = Services::start(
-        &a.state.data_dir(),
-        Some(nats_url),
-        a.state.database_url.as_deref(),
-    )
-    .await?;
+    let services =
+        Services::start(&a.state.data_dir(), Some(nats_url), database_url.as_deref()).await?;
     if services.store.job(&job).await?.status == JobStatus::NeedsCredentials {
         services
             .store
             .set_status(&job, JobStatus::Running, None)
             .await?;
     }
-    let code = drive(&services, &job, creds, a.tuning.options()?, false).await;
+    let options = a.tuning.options()?;
+    let aws = stages::aws_role::AwsRoleOptions {
+        endpoint_url: a.aws_endpoint_url.clone(),
+        region: None,
+    };
+    let prepared = async {
+        let creds = match secrets {
+            WorkerSecrets::Credentials(c) => c,
+            WorkerSecrets::AwsRole(grant) => {
+                stages::aws_role::credentials_from_grant(&grant, &aws).await?
+            }
+        };
+        let ctx = worker::prepare(
+            &job,
+            services.store.clone(),
+            services.js.clone(),
+            &creds,
+            &options,
+        )
+        .await?;
+        drop(creds);
+        anyhow::Ok(ctx)
+    }
+    .await;
+    let ctx = match prepared {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // Nothing can run with these credentials: say why on the job, where the
+            // console and the scheduler's run history show it.
+            let reason = pipeline::secrets::redact(&e.to_string());
+            let _ = services
+                .store
+                .set_status(&job, JobStatus::Failed, Some(&reason))
+                .await;
+            services.stop().await;
+            bail!("{reason}");
+        }
+    };
+    let code = drive_prepared(&services, &job, ctx, options, false).await;
     services.stop().await;
     code
 }
@@ -456,6 +518,16 @@ async fn drive(
     )
     .await?;
     drop(creds);
+    drive_prepared(services, job, ctx, options, interactive).await
+}
+
+async fn drive_prepared(
+    services: &Services,
+    job: &JobId,
+    ctx: std::sync::Arc<stages::context::JobContext>,
+    options: WorkerOptions,
+    interactive: bool,
+) -> anyhow::Result<ExitCode> {
     // SIGINT (Ctrl-C) and SIGTERM alike: the first stops taking work and lets the
     // transfers in flight finish; a second abandons them (their messages are nakked and
     // redelivered to the next worker). Either way the caller still stops the services,

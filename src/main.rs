@@ -155,6 +155,10 @@ struct ServeArgs {
     budget: export::BudgetArgs,
     #[command(flatten)]
     retention: keep::RetentionArgs,
+    /// Exports one organisation may have running at once (each is a worker process;
+    /// scheduled runs count too). One more is refused with a message saying so.
+    #[arg(long, default_value_t = ui::DEFAULT_MAX_WORKERS_PER_ORG, env = "PORTSHIFT_MAX_WORKERS_PER_ORG")]
+    max_workers_per_org: u64,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -181,6 +185,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         },
         worker_args: a.budget.worker_args(),
         retention: a.retention.options(),
+        max_workers_per_org: a.max_workers_per_org,
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -200,12 +205,12 @@ fn main() -> std::process::ExitCode {
             .with_current_span(true)
             .with_span_list(false)
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(|| pipeline::secrets::RedactingStderr)
             .init();
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(|| pipeline::secrets::RedactingStderr)
             .init();
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -237,7 +242,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pipeline::secrets::redact(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

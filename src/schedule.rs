@@ -113,6 +113,17 @@ pub struct SchedulerArgs {
     /// Seconds between looks for due schedules.
     #[arg(long, default_value_t = 15)]
     tick_secs: u64,
+    /// Exports one organisation may have running at once (console and schedules
+    /// together); a scheduled run beyond it is skipped and the next run catches up.
+    #[arg(long, default_value_t = stages::scheduler::DEFAULT_MAX_WORKERS_PER_ORG, env = "PORTSHIFT_MAX_WORKERS_PER_ORG")]
+    max_workers_per_org: u64,
+    /// STS and Secrets Manager endpoint for schedules that use a cross-account role
+    /// (an emulator such as moto; AWS's own when unset). Operator setting only.
+    #[arg(long, env = "PORTSHIFT_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
+    /// STS region for cross-account roles.
+    #[arg(long, default_value = "us-east-1")]
+    aws_sts_region: String,
     #[command(flatten)]
     signing: crate::SigningArgs,
     tenants: crate::TenantArgs,
@@ -232,20 +243,43 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let signing_key = a.signing.material()?;
     let tenant_allowances = a.tenants.allowances()?;
-    let chorus_budget = a.budget.config()?;
+    // Checked here; each worker gets the budget as its own options.
+    a.budget.config()?;
+    // It resolves every schedule's credentials (briefly) on the way to their workers.
+    pipeline::secrets::harden_process().context("could not disable core dumps")?;
+    let data_dir = a.state.data_dir();
     let services = Services::start(
-        &a.state.data_dir(),
+        &data_dir,
         a.state.nats_url.as_deref(),
         a.state.database_url.as_deref(),
     )
     .await
     .context("starting the scheduler's services")?;
+    let database_url =
+        a.state.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", data_dir.join("portshift.sqlite3").display())
+        });
+    let exe = std::env::current_exe()
+        .context("could not find the portshift binary to start workers with")?;
+    let mut worker = pipeline::worker_process::WorkerCommand::new(
+        exe,
+        services.nats_url(),
+        &database_url,
+        data_dir.clone(),
+    );
+    worker.extra_args.extend(a.budget.worker_args());
+    if let Some(endpoint) = &a.aws_endpoint_url {
+        worker.extra_args
+            .extend(["--aws-endpoint-url".to_string(), endpoint.clone()]);
+    }
     let scheduler = stages::scheduler::Scheduler {
         store: services.store.clone(),
         js: services.js.clone(),
-        options: stages::worker::WorkerOptions {
-            chorus_budget,
-            ..stages::worker::WorkerOptions::default()
+        worker,
+        max_workers_per_org: a.max_workers_per_org.max(1),
+        aws: stages::aws_role::AwsRoleOptions {
+            endpoint_url: a.aws_endpoint_url.clone(),
+            region: Some(a.aws_sts_region.clone()),
         },
         tick: Duration::from_secs(a.tick_secs.max(1)),
         name: std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into()),

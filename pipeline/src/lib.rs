@@ -6,6 +6,7 @@
 //! depend on it, never the other way round.
 
 pub mod accounts;
+pub mod aws_role;
 pub mod backoff;
 pub mod backup;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod signing;
 pub mod store;
 pub mod tenancy;
 pub mod topology;
+pub mod worker_process;
 
 pub use job::{ExportKinds, ExportOptions, FileKind, JobId, JobSpec, JobStatus, Layout};
 

@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::aws_role::RoleRef;
 use crate::secrets::{AzureCredentials, Credentials, GcsCredentials, S3Credentials};
 use crate::store::{Bound, DAY_MS, JobStore, StoreError, delete_some, now_ms};
 use crate::{ExportKinds, JobId, TrustLevel};
@@ -71,10 +72,13 @@ pub enum CredentialRef {
     AwsDefault,
     AzureManagedIdentity,
     GcpWorkloadIdentity,
+    /// A role in the customer's AWS account, assumed with the organisation's
+    /// ExternalId; the value is in the customer's Secrets Manager (see `aws_role`).
+    AwsRole(RoleRef),
 }
 
-const REF_FORMS: &str =
-    "env:NAME, file:/absolute/path, aws:default, azure:managed-identity or gcp:workload-identity";
+const REF_FORMS: &str = "env:NAME, file:/absolute/path, aws:default, azure:managed-identity, \
+     gcp:workload-identity or aws-role:<role ARN>?secret=<secret ARN>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -108,6 +112,9 @@ impl FromStr for CredentialRef {
             "azure:managed-identity" => CredentialRef::AzureManagedIdentity,
             "gcp:workload-identity" => CredentialRef::GcpWorkloadIdentity,
             _ => {
+                if let Some(role) = crate::aws_role::parse(s) {
+                    return role.map(CredentialRef::AwsRole).map_err(|_| s.to_string());
+                }
                 if let Some(name) = s.strip_prefix("env:") {
                     let ok = !name.is_empty()
                         && name.len() <= 128
@@ -138,11 +145,19 @@ impl fmt::Display for CredentialRef {
             CredentialRef::AwsDefault => f.write_str("aws:default"),
             CredentialRef::AzureManagedIdentity => f.write_str("azure:managed-identity"),
             CredentialRef::GcpWorkloadIdentity => f.write_str("gcp:workload-identity"),
+            CredentialRef::AwsRole(r) => r.fmt(f),
         }
     }
 }
 
 fn parse_ref(what: &'static str, given: &str) -> Result<CredentialRef, ScheduleError> {
+    if let Some(Err(detail)) = crate::aws_role::parse(given) {
+        return Err(ScheduleError::Unresolved {
+            what,
+            reference: redact_guess(given),
+            detail,
+        });
+    }
     // Never echo something that is not a reference: it may be a pasted secret.
     given.parse().map_err(|_| ScheduleError::BadRef {
         what,
@@ -160,6 +175,7 @@ fn redact_guess(given: &str) -> String {
 impl CredentialRefs {
     /// Checks every reference's form (not whether it resolves: that is a run's job).
     pub fn validate(&self) -> Result<(), ScheduleError> {
+        self.role_plan()?;
         let chorus = parse_ref("chorus token", &self.chorus_token)?;
         if matches!(
             chorus,
@@ -185,6 +201,7 @@ impl CredentialRefs {
                 parse_ref("azure", a)?,
                 CredentialRef::Env(_) | CredentialRef::File(_)
             ) {
+                // (An Azure SAS token through an AWS role is not a thing either.)
                 return Err(ScheduleError::Unresolved {
                     what: "azure",
                     reference: a.clone(),
@@ -209,6 +226,112 @@ impl CredentialRefs {
             });
         }
         Ok(())
+    }
+
+    /// The role a schedule reads its credentials through, if it does. Such a schedule
+    /// reads them all through that one role: the Chorus token and the webhook secret
+    /// from secrets, S3 with the role's own temporary credentials; nothing else mixes in.
+    pub fn role_plan(&self) -> Result<Option<crate::aws_role::RolePlan>, ScheduleError> {
+        let mixed = |what: &'static str, reference: &str, detail: &str| ScheduleError::Unresolved {
+            what,
+            reference: reference.to_string(),
+            detail: detail.to_string(),
+        };
+        let role_of =
+            |what: &'static str, r: &Option<String>| -> Result<Option<RoleRef>, ScheduleError> {
+                match r {
+                    Some(r) => match parse_ref(what, r)? {
+                        CredentialRef::AwsRole(role) => Ok(Some(role)),
+                        _ => Ok(None),
+                    },
+                    None => Ok(None),
+                }
+            };
+        let chorus = role_of("chorus token", &Some(self.chorus_token.clone()))?;
+        let s3 = role_of("s3", &self.s3)?;
+        let webhook = role_of("webhook secret", &self.webhook_secret)?;
+        let azure = role_of("azure", &self.azure)?;
+        let gcs = role_of("gcs", &self.gcs)?;
+        let Some(chorus) = chorus else {
+            if let Some(r) = s3.iter().chain(&webhook).chain(&azure).chain(&gcs).next() {
+                return Err(mixed(
+                    "chorus token",
+                    &r.to_string(),
+                    "a schedule that uses an AWS role reads its Chorus token through it too: \
+                     use aws-role:<role ARN>?secret=<secret ARN> for the Chorus token",
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(chorus_secret) = chorus.secret_arn.clone() else {
+            return Err(mixed(
+                "chorus token",
+                &chorus.to_string(),
+                "name the Secrets Manager secret that holds the token: \
+                 aws-role:<role ARN>?secret=<secret ARN>",
+            ));
+        };
+        if azure.is_some() || gcs.is_some() || self.azure.is_some() || self.gcs.is_some() {
+            let (what, given) = match &self.azure {
+                Some(a) => ("azure", a.as_str()),
+                None => ("gcs", self.gcs.as_deref().unwrap_or_default()),
+            };
+            return Err(mixed(
+                what,
+                given,
+                "an AWS role reaches AWS only: use an s3:// destination with it",
+            ));
+        }
+        for (what, given, role) in [
+            ("s3", &self.s3, &s3),
+            ("webhook secret", &self.webhook_secret, &webhook),
+        ] {
+            if let Some(given) = given {
+                match role {
+                    None => {
+                        return Err(mixed(
+                            what,
+                            given,
+                            "a schedule that reads its Chorus token through an AWS role reads \
+                             every credential through that role (aws-role:...)",
+                        ));
+                    }
+                    Some(r) if r.role_arn != chorus.role_arn => {
+                        return Err(mixed(
+                            what,
+                            given,
+                            "use the same role as for the Chorus token",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(r) = &s3
+            && r.secret_arn.is_some()
+        {
+            return Err(mixed(
+                "s3",
+                &r.to_string(),
+                "S3 writes with the role's own temporary credentials: give the role without ?secret=",
+            ));
+        }
+        let webhook_secret = match &webhook {
+            Some(r) => Some(r.secret_arn.clone().ok_or_else(|| {
+                mixed(
+                    "webhook secret",
+                    &r.to_string(),
+                    "name the Secrets Manager secret that holds it: aws-role:<role ARN>?secret=<secret ARN>",
+                )
+            })?),
+            None => None,
+        };
+        Ok(Some(crate::aws_role::RolePlan {
+            role_arn: chorus.role_arn,
+            chorus_token_secret: chorus_secret,
+            webhook_secret_secret: webhook_secret,
+            s3: s3.is_some(),
+        }))
     }
 
     /// Resolves the references into in-memory credentials for one run.

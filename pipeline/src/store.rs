@@ -754,6 +754,46 @@ impl JobStore {
         Ok(JobStatus::Running)
     }
 
+    /// Jobs of `organisation` that have a live worker: running, and heard from (a
+    /// heartbeat, or created) within `alive_within`. What the per-organisation worker
+    /// cap counts, whichever server or scheduler started them.
+    pub async fn live_workers_of(
+        &self,
+        organisation: &str,
+        alive_within: Duration,
+    ) -> Result<u64, StoreError> {
+        let cutoff = now_ms() - alive_within.as_millis() as i64;
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM jobs WHERE organisation = $1 AND status = 'running' \
+             AND COALESCE(heartbeat_ms, created_ms) >= $2",
+        )
+        .bind(organisation)
+        .bind(cutoff)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes a job and its progress rows. Schedule history (`schedule_runs`, and what a
+    /// schedule already exported) stays: it is what keeps the next run incremental. Use
+    /// `worker_process::delete_job`, which also removes the worker log.
+    pub async fn delete_job(&self, job: &JobId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["files", "recordings", "list_pages", "open_uploads"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
+                .bind(job.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(job.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Closes the pool (lets SQLite checkpoint its WAL).
     pub async fn close(&self) {
         self.pool.close().await;

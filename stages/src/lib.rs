@@ -8,8 +8,11 @@
 //! - `bigquery`: the optional metadata sink (one row per exported recording);
 //! - `gcp_auth`: Google access tokens (service-account key or keyless) for GCS and BigQuery;
 //! - `http`: the one place outbound HTTP clients are built (rustls, validation on);
-//! - `upload_journal`: the job store noting open multipart uploads (killed workers').
+//! - `upload_journal`: the job store noting open multipart uploads (killed workers');
+//! - `scheduler`: due schedule runs, each in its own `portshift worker` process;
+//! - `aws_role`: STS AssumeRole and Secrets Manager reads for cross-account roles.
 
+pub mod aws_role;
 pub mod bigquery;
 pub mod chorus;
 pub mod context;

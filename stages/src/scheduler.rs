@@ -1,16 +1,20 @@
 //! The scheduler: starts each due run of each schedule exactly once, even with several
-//! schedulers (portshift servers) against one database, and runs it as a job in this
-//! process with credentials resolved from the schedule's references.
+//! schedulers (portshift servers) against one database, and runs it as a job in its own
+//! short-lived `portshift worker` process, with the credentials resolved from the
+//! schedule's references handed over the child's standard input. The scheduler holds a
+//! run's credentials only between resolving them and writing them to the pipe; every
+//! organisation's secrets live in their own worker's address space.
 //!
 //! - A missed slot (scheduler down) becomes one run at start-up, not one per slot: the
 //!   next run is always computed from *now*.
 //! - One run of a schedule at a time: a slot that comes due while the previous run's job
 //!   still works is recorded as skipped, with the reason.
+//! - At most `max_workers_per_org` live workers per organisation (console exports
+//!   included): a slot beyond it is skipped with the reason, and the next one catches up.
 //! - Incremental: each run's window starts at the schedule's watermark minus its
 //!   lookback, and recordings the schedule already exported to the destination are not
 //!   exported again. The watermark only moves after a run that finished cleanly.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -20,16 +24,26 @@ use pipeline::schedules::{CronSchedule, Schedule};
 use pipeline::store::JobStore;
 use pipeline::tenancy::{Allowances, Trust};
 use pipeline::topology::{self, Stage};
+use pipeline::worker_process::{WorkerCommand, WorkerSecrets};
 use pipeline::{JobId, JobSpec, JobStatus};
 use tokio::sync::watch;
 
-use crate::worker::{self, WorkerCounters, WorkerOptions};
+use crate::aws_role::AwsRoleOptions;
+use crate::worker::WORKER_GONE_AFTER;
+
+pub use pipeline::worker_process::DEFAULT_MAX_WORKERS_PER_ORG;
 
 #[derive(Clone)]
 pub struct Scheduler {
     pub store: JobStore,
     pub js: jetstream::Context,
-    pub options: WorkerOptions,
+    /// How each run's worker process is started.
+    pub worker: WorkerCommand,
+    /// Live workers one organisation may have at once.
+    pub max_workers_per_org: u64,
+    /// Where STS is, for schedules that read their credentials through a customer's
+    /// role (the worker gets the same endpoint on its command line).
+    pub aws: AwsRoleOptions,
     /// How often due schedules are looked for.
     pub tick: Duration,
     /// Who started the jobs (shown in job history).
@@ -146,27 +160,54 @@ impl Scheduler {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let credentials = match schedule.refs.resolve() {
-            Ok(mut c) => {
-                c.signing_key = self.signing_key.clone();
-                c
-            }
-            Err(e) => {
-                // The watermark stays where it is: the next run covers this window too.
-                store
-                    .update_run(
-                        &schedule.id,
-                        slot,
-                        "failed",
-                        None,
-                        Some(&e.to_string()),
-                        None,
-                    )
+        let fail = |reason: String| async move {
+            // The watermark stays where it is: the next run covers this window too.
+            store
+                .update_run(&schedule.id, slot, "failed", None, Some(&reason), None)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (field, credentials) = match schedule.refs.role_plan() {
+            Ok(Some(plan)) => {
+                // The customer's role, assumed with this organisation's own ExternalId
+                // (never one from the schedule): the Chorus token stays in their
+                // account until the worker reads it.
+                let external_id = store
+                    .aws_external_id(&schedule.organisation)
                     .await
                     .map_err(|e| e.to_string())?;
-                return Ok(());
+                let session = format!("portshift-{}", schedule.id);
+                match crate::aws_role::assume(&plan, &external_id, &session, &self.aws).await {
+                    Ok(grant) => (WorkerSecrets::AWS_ROLE, grant),
+                    Err(e) => return fail(e.to_string()).await,
+                }
             }
+            Ok(None) => match schedule.refs.resolve() {
+                // Resolved into one zeroed-on-drop buffer, for the worker's pipe only.
+                Ok(mut c) => {
+                    c.signing_key = self.signing_key.clone();
+                    (WorkerSecrets::CREDENTIALS, c.to_worker_document())
+                }
+                Err(e) => return fail(e.to_string()).await,
+            },
+            Err(e) => return fail(e.to_string()).await,
         };
+        let live = store
+            .live_workers_of(&schedule.organisation, WORKER_GONE_AFTER)
+            .await
+            .map_err(|e| e.to_string())?;
+        if live >= self.max_workers_per_org {
+            let reason = format!(
+                "the organisation already has {live} exports running (the limit is {}); \
+                 the next run catches up",
+                self.max_workers_per_org
+            );
+            store
+                .update_run(&schedule.id, slot, "skipped", None, Some(&reason), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
         let from_s = match schedule.watermark_s {
             Some(w) => (w - schedule.template.lookback_s).max(schedule.start_s),
             None => schedule.start_s,
@@ -209,31 +250,55 @@ impl Scheduler {
             .await
             .map_err(|e| e.to_string())?;
 
-        let ctx = worker::prepare(
-            &job,
-            store.clone(),
-            self.js.clone(),
-            &credentials,
-            &self.options,
-        )
-        .await;
-        drop(credentials);
-        let status = match ctx {
-            Ok(ctx) => worker::run(ctx, self.options.clone(), WorkerCounters::default(), stop)
-                .await
-                .map_err(|e| e.to_string()),
+        let mut child = match self.worker.spawn_with(&job, field, credentials).await {
+            Ok(child) => child,
             Err(e) => {
                 let reason = e.to_string();
                 let _ = store
                     .set_status(&job, JobStatus::Failed, Some(&reason))
                     .await;
-                Err(reason)
+                return Err(reason);
             }
         };
+        tracing::info!(%job, pid = ?child.id(), schedule = %schedule.id, "worker started");
+        let mut stopping = false;
+        let exit = tokio::select! {
+            exit = child.wait() => exit,
+            _ = stopped(stop) => {
+                // Like Ctrl-C for the worker: it finishes the files in flight and exits;
+                // the job waits for its workers to come back.
+                stopping = true;
+                if let Some(pid) = child.id() {
+                    // SAFETY: a signal to our own child process.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGINT);
+                    }
+                }
+                child.wait().await
+            }
+        };
+        let exit = match exit {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        tracing::info!(%job, %exit, "worker exited");
+        let mut status = store.job(&job).await.map_err(|e| e.to_string())?.status;
+        if status == JobStatus::Running && !stopping {
+            // The worker is gone but the job did not end: nothing else will finish it.
+            let reason = format!(
+                "the job's worker process ended ({exit}) before the job did; \
+                 its log is logs/worker-{job}.log in the scheduler's data folder"
+            );
+            store
+                .set_status(&job, JobStatus::Failed, Some(&reason))
+                .await
+                .map_err(|e| e.to_string())?;
+            status = JobStatus::Failed;
+        }
         let progress = store.progress(&job).await.map_err(|e| e.to_string())?;
         let totals = Some((progress.files, progress.bytes));
         match status {
-            Ok(st @ (JobStatus::Finished | JobStatus::FinishedWithFailures)) => {
+            st @ (JobStatus::Finished | JobStatus::FinishedWithFailures) => {
                 store
                     .record_schedule_exports(&schedule.id, &schedule.template.destination, &job)
                     .await
@@ -249,7 +314,7 @@ impl Scheduler {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            Ok(other) => {
+            other => {
                 let reason = store.job(&job).await.ok().and_then(|j| j.status_reason);
                 store
                     .update_run(
@@ -263,38 +328,16 @@ impl Scheduler {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            Err(reason) => {
-                store
-                    .update_run(
-                        &schedule.id,
-                        slot,
-                        "failed",
-                        Some(&job),
-                        Some(&reason),
-                        totals,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
         }
         Ok(())
     }
 }
 
-/// Convenience for tests and the CLI: a scheduler with default worker options.
-pub fn scheduler(
-    store: JobStore,
-    js: jetstream::Context,
-    tick: Duration,
-    name: &str,
-) -> Arc<Scheduler> {
-    Arc::new(Scheduler {
-        store,
-        js,
-        options: WorkerOptions::default(),
-        tick,
-        name: name.to_string(),
-        signing_key: None,
-        tenant_allowances: Allowances::default(),
-    })
+/// Resolves once `stop` turns true (never, if its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

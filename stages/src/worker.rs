@@ -28,8 +28,7 @@ use crate::notify::NotifyStage;
 
 /// How often a worker stamps its job as alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
-/// Silence after which a running job counts as having lost its workers.
-pub const WORKER_GONE_AFTER: Duration = Duration::from_secs(20);
+pub use pipeline::worker_process::WORKER_GONE_AFTER;
 
 #[derive(Clone)]
 pub struct WorkerOptions {

@@ -153,6 +153,18 @@ impl Harness {
 /// A Chorus request budget that never slows a test down (the simulator has no limit
 /// unless a test sets one); the tests of the budget itself set their own.
 pub const TEST_BUDGET_ARGS: [&str; 4] = ["--chorus-rate", "10000", "--chorus-burst", "10000"];
+/// How a scheduler in a test starts `portshift worker` processes for the harness's
+/// NATS server and SQLite store.
+pub fn worker_command(h: &Harness) -> pipeline::worker_process::WorkerCommand {
+    let mut c = pipeline::worker_process::WorkerCommand::new(
+        env!("CARGO_BIN_EXE_portshift").into(),
+        &h.nats.as_ref().unwrap().url(),
+        &format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
+        h.tmp.path().to_path_buf(),
+    );
+    c.extra_args = vec!["--ack-wait-secs".into(), "10".into()];
+    c
+}
 
 /// Worker options with short retry delays, so fault tests take seconds.
 pub fn fast_options() -> WorkerOptions {

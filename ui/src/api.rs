@@ -144,6 +144,7 @@ fn handler(route: &ApiRoute) -> MethodRouter<Shared> {
         "resume_schedule" => post(resume_schedule),
         "delete_schedule" => delete(delete_schedule),
         "set_retention" => put(set_retention),
+        "aws_external_id" => get(aws_external_id),
         "billing" => get(billing),
         "delete_org" => delete(delete_org),
         "sign_in" => post(sign_in),
@@ -539,6 +540,24 @@ async fn delete_schedule(
 struct Retention {
     #[serde(default)]
     days: Value,
+}
+
+async fn aws_external_id(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    org_ctx(&state, &headers, &org, Action::ManageSchedules, false).await?;
+    let id = state
+        .store
+        .aws_external_id(&org)
+        .await
+        .map_err(Denied::from)?;
+    Ok(Json(json!({
+        "external_id": id,
+        "reference": "aws-role:<role ARN>?secret=<secret ARN>",
+    }))
+    .into_response())
 }
 
 async fn set_retention(

@@ -18,7 +18,7 @@ use axum::response::Response;
 use pipeline::JobId;
 use pipeline::accounts::Accounts;
 use pipeline::store::JobStore;
-use tokio::io::AsyncWriteExt;
+use pipeline::worker_process::WorkerCommand;
 use zeroize::Zeroizing;
 
 use crate::live::StatsCache;
@@ -50,15 +50,7 @@ pub enum UiError {
     Serve(std::io::Error),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    #[error(
-        "could not start the worker process {exe}: {source}. Check that the portshift binary is intact"
-    )]
-    Spawn { exe: String, source: std::io::Error },
-    #[error("could not hand the credentials to the worker: {0}. Start the export again")]
-    Stdin(std::io::Error),
-}
+pub use pipeline::worker_process::LaunchError;
 
 /// Starts a job's worker. The server's implementation spawns `portshift worker`; tests
 /// substitute a recorder.
@@ -73,18 +65,13 @@ pub trait WorkerLauncher: Send + Sync {
     fn stop(&self, job: &JobId) -> bool;
 }
 
-/// Spawns `<exe> worker --job J --nats-url U --database-url D --data-dir DIR` with an
-/// empty environment (PATH only) and the credentials on standard input (with the
-/// operator's signing key added, when one is configured).
+/// Spawns `portshift worker` per job through [`WorkerCommand`] (shared with the
+/// scheduler): an emptied environment, nothing secret on the command line, the service
+/// URLs and credentials on standard input, output in the job's private worker log.
 pub struct ProcessLauncher {
-    pub exe: PathBuf,
-    pub nats_url: String,
-    pub database_url: String,
-    pub data_dir: PathBuf,
+    pub command: WorkerCommand,
     /// The operator's manifest signing key, in this process's memory only.
     pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
-    /// Operator options passed on to every worker (e.g. the Chorus request budget).
-    pub worker_args: Vec<String>,
     running: Arc<Mutex<HashMap<JobId, tokio::sync::oneshot::Sender<()>>>>,
     /// Worker processes not yet exited (including ones already asked to stop).
     live: Arc<std::sync::atomic::AtomicUsize>,
@@ -137,12 +124,8 @@ pub fn with_signing_key(
 impl ProcessLauncher {
     pub fn new(exe: PathBuf, nats_url: String, database_url: String, data_dir: PathBuf) -> Self {
         Self {
-            exe,
-            nats_url,
-            database_url,
-            data_dir,
+            command: WorkerCommand::new(exe, &nats_url, &database_url, data_dir),
             signing_key: None,
-            worker_args: Vec::new(),
             running: Arc::default(),
             live: Arc::default(),
         }
@@ -175,40 +158,13 @@ impl WorkerLauncher for ProcessLauncher {
         job: &JobId,
         credentials: Zeroizing<Vec<u8>>,
     ) -> futures::future::BoxFuture<'static, Result<(), LaunchError>> {
-        let logs = self.data_dir.join("logs");
-        let _ = std::fs::create_dir_all(&logs);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("worker-{job}.log")));
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("worker")
-            .args(["--job", job.as_str()])
-            .args(["--nats-url", &self.nats_url])
-            .args(["--database-url", &self.database_url])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.worker_args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(std::process::Stdio::piped());
-        match log_file.and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok((out, err)) => {
-                cmd.stdout(out).stderr(err);
-            }
-            Err(_) => {
-                cmd.stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
-        let spawned = cmd.spawn();
+        let command = self.command.clone();
         let credentials = with_signing_key(credentials, self.signing_key.as_ref());
-        let exe = self.exe.display().to_string();
         let running = self.running.clone();
         let live = self.live.clone();
         let job = job.clone();
         Box::pin(async move {
-            let mut child = spawned.map_err(|source| LaunchError::Spawn { exe, source })?;
+            let mut child = command.spawn(&job, credentials).await?;
             live.fetch_add(1, Ordering::SeqCst);
             // Counted down when the watcher below ends (or if handing over fails).
             struct Live(Arc<std::sync::atomic::AtomicUsize>);
@@ -218,16 +174,6 @@ impl WorkerLauncher for ProcessLauncher {
                 }
             }
             let live = Live(live);
-            let mut stdin = child.stdin.take().ok_or_else(|| {
-                LaunchError::Stdin(std::io::Error::other("no standard input pipe"))
-            })?;
-            stdin
-                .write_all(&credentials)
-                .await
-                .map_err(LaunchError::Stdin)?;
-            drop(credentials);
-            stdin.shutdown().await.map_err(LaunchError::Stdin)?;
-            drop(stdin);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             running
                 .lock()
@@ -265,18 +211,29 @@ impl WorkerLauncher for ProcessLauncher {
     }
 }
 
-/// Rate-limit settings: hits allowed per fixed window.
+/// Rate-limit settings: hits allowed per fixed window (milliseconds); and the cap on
+/// live workers per organisation.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub sign_in: (u64, i64),
     pub api: (u64, i64),
+    /// Requests that start work (start an export, retry one, create a schedule), per
+    /// user, on top of the per-client API limit: each can mean a new worker process.
+    pub start_work: (u64, i64),
+    /// Live workers (running exports, scheduled ones included) one organisation may
+    /// have at once; one more is refused with a message saying so.
+    pub workers_per_org: u64,
 }
+
+pub use pipeline::worker_process::DEFAULT_MAX_WORKERS_PER_ORG;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             sign_in: (10, 5 * 60 * 1000),
             api: (600, 60 * 1000),
+            start_work: (30, 10 * 60 * 1000),
+            workers_per_org: DEFAULT_MAX_WORKERS_PER_ORG,
         }
     }
 }
@@ -310,6 +267,9 @@ pub struct AppState {
     pub retention: pipeline::retention::RetentionOptions,
     /// What this server's purge loop deleted (for `/metrics`).
     pub purge: Arc<pipeline::retention::PurgeCounters>,
+    /// Held from the worker-cap check until the new job exists, so two requests to this
+    /// server cannot both take the last place.
+    pub start_lock: tokio::sync::Mutex<()>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -359,6 +319,7 @@ impl AppState {
             tenant_allowances: Default::default(),
             retention: pipeline::retention::RetentionOptions::default(),
             purge: Arc::default(),
+            start_lock: tokio::sync::Mutex::new(()),
         }))
     }
 }
@@ -468,6 +429,8 @@ pub struct ServeOptions {
     pub worker_args: Vec<String>,
     /// Retention periods and the purge loop's interval and batch size.
     pub retention: pipeline::retention::RetentionOptions,
+    /// Live workers one organisation may have at once (see [`Limits::workers_per_org`]).
+    pub max_workers_per_org: u64,
 }
 
 /// Runs the console until Ctrl-C.
@@ -509,7 +472,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         None => None,
     };
     launcher.signing_key = o.signing_key.clone();
-    launcher.worker_args = o.worker_args.clone();
+    launcher.command.extra_args.extend(o.worker_args.iter().cloned());
     let launcher = Arc::new(launcher);
     let mut state =
         AppState::new(services.store.clone(), services.js.clone(), launcher.clone()).await?;
@@ -523,6 +486,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         s.tenant_allowances = o.tenant_allowances.clone();
         s.retention = o.retention.clone();
         s.purge = purger.counters.clone();
+        s.limits.workers_per_org = o.max_workers_per_org.max(1);
     }
     let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
     let purge_loop = tokio::spawn(purger.run(purge_stopped));

@@ -429,6 +429,47 @@ fn zero_value(v: &mut serde_json::Value) {
     }
 }
 
+/// Counts a request that starts work against the user's limit (on top of the per-client
+/// API limit: one user can come from many addresses).
+pub async fn start_work_allowed(state: &AppState, ctx: &OrgCtx) -> Result<(), Denied> {
+    let (limit, window) = state.limits.start_work;
+    let key = crate::auth::sha256_hex(
+        format!("{}|user|{}", state.ip_salt, ctx.session.user.id).as_bytes(),
+    );
+    match state
+        .accounts
+        .hit(&key, "start_work", window, limit)
+        .await?
+    {
+        pipeline::accounts::RateDecision::Allowed { .. } => Ok(()),
+        pipeline::accounts::RateDecision::Refused { retry_after_s } => {
+            state
+                .counters
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Denied::RateLimited(retry_after_s))
+        }
+    }
+}
+
+/// Refuses one more worker for an organisation at its cap (live workers, whoever
+/// started them). Call with `state.start_lock` held until the job exists.
+async fn below_worker_cap(state: &AppState, ctx: &OrgCtx) -> Result<(), Denied> {
+    let cap = state.limits.workers_per_org;
+    let live = state
+        .store
+        .live_workers_of(&ctx.org.id, pipeline::worker_process::WORKER_GONE_AFTER)
+        .await?;
+    if live >= cap {
+        return Err(Denied::Conflict(format!(
+            "{} already has {live} exports running, the most this server runs at once for one \
+             organisation ({cap}). Wait for one to finish, or cancel one, then start this export again.",
+            ctx.org.name
+        )));
+    }
+    Ok(())
+}
+
 /// Creates the job, publishes its first list task and starts its worker.
 pub async fn start(
     state: &AppState,
@@ -436,6 +477,9 @@ pub async fn start(
     spec: JobSpec,
     form: &ExportForm,
 ) -> Result<JobId, Denied> {
+    start_work_allowed(state, ctx).await?;
+    let _cap = state.start_lock.lock().await;
+    below_worker_cap(state, ctx).await?;
     let job = JobId::new();
     state
         .store
@@ -560,6 +604,12 @@ pub async fn retry(
         return Err(Denied::Invalid(
             "Give the Chorus API token again: retrying starts a new worker, and portshift kept no credentials.".into(),
         ));
+    }
+    start_work_allowed(state, ctx).await?;
+    let _cap = state.start_lock.lock().await;
+    if state.store.job(job).await?.status != JobStatus::Running {
+        // A running job already has its worker (counted); a stopped one gets a new one.
+        below_worker_cap(state, ctx).await?;
     }
     let letters = pipeline::replay::dead_letters(&state.js, job, None).await?;
     for l in &letters {

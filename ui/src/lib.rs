@@ -22,6 +22,6 @@ mod web;
 
 pub use api::openapi_document;
 pub use app::{
-    AppState, LaunchError, Limits, ProcessLauncher, ServeOptions, Shared, SigningKeys, UiError,
-    WorkerLauncher, router, serve, with_signing_key,
+    AppState, DEFAULT_MAX_WORKERS_PER_ORG, LaunchError, Limits, ProcessLauncher, ServeOptions,
+    Shared, SigningKeys, UiError, WorkerLauncher, router, serve, with_signing_key,
 };

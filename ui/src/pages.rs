@@ -669,7 +669,7 @@ pub fn schedules(
                 <label>"Chorus API URL" <input type="url" name="chorus_url" value=v.chorus_url/></label>
                 {field_error(errors, "chorus_url")}
                 {what_and_where(v.media, v.transcript, v.metadata, v.destination, errors)}
-                <p class="muted">"References: env:NAME (the scheduler's environment), file:/path (a mounted secret), aws:default, gcp:workload-identity."</p>
+                <p class="muted">"References: env:NAME (the scheduler's environment), file:/path (a mounted secret), aws:default, gcp:workload-identity, or aws-role:<role ARN>?secret=<secret ARN> (a role in your AWS account, trusted with this organisation's ExternalId: see Settings)."</p>
                 <label>"Chorus token reference" <input type="text" name="chorus_token_ref" required=true placeholder="env:NAME or file:/path"/></label>
                 {field_error(errors, "chorus_token_ref")}
                 <label>"S3 keys reference (s3://)" <input type="text" name="s3_ref" placeholder="aws:default"/></label>
@@ -703,6 +703,7 @@ pub fn settings(
     org: &Organisation,
     role: Role,
     facts: RetentionFacts,
+    aws_external_id: &str,
     notice: Option<String>,
 ) -> String {
     let csrf = nav.csrf.clone();
@@ -760,6 +761,11 @@ pub fn settings(
                     <label>"Keep job history for (days) " <input type="text" name="days" value=org.retention_days.to_string()/></label>
                     <button type="submit">"Save"</button>
                 </form>
+            </div>
+            <div class="card" id="aws-role">
+                <h2>"AWS cross-account role"</h2>
+                <p>"Schedules can read their credentials from your own AWS account: create a role that trusts portshift's AWS principal with the condition sts:ExternalId equal to this organisation's ExternalId, keep the Chorus token in your Secrets Manager, and give the schedule aws-role:<role ARN>?secret=<secret ARN>."</p>
+                <p>"ExternalId: " <code id="aws-external-id">{aws_external_id.to_string()}</code></p>
             </div>
             {owner}
         },

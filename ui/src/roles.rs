@@ -184,7 +184,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         path: "/api/v1/orgs/{org}/schedules",
         action: Some(Action::ManageSchedules),
         ok: 201,
-        summary: "Create a recurring sync; credentials as references (env:NAME, file:/path, aws:default, gcp:workload-identity), never values",
+        summary: "Create a recurring sync; credentials as references (env:NAME, file:/path, aws:default, gcp:workload-identity, aws-role:<role ARN>?secret=<secret ARN>), never values",
     },
     ApiRoute {
         name: "pause_schedule",
@@ -209,6 +209,14 @@ pub const API_ROUTES: &[ApiRoute] = &[
         action: Some(Action::ManageSchedules),
         ok: 200,
         summary: "Delete a schedule (its past jobs stay in the job history)",
+    },
+    ApiRoute {
+        name: "aws_external_id",
+        method: "GET",
+        path: "/api/v1/orgs/{org}/aws-external-id",
+        action: Some(Action::ManageSchedules),
+        ok: 200,
+        summary: "The organisation's ExternalId, for the trust policy of a cross-account AWS role (aws-role: references)",
     },
     ApiRoute {
         name: "set_retention",

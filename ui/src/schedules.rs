@@ -420,6 +420,7 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
 /// Stores a checked schedule for the caller's organisation and records it in the audit
 /// trail.
 pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Schedule, Denied> {
+    crate::exports::start_work_allowed(state, c).await?;
     let s = state
         .store
         .create_schedule(

@@ -1067,7 +1067,8 @@ async fn settings(
     settings_page(&state, &c, None).await
 }
 
-/// The settings page with the retention facts from the store.
+/// The settings page: the retention facts from the store and the organisation's AWS
+/// ExternalId (made on first view).
 async fn settings_page(state: &Shared, c: &OrgCtx, notice: Option<String>) -> Response {
     let facts = pages::RetentionFacts {
         oldest_job_ms: state
@@ -1077,7 +1078,17 @@ async fn settings_page(state: &Shared, c: &OrgCtx, notice: Option<String>) -> Re
             .unwrap_or(None),
         audit_days: state.retention.audit_days,
     };
-    Html(pages::settings(nav(c), &c.org, c.role, facts, notice)).into_response()
+    match state.store.aws_external_id(&c.org.id).await {
+        Ok(external_id) => Html(pages::settings(
+            nav(c),
+            &c.org,
+            c.role,
+            facts,
+            &external_id,
+            notice,
+        ))
+        .into_response(),
+        Err(e) => refuse(e.into(), Some(nav(c))),
 }
 
 #[derive(Deserialize)]
