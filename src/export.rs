@@ -322,7 +322,6 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         options: pipeline::ExportOptions {
             verify_after: a.verify_after,
             layout: a.layout,
-        trust: pipeline::Trust::Operator,
         },
         trust: pipeline::Trust::Operator,
     };

@@ -126,8 +126,11 @@ pub struct SchedulerArgs {
     aws_sts_region: String,
     #[command(flatten)]
     signing: crate::SigningArgs,
+    #[command(flatten)]
     tenants: crate::TenantArgs,
+    #[command(flatten)]
     budget: crate::export::BudgetArgs,
+    #[command(flatten)]
     retention: crate::keep::RetentionArgs,
     #[command(flatten)]
     state: StateArgs,

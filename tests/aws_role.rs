@@ -189,9 +189,11 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
                     destination: format!("file://{}", out.path().display()),
                     webhook_url: None,
                     lookback_s: 7 * 24 * 3600,
+                    options: Default::default(),
                 },
                 &refs,
                 "2024-01-01T00:00:00Z".parse().unwrap(),
+                pipeline::TrustLevel::Operator,
             )
             .await
             .unwrap();

@@ -120,8 +120,8 @@ async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
         options: ExportOptions {
             layout: Layout::Bagit,
             ..Default::default()
-        trust: pipeline::Trust::Operator,
         },
+        trust: pipeline::Trust::Operator,
     };
     h.store
         .create_job(&job, "test-org", "tester", &spec)

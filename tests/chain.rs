@@ -133,16 +133,20 @@ async fn three_runs_chain_and_a_removed_manifest_or_file_breaks_it() {
                 gcs: None,
             },
             "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
         )
         .await
         .unwrap();
     let scheduler = Scheduler {
         store: h.store.clone(),
         js: h.js.clone(),
-        options: fast_options(),
+        worker: worker_command(&h),
+        max_workers_per_org: 4,
+        aws: Default::default(),
         tick: Duration::from_millis(100),
         name: "chain".into(),
         signing_key: Some(SigningKeyMaterial::load(&SigningKeyRef::File(key_path)).unwrap()),
+        tenant_allowances: Default::default(),
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(scheduler.run(rx));

@@ -46,12 +46,12 @@ async fn start_job(h: &Harness, org: &str, dest: &Path) -> JobId {
             media: false,
             transcript: true,
             metadata: true,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
         },
         destination: format!("file://{}", dest.display()),
         webhook_url: None,
         schedule: None,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
     };
     h.store
         .create_job(&job, org, "tester", &spec)
@@ -96,6 +96,7 @@ async fn finished_job(h: &Harness, org: &str, logs: &Path) -> JobId {
         destination: format!("file://{}", dest.display()),
         webhook_url: None,
         lookback_s: 0,
+        options: Default::default(),
     };
     let refs = CredentialRefs {
         chorus_token: "env:CHORUS_API_TOKEN".into(),
@@ -113,6 +114,7 @@ async fn finished_job(h: &Harness, org: &str, logs: &Path) -> JobId {
             &template,
             &refs,
             Utc::now(),
+            pipeline::TrustLevel::Operator,
         )
         .await
         .unwrap();

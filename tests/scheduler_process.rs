@@ -132,9 +132,11 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
                 destination: s3_dest(&bucket, "sched"),
                 webhook_url: Some(hook_url),
                 lookback_s: 7 * 24 * 3600,
+                options: Default::default(),
             },
             &refs,
             "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
         )
         .await
         .unwrap();

@@ -532,6 +532,7 @@ async fn the_scheduler_never_resolves_a_tenants_reference_against_the_server() {
         destination: format!("file://{}", tmp.path().join("out").display()),
         webhook_url: None,
         lookback_s: 0,
+        options: Default::default(),
     };
     let refs = pipeline::schedules::CredentialRefs {
         chorus_token: format!("env:{}", c.env_name),

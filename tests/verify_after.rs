@@ -29,8 +29,8 @@ async fn start_verified_job(h: &Harness, destination: &str) -> JobId {
         options: ExportOptions {
             verify_after: true,
             ..Default::default()
-        trust: pipeline::Trust::Operator,
         },
+        trust: pipeline::Trust::Operator,
     };
     h.store
         .create_job(&job, "test-org", "tester", &spec)

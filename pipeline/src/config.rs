@@ -179,7 +179,6 @@ impl Services {
             store,
             nats,
             js,
-            nats_url: url,
             embedded,
             url,
         })

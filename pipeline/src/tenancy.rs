@@ -375,6 +375,9 @@ impl Trust {
                 field,
                 format!("gcp:workload-identity is not available from the console: {REF_INSTEAD}."),
             )),
+            // The customer's own role, assumed with the organisation's ExternalId: the
+            // secret stays in the customer's account (docs/security.md).
+            CredentialRef::AwsRole(_) => Ok(()),
         }
     }
 

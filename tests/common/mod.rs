@@ -163,6 +163,8 @@ pub fn worker_command(h: &Harness) -> pipeline::worker_process::WorkerCommand {
         h.tmp.path().to_path_buf(),
     );
     c.extra_args = vec!["--ack-wait-secs".into(), "10".into()];
+    c.extra_args
+        .extend(TEST_BUDGET_ARGS.iter().map(|a| a.to_string()));
     c
 }
 

@@ -1089,6 +1089,7 @@ async fn settings_page(state: &Shared, c: &OrgCtx, notice: Option<String>) -> Re
         ))
         .into_response(),
         Err(e) => refuse(e.into(), Some(nav(c))),
+    }
 }
 
 #[derive(Deserialize)]
