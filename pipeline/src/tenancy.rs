@@ -96,7 +96,7 @@ impl Allowances {
     }
 
     pub fn allows_origin(&self, url: &Url) -> bool {
-        origin_of(url).is_some_and(|o| self.origins.iter().any(|a| *a == o))
+        origin_of(url).is_some_and(|o| self.origins.contains(&o))
     }
 
     /// Host names (not addresses) of the allowed origins: the network guard resolves
@@ -519,13 +519,11 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0] & 0xe000 != 0x2000 {
         return false; // ULA fc00::/7 (fd00:ec2::254), link-local, multicast, 64:ff9b:1::/48, ...
     }
-    // ... minus its special blocks.
-    !(
-        (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...)
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || s[0] == 0x3fff
-        // documentation 3fff::/20
-    )
+    // ... minus its special blocks: 2001::/23 (IETF protocol assignments: Teredo,
+    // ORCHID, ...), documentation 2001:db8::/32 and 3fff::/20.
+    let ietf = s[0] == 0x2001 && s[1] < 0x0200;
+    let documentation = (s[0] == 0x2001 && s[1] == 0x0db8) || s[0] == 0x3fff;
+    !(ietf || documentation)
 }
 
 #[cfg(test)]

@@ -239,7 +239,11 @@ async fn media_redirect_hops_into_the_network_are_refused() {
     for answer in ANSWERS {
         let canary = start_canary().await;
         let api = redirecting_chorus(format!("https://{HOST}:{}/meta-data", canary.port)).await;
-        let client = chorus(&format!("{api}/"), guarded(answer, &[api.clone()]).await).unwrap();
+        let client = chorus(
+            &format!("{api}/"),
+            guarded(answer, std::slice::from_ref(&api)).await,
+        )
+        .unwrap();
         let err = client.media("rec-1").await.unwrap_err();
         assert!(
             matches!(err, ChorusError::Refused { .. }) && is_guard_refusal(&err.to_string()),
@@ -262,7 +266,7 @@ async fn media_redirect_hops_into_the_network_are_refused() {
         let api = redirecting_chorus(location.clone()).await;
         let client = chorus(
             &format!("{api}/"),
-            Egress::for_trust(&tenant(&[api.clone()])),
+            Egress::for_trust(&tenant(std::slice::from_ref(&api))),
         )
         .unwrap();
         let err = client.media("rec-1").await.unwrap_err();
@@ -305,7 +309,8 @@ async fn webhooks_reach_only_public_https_hosts_even_through_redirects() {
         // A public-looking receiver (an allowed origin here) that redirects inside.
         let canary = start_canary().await;
         let bouncer = redirecting_hook(format!("https://{HOST}:{}/hook", canary.port)).await;
-        let client = webhook_client(None, &guarded(answer, &[bouncer.clone()]).await).unwrap();
+        let client =
+            webhook_client(None, &guarded(answer, std::slice::from_ref(&bouncer)).await).unwrap();
         let sent = client
             .post(format!("{bouncer}/hook"))
             .body("{}")
@@ -320,7 +325,11 @@ async fn webhooks_reach_only_public_https_hosts_even_through_redirects() {
     }
     let canary = start_canary().await;
     let bouncer = redirecting_hook(format!("https://127.0.0.1:{}/hook", canary.port)).await;
-    let client = webhook_client(None, &Egress::for_trust(&tenant(&[bouncer.clone()]))).unwrap();
+    let client = webhook_client(
+        None,
+        &Egress::for_trust(&tenant(std::slice::from_ref(&bouncer))),
+    )
+    .unwrap();
     let err = client
         .post(format!("{bouncer}/hook"))
         .send()
