@@ -52,6 +52,8 @@ fn wait_with_maxrss(child: &std::process::Child) -> (i32, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// The child is reaped by wait4 in `wait_with_maxrss`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 #[ignore = "fails today: 230 MiB against 192 MiB (about 1.5 parts per transfer above the formula, issue 13); run with --ignored"]
 async fn s3_export_peak_memory_stays_within_parts_in_flight() {
     let mut config = Harness::sim_config(FILES, 77);

@@ -69,7 +69,7 @@ impl BudgetConfig {
 
     /// A checked budget: a rate above zero (at most 10,000) and a burst of at least one.
     pub fn new(rate: f64, burst: u32) -> Result<Self, BudgetError> {
-        if !rate.is_finite() || rate < MIN_RATE || rate > 10_000.0 {
+        if !rate.is_finite() || !(MIN_RATE..=10_000.0).contains(&rate) {
             return Err(BudgetError::Rate(rate));
         }
         if burst == 0 || burst > 10_000 {

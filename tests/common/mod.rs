@@ -170,8 +170,10 @@ pub fn worker_command(h: &Harness) -> pipeline::worker_process::WorkerCommand {
 
 /// Worker options with short retry delays, so fault tests take seconds.
 pub fn fast_options() -> WorkerOptions {
-    let mut o = WorkerOptions::default();
-    o.chorus_budget = pipeline::rate_budget::BudgetConfig::new(10_000.0, 10_000).unwrap();
+    let mut o = WorkerOptions {
+        chorus_budget: pipeline::rate_budget::BudgetConfig::new(10_000.0, 10_000).unwrap(),
+        ..WorkerOptions::default()
+    };
     o.runner.retry_base = Duration::from_millis(50);
     o.runner.retry_max = Duration::from_millis(500);
     o.runner.ack_wait = Duration::from_secs(10);
