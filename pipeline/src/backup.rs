@@ -148,7 +148,7 @@ fn sqlite_path(url: &str) -> Result<PathBuf, BackupError> {
 /// A libpq URL without its password, and the password (for `PGPASSWORD`).
 fn libpq_url(url: &str) -> Result<(String, Option<String>), BackupError> {
     let mut u = url::Url::parse(url).map_err(|_| BackupError::Url(redact_url(url)))?;
-    let password = u.password().map(|p| percent_decode(p));
+    let password = u.password().map(percent_decode);
     let _ = u.set_password(None);
     Ok((u.to_string(), password))
 }

@@ -178,6 +178,8 @@ async fn the_settings_page_and_metrics_tell_the_truth_about_retention() {
         metrics.contains("portshift_purge_runs_total 1"),
         "{metrics}"
     );
+    // The purge 31 days on also ended the (expired) session: sign in again.
+    let session = ui::auth::issue_session(&accounts, &admin).await.unwrap();
     let (_, page) = get(&state, &settings, Some(&session)).await;
     assert!(page.contains("No jobs are kept"), "{page}");
     nats.stop().await;
