@@ -266,7 +266,7 @@ fn is_our_server(pid: u32, store_dir: &Path) -> bool {
         .map(|a| a.ends_with(b"nats-server"))
         .unwrap_or(false);
     let store = store_dir.as_os_str().as_encoded_bytes();
-    named && args.iter().any(|a| *a == store)
+    named && args.contains(&store)
 }
 
 /// Stops a server this process did not start (or no longer has a handle to): SIGTERM,
