@@ -26,6 +26,7 @@ AZURITE_VERSION=3.35.0
 FAKE_GCS_WRAPPER_VERSION=0.1.1
 GCP_STORAGE_EMULATOR_VERSION=2026.7.19
 BQEMULATOR_VERSION=1.4.0
+AIOSMTPD_VERSION=1.4.6
 # bqemulator pins: an unpinned install pulls duckdb 2.x, which downloads its
 # extensions at start (unreachable here); the extension wheels must match exactly.
 DUCKDB_VERSION=1.5.5
@@ -53,8 +54,9 @@ GCS_RESUMABLE_PORT=19444
 BQ_PORT=19050
 BQ_GRPC_PORT=19060
 BQ_PROJECT=portshift-test
+SMTP_PORT=19025
 
-ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery)
+ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery smtp)
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -99,6 +101,7 @@ service_comm() {
         gcs) echo fake-gcs-server ;;
         gcs-resumable) echo gcp-storage-emu ;;
         bigquery) echo bqemulator ;;
+        smtp) echo python ;;
         *) die "unknown service: $1" ;;
     esac
 }
@@ -123,7 +126,7 @@ validate_services() {
     local s
     for s in "$@"; do
         case $s in
-            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery) ;;
+            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery | smtp) ;;
             *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})" ;;
         esac
     done

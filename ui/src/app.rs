@@ -46,6 +46,8 @@ pub enum UiError {
     },
     #[error("the console server stopped: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +213,9 @@ pub struct AppState {
     pub trust_proxy: bool,
     pub limits: Limits,
     pub counters: Counters,
+    /// The operator's SMTP relay; without it nobody can sign up (nothing could prove
+    /// an address).
+    pub mail: Option<Arc<crate::mail::Mailer>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -234,6 +239,7 @@ impl AppState {
             trust_proxy: false,
             limits: Limits::default(),
             counters: Counters::default(),
+            mail: None,
         }))
     }
 }
@@ -296,6 +302,7 @@ async fn security_headers(State(state): State<Shared>, mut req: Request, next: N
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(crate::web::routes())
+        .merge(crate::account::routes())
         .merge(crate::api::routes(state.clone()))
         .route("/healthz", axum::routing::get(crate::ops::healthz))
         .route("/metrics", axum::routing::get(crate::ops::metrics))
@@ -320,6 +327,8 @@ pub struct ServeOptions {
     pub trust_proxy: bool,
     /// The `portshift` binary to run workers with (normally the running executable).
     pub worker_exe: PathBuf,
+    /// Outgoing e-mail (sign-up links, invitations, password reset).
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// Runs the console until Ctrl-C.
@@ -344,6 +353,15 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             o.data_dir.join("portshift.sqlite3").display()
         )
     });
+    let mailer = match &o.mail {
+        Some(c) => Some(Arc::new(crate::mail::Mailer::new(c)?)),
+        None => {
+            eprintln!(
+                "warning: no --smtp-url: nobody can sign up, because nothing could prove their e-mail address"
+            );
+            None
+        }
+    };
     let services =
         pipeline::config::Services::start(&o.data_dir, Some(&nats_url), Some(&database_url))
             .await?;
@@ -357,6 +375,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
+        s.mail = mailer;
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {
