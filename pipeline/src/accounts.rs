@@ -638,7 +638,7 @@ impl Accounts {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(self.role_of(org_id, &user.id).await?)
+        self.role_of(org_id, &user.id).await
     }
 
     /// Declines (deletes) the invitation of `email` to `org_id`; true if there was one.
