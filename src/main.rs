@@ -160,7 +160,44 @@ struct ServeArgs {
     #[arg(long, default_value_t = ui::DEFAULT_MAX_WORKERS_PER_ORG, env = "PORTSHIFT_MAX_WORKERS_PER_ORG")]
     max_workers_per_org: u64,
     #[command(flatten)]
+    mail: MailArgs,
+    #[command(flatten)]
     state: StateArgs,
+}
+
+/// Outgoing e-mail of the console (sign-up links, invitations, password reset). The
+/// relay's user name and password come only from the environment, never from flags.
+#[derive(clap::Args)]
+struct MailArgs {
+    /// SMTP relay: smtp://host[:port] (STARTTLS required), smtps://host[:port] (TLS),
+    /// or smtp://127.0.0.1:port?tls=none for a relay on this machine. Relay login from
+    /// PORTSHIFT_SMTP_USERNAME and PORTSHIFT_SMTP_PASSWORD.
+    #[arg(long, env = "PORTSHIFT_SMTP_URL", requires_all = ["mail_from", "public_url"])]
+    smtp_url: Option<String>,
+    /// The From address of the console's mails, e.g. "portshift <no-reply@example.com>".
+    #[arg(long, env = "PORTSHIFT_MAIL_FROM")]
+    mail_from: Option<String>,
+    /// Where users reach the console (links in mails point here), e.g. https://portshift.example.com.
+    #[arg(long, env = "PORTSHIFT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Extra CA certificates (PEM) for a relay with a private CA.
+    #[arg(long, env = "PORTSHIFT_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
+}
+
+impl MailArgs {
+    fn config(self) -> Option<ui::mail::MailConfig> {
+        let smtp_url = self.smtp_url?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Some(ui::mail::MailConfig {
+            smtp_url,
+            from: self.mail_from.unwrap_or_default(),
+            public_url: self.public_url.unwrap_or_default(),
+            ca_file: self.smtp_ca_file,
+            username: env("PORTSHIFT_SMTP_USERNAME"),
+            password: env("PORTSHIFT_SMTP_PASSWORD").map(ui::mail::Zeroizing::new),
+        })
+    }
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -186,6 +223,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         worker_args: a.budget.worker_args(),
         retention: a.retention.options(),
         max_workers_per_org: a.max_workers_per_org,
+        mail: a.mail.config(),
     })
     .await?;
     Ok(std::process::ExitCode::SUCCESS)

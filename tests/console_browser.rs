@@ -1,8 +1,9 @@
 //! The web console in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver + fantoccini) against a real `portshift serve` process, which starts a
 //! real `portshift worker` process per job, exporting from the Chorus simulator to the
-//! local S3 server. Covers sign-up (with a refused weak password), creating an
-//! organisation, inviting a member, an export form with a field error, the job page
+//! local S3 server. Covers sign-up (with a refused weak password) confirmed through the
+//! link the console mailed (read from the SMTP server's saved mails), creating an
+//! organisation, inviting a member who accepts after confirming their address, an export form with a field error, the job page
 //! reaching "finished" without a reload, job history, the audit trail, and an invited
 //! member who cannot open admin pages. Screenshots go to `target/screenshots/`.
 //!
@@ -115,6 +116,9 @@ fn start_console(data: &Path, log: &Path, allow: &[String]) -> (Killed, String) 
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORTSHIFT_LOG", "debug")
+        .env("PORTSHIFT_SMTP_URL", env_or_fail("PORTSHIFT_TEST_SMTP_URL"))
+        .env("PORTSHIFT_MAIL_FROM", "portshift <no-reply@portshift.test>")
+        .env("PORTSHIFT_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap());
@@ -239,6 +243,55 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+/// Waits for the console's mail to `to` whose subject contains `subject` (the SMTP
+/// server saves each message as a file) and returns the link in it starting with `base`.
+async fn link_in_mail(to: &str, subject: &str, base: &str) -> String {
+    let dir = PathBuf::from(env_or_fail("PORTSHIFT_TEST_SMTP_DIR"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let raw = std::fs::read_to_string(&f).unwrap_or_default();
+            if !raw.lines().any(|l| l == format!("X-Envelope-To: {to}"))
+                || !raw
+                    .lines()
+                    .any(|l| l.starts_with("Subject:") && l.contains(subject))
+            {
+                continue;
+            }
+            // Undo quoted-printable soft breaks and '=' escapes (links are ASCII).
+            let body = raw.replace("=\r\n", "").replace("=3D", "=");
+            if let Some(at) = body.find(base) {
+                return body[at..]
+                    .split(|c: char| c.is_whitespace())
+                    .next()
+                    .unwrap()
+                    .to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mail \"{subject}\" to {to} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Confirms the address through the mailed link, with the sign-up password.
+async fn confirm_address(c: &Client, base: &str, email: &str, password: &str) {
+    text(c, "#check-inbox").await;
+    let link = link_in_mail(email, "Confirm", base).await;
+    assert!(link.contains("/verify-email?token="), "{link}");
+    c.goto(&link).await.unwrap();
+    fill(c, "input[name=password]", password).await;
+    click(c, "#confirm").await;
+}
+
 async fn sign_up(c: &Client, base: &str, email: &str, password: &str) {
     c.goto(&format!("{base}/signup")).await.unwrap();
     fill(c, "input[name=email]", email).await;
@@ -350,6 +403,8 @@ async fn console_in_a_real_browser() {
     shot(&c, "01-signup-weak-password").await;
     fill(&c, "input[name=password]", "tangerine-orbit-Violin-42").await;
     click(&c, "#signup").await;
+    shot(&c, "01b-signup-check-inbox").await;
+    confirm_address(&c, &base, &owner, "tangerine-orbit-Violin-42").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("#create-org"))
@@ -374,8 +429,9 @@ async fn console_in_a_real_browser() {
     fill(&c, "input[name=email]", &member).await;
     click(&c, "#invite").await;
     let notice = text(&c, "#notice").await;
-    assert!(notice.contains("joins when they sign up"), "{notice}");
+    assert!(notice.contains("they join once they accept"), "{notice}");
     assert!(text(&c, "#members").await.contains(&member));
+    link_in_mail(&member, "invited", &base).await;
     shot(&c, "02-members-invited").await;
 
     // The export form: a field error first, shown next to the field.
@@ -556,11 +612,17 @@ async fn console_in_a_real_browser() {
     // The invited member signs up, sees the organisation and the job, but not admin pages.
     sign_out(&c).await;
     sign_up(&c, &base, &member, "lantern-Quartz-meadow-77").await;
+    confirm_address(&c, &base, &member, "lantern-Quartz-meadow-77").await;
+    // Confirmed: the invitation is offered, and accepting it makes the membership.
+    assert!(text(&c, "#invitations").await.contains("Acme Recordings"));
+    shot(&c, "08a-member-invitation").await;
+    click(&c, "#invitations button.accept").await;
     c.wait()
         .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#orgs"))
+        .for_element(Locator::Css("#jobs"))
         .await
         .unwrap();
+    c.goto(&format!("{base}/orgs")).await.unwrap();
     assert!(text(&c, "#orgs").await.contains("Acme Recordings"));
     click(&c, "a.org-link").await;
     c.wait()

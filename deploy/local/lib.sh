@@ -28,6 +28,7 @@ GCP_STORAGE_EMULATOR_VERSION=2026.7.19
 BQEMULATOR_VERSION=1.4.0
 # moto: STS and Secrets Manager for the cross-account role tests.
 MOTO_VERSION=5.2.5
+AIOSMTPD_VERSION=1.4.6
 # bqemulator pins: an unpinned install pulls duckdb 2.x, which downloads its
 # extensions at start (unreachable here); the extension wheels must match exactly.
 DUCKDB_VERSION=1.5.5
@@ -58,8 +59,9 @@ BQ_PORT=19050
 BQ_GRPC_PORT=19060
 BQ_PROJECT=portshift-test
 MOTO_PORT=19500
+SMTP_PORT=19025
 
-ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery moto)
+ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery moto smtp)
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -105,6 +107,7 @@ service_comm() {
         gcs-resumable) echo gcp-storage-emu ;;
         bigquery) echo bqemulator ;;
         moto) echo moto_server ;;
+        smtp) echo python ;;
         *) die "unknown service: $1" ;;
     esac
 }
@@ -129,7 +132,7 @@ validate_services() {
     local s
     for s in "$@"; do
         case $s in
-            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery | moto) ;;
+            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery | moto | smtp) ;;
             *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})" ;;
         esac
     done

@@ -13,10 +13,12 @@
 #                                      resumable status query; fake-gcs-server does not)
 #   bigquery  bqemulator (DuckDB)      REST :19050, gRPC :19060, in memory
 #   moto      moto_server              :19500 (STS, Secrets Manager), in memory
+#   smtp      aiosmtpd (smtp-sink.py)  :19025, saves every message as a file in
+#                                      .data/smtp/mail (never relays)
 # Idempotent: a service whose pidfile names a live process is left alone.
 # Logs: .data/logs/<service>.log; PIDs: .data/pids/<service>.pid.
 #
-# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto]
+# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto] [smtp]
 #        (default: all)
 set -euo pipefail
 
@@ -25,7 +27,7 @@ set -euo pipefail
 
 case ${1:-} in
     -h | --help)
-        sed -n '2,22s/^# \{0,1\}//p' "$0"
+        sed -n '2,25s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
 esac
@@ -312,6 +314,29 @@ start_moto() {
     log "moto: started pid $pid, ready in $(elapsed "$t")"
 }
 
+start_smtp() {
+    local pid t dir=$DATA/smtp
+    if pid=$(service_pid smtp); then
+        log "smtp: already running (pid $pid)"
+        return
+    fi
+    need_bin "$VENV_BIN/python"
+    "$VENV_BIN/python" -c 'import aiosmtpd' 2>/dev/null ||
+        die "smtp: aiosmtpd is missing; run deploy/local/install.sh --only smtp"
+    ports_free smtp "$SMTP_PORT"
+    mkdir -p "$dir/mail"
+    t=$(now)
+    (
+        cd "$dir"
+        exec nohup "$VENV_BIN/python" "$PORTSHIFT_ROOT/deploy/local/smtp-sink.py" \
+            --listen "127.0.0.1:$SMTP_PORT" --dir "$dir/mail"
+    ) </dev/null >>"$LOGS/smtp.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$(pidfile smtp)"
+    wait_ready smtp "$pid" 20 port_open "$SMTP_PORT"
+    log "smtp: started pid $pid, ready in $(elapsed "$t")"
+}
+
 write_services_env() {
     local tmp=$SERVICES_ENV.tmp.$$
     {
@@ -333,7 +358,10 @@ write_services_env() {
             PORTSHIFT_TEST_GCS_RESUMABLE_ENDPOINT "http://127.0.0.1:$GCS_RESUMABLE_PORT" \
             PORTSHIFT_TEST_BQ_ENDPOINT "http://127.0.0.1:$BQ_PORT/bigquery/v2" \
             PORTSHIFT_TEST_BQ_PROJECT "$BQ_PROJECT" \
-            PORTSHIFT_TEST_MOTO_ENDPOINT "http://127.0.0.1:$MOTO_PORT"
+            PORTSHIFT_TEST_MOTO_ENDPOINT "http://127.0.0.1:$MOTO_PORT" \
+            PORTSHIFT_TEST_SMTP_URL "smtp://127.0.0.1:$SMTP_PORT?tls=none" \
+            PORTSHIFT_TEST_SMTP_DIR "$DATA/smtp/mail" \
+            PORTSHIFT_TEST_SMTP_SINK "$PORTSHIFT_ROOT/deploy/local/smtp-sink.py"
     } >"$tmp"
     mv -f "$tmp" "$SERVICES_ENV"
 }

@@ -3,7 +3,13 @@
 //! It shares the job store's database (SQLite or PostgreSQL, migration
 //! `0004_console.sql`) and holds no secrets in the clear: passwords arrive here already
 //! hashed (argon2id, by the console), sessions are stored as the SHA-256 of their token,
-//! rate limits are keyed by a salted SHA-256 of the client IP.
+//! rate limits are keyed by a salted SHA-256 of the client IP, one-time e-mail links are
+//! stored as the SHA-256 of their token.
+//!
+//! It also owns what the e-mail address may grant: an account counts as the owner of its
+//! address only once verified, an invitation becomes a membership only when such an
+//! owner accepts it, and erasing an account leaves a pseudonym where audit rows and job
+//! records must outlive the person.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +29,52 @@ pub enum AccountsError {
     EmailTaken,
     #[error("the account store holds a record portshift cannot read: {0}")]
     Corrupt(String),
+    #[error(
+        "you are the last owner of {}: make another member an owner, or delete the organisation, first",
+        .0.join(", ")
+    )]
+    LastOwner(Vec<String>),
+}
+
+/// How long an invitation can be accepted.
+pub const INVITATION_DAYS: i64 = 14;
+
+/// What a one-time e-mail link is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// Confirms the address of a new account.
+    Verify,
+    /// Sets a new password.
+    Reset,
+}
+
+impl TokenPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenPurpose::Verify => "verify",
+            TokenPurpose::Reset => "reset",
+        }
+    }
+}
+
+/// An invitation as its addressee sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MyInvitation {
+    pub org_id: String,
+    pub org_name: String,
+    pub role: Role,
+    pub invited_by: String,
+    pub created_ms: i64,
+}
+
+/// The pseudonym that replaces an erased account's e-mail address where a record must
+/// outlive it (audit rows, jobs it started, invitations it sent). Derived from the
+/// account's random id, never from the address, so it cannot be recomputed from a
+/// guessed address; the same person keeps one pseudonym across rows.
+pub fn pseudonym(user_id: &str) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(format!("portshift-erased|{user_id}")));
+    format!("erased-user-{}", &h[..12])
 }
 
 /// A member's role in an organisation. What each role may do is decided by the console's
@@ -99,6 +151,8 @@ pub struct Session {
     pub user: User,
     pub csrf_token: String,
     pub expires_ms: i64,
+    /// The user proved they own their e-mail address.
+    pub email_verified: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,20 +230,38 @@ impl Accounts {
 
     // --- users -----------------------------------------------------------------
 
-    /// Creates a user. `email` must already be normalised (trimmed, lower-case).
+    /// Creates a user whose address the caller vouches for (the operator's tools and
+    /// tests). `email` must already be normalised (trimmed, lower-case). Sign-up uses
+    /// [`Accounts::register`] instead.
     pub async fn create_user(
         &self,
         email: &str,
         password_hash: &str,
     ) -> Result<User, AccountsError> {
+        self.insert_user(email, password_hash, Some(now_ms())).await
+    }
+
+    /// Creates a user whose address is not yet proven (sign-up): it can act in no
+    /// organisation until [`Accounts::mark_verified`].
+    pub async fn register(&self, email: &str, password_hash: &str) -> Result<User, AccountsError> {
+        self.insert_user(email, password_hash, None).await
+    }
+
+    async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        verified_ms: Option<i64>,
+    ) -> Result<User, AccountsError> {
         let id = new_id();
         let done = sqlx::query(
-            "INSERT INTO users (id, email, password_hash, created_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO users (id, email, password_hash, created_ms, email_verified_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&id)
         .bind(email)
         .bind(password_hash)
         .bind(now_ms())
+        .bind(verified_ms)
         .execute(&self.pool)
         .await;
         match done {
@@ -221,6 +293,120 @@ impl Accounts {
             ))
         })
         .transpose()
+    }
+
+    /// The user, their password hash and whether their address is verified.
+    pub async fn user_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(User, String, bool)>, AccountsError> {
+        let row = sqlx::query(
+            "SELECT id, email, password_hash, email_verified_ms FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let verified: Option<i64> = r.try_get("email_verified_ms")?;
+            Ok((
+                User {
+                    id: r.try_get("id")?,
+                    email: r.try_get("email")?,
+                },
+                r.try_get("password_hash")?,
+                verified.is_some(),
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn mark_verified(&self, user_id: &str) -> Result<(), AccountsError> {
+        sqlx::query(
+            "UPDATE users SET email_verified_ms = $1 WHERE id = $2 AND email_verified_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+    ) -> Result<(), AccountsError> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- one-time e-mail links ------------------------------------------------------------
+
+    /// Stores a link's token hash; earlier links of the same purpose stop working.
+    pub async fn create_email_token(
+        &self,
+        token_sha256: &str,
+        user_id: &str,
+        purpose: TokenPurpose,
+        expires_ms: i64,
+    ) -> Result<(), AccountsError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2")
+            .bind(user_id)
+            .bind(purpose.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO email_tokens (token_sha256, user_id, purpose, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_sha256)
+        .bind(user_id)
+        .bind(purpose.as_str())
+        .bind(now_ms())
+        .bind(expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user a live link belongs to, without using it up.
+    pub async fn peek_email_token(
+        &self,
+        token_sha256: &str,
+        purpose: TokenPurpose,
+    ) -> Result<Option<String>, AccountsError> {
+        let row = sqlx::query(
+            "SELECT user_id FROM email_tokens WHERE token_sha256 = $1 AND purpose = $2 AND expires_ms > $3",
+        )
+        .bind(token_sha256)
+        .bind(purpose.as_str())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(r.try_get("user_id")?)).transpose()
+    }
+
+    /// Uses a live link up: returns its user only to the one caller that deleted it, so
+    /// two requests racing with the same link cannot both succeed.
+    pub async fn take_email_token(
+        &self,
+        token_sha256: &str,
+        purpose: TokenPurpose,
+    ) -> Result<Option<String>, AccountsError> {
+        let row = sqlx::query(
+            "DELETE FROM email_tokens WHERE token_sha256 = $1 AND purpose = $2 AND expires_ms > $3 RETURNING user_id",
+        )
+        .bind(token_sha256)
+        .bind(purpose.as_str())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(r.try_get("user_id")?)).transpose()
     }
 
     // --- organisations -------------------------------------------------------------
@@ -359,24 +545,20 @@ impl Accounts {
         Ok(row.try_get("n")?)
     }
 
-    /// Invites an address: an existing user becomes a member at once (returns true),
-    /// otherwise the invitation waits for that address to sign up.
+    /// Records an invitation of an address. Nobody becomes a member here, whether or not
+    /// the address has an account: the invitation waits until a verified owner of the
+    /// address accepts it ([`Accounts::accept_invitation`]). Inviting again renews it.
     pub async fn invite(
         &self,
         org_id: &str,
         email: &str,
         role: Role,
         invited_by: &str,
-    ) -> Result<bool, AccountsError> {
-        if let Some((user, _)) = self.user_by_email(email).await? {
-            if self.role_of(org_id, &user.id).await?.is_none() {
-                self.set_role(org_id, &user.id, role).await?;
-            }
-            return Ok(true);
-        }
+    ) -> Result<(), AccountsError> {
         sqlx::query(
             "INSERT INTO invitations (org_id, email, role, invited_by, created_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (org_id, email) DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by",
+             ON CONFLICT (org_id, email) DO UPDATE SET role = excluded.role, invited_by = excluded.invited_by, \
+             created_ms = excluded.created_ms",
         )
         .bind(org_id)
         .bind(email)
@@ -385,7 +567,7 @@ impl Accounts {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(false)
+        Ok(())
     }
 
     pub async fn invitations(&self, org_id: &str) -> Result<Vec<Invitation>, AccountsError> {
@@ -407,25 +589,78 @@ impl Accounts {
             .collect()
     }
 
-    /// Turns the invitations waiting for `user`'s address into memberships; returns the
-    /// organisations joined.
-    pub async fn accept_invitations(&self, user: &User) -> Result<Vec<String>, AccountsError> {
-        let rows = sqlx::query("SELECT org_id, role FROM invitations WHERE email = $1")
-            .bind(&user.email)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut joined = Vec::new();
-        for r in &rows {
-            let org: String = r.try_get("org_id")?;
-            self.set_role(&org, &user.id, role_of_row(r, "role")?)
-                .await?;
-            joined.push(org);
+    /// The live invitations addressed to `email`, newest first. Callers show them only
+    /// to a verified owner of the address.
+    pub async fn invitations_for(&self, email: &str) -> Result<Vec<MyInvitation>, AccountsError> {
+        let rows = sqlx::query(
+            "SELECT i.org_id, o.name, i.role, i.invited_by, i.created_ms FROM invitations i \
+             JOIN organisations o ON o.id = i.org_id WHERE i.email = $1 AND i.created_ms > $2 \
+             ORDER BY i.created_ms DESC, o.name",
+        )
+        .bind(email)
+        .bind(now_ms() - INVITATION_DAYS * 24 * 3600 * 1000)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MyInvitation {
+                    org_id: r.try_get("org_id")?,
+                    org_name: r.try_get("name")?,
+                    role: role_of_row(r, "role")?,
+                    invited_by: r.try_get("invited_by")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Accepts the live invitation of `user`'s address to `org_id`: the caller must have
+    /// checked that the address is verified. A member already in the organisation keeps
+    /// their role (an invitation never changes one). Returns the role held afterwards, or
+    /// None when there is no such invitation.
+    pub async fn accept_invitation(
+        &self,
+        user: &User,
+        org_id: &str,
+    ) -> Result<Option<Role>, AccountsError> {
+        let taken = sqlx::query(
+            "DELETE FROM invitations WHERE org_id = $1 AND email = $2 AND created_ms > $3 RETURNING role",
+        )
+        .bind(org_id)
+        .bind(&user.email)
+        .bind(now_ms() - INVITATION_DAYS * 24 * 3600 * 1000)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = taken else { return Ok(None) };
+        let invited = role_of_row(&row, "role")?;
+        if let Some(have) = self.role_of(org_id, &user.id).await? {
+            return Ok(Some(have));
         }
-        sqlx::query("DELETE FROM invitations WHERE email = $1")
-            .bind(&user.email)
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (org_id, user_id) DO NOTHING",
+        )
+        .bind(org_id)
+        .bind(&user.id)
+        .bind(invited.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        self.role_of(org_id, &user.id).await
+    }
+
+    /// Declines (deletes) the invitation of `email` to `org_id`; true if there was one.
+    pub async fn decline_invitation(
+        &self,
+        email: &str,
+        org_id: &str,
+    ) -> Result<bool, AccountsError> {
+        let done = sqlx::query("DELETE FROM invitations WHERE org_id = $1 AND email = $2")
+            .bind(org_id)
+            .bind(email)
             .execute(&self.pool)
             .await?;
-        Ok(joined)
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_retention(&self, org_id: &str, days: i64) -> Result<(), AccountsError> {
@@ -488,8 +723,8 @@ impl Accounts {
     /// The live session with this token hash, if any (expired sessions are removed).
     pub async fn session(&self, token_sha256: &str) -> Result<Option<Session>, AccountsError> {
         let row = sqlx::query(
-            "SELECT u.id, u.email, s.csrf_token, s.expires_ms FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.token_sha256 = $1",
+            "SELECT u.id, u.email, u.email_verified_ms, s.csrf_token, s.expires_ms FROM sessions s \
+             JOIN users u ON u.id = s.user_id WHERE s.token_sha256 = $1",
         )
         .bind(token_sha256)
         .fetch_optional(&self.pool)
@@ -507,6 +742,7 @@ impl Accounts {
             },
             csrf_token: r.try_get("csrf_token")?,
             expires_ms,
+            email_verified: r.try_get::<Option<i64>, _>("email_verified_ms")?.is_some(),
         }))
     }
 
@@ -525,6 +761,205 @@ impl Accounts {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Ends every session of a user but one (after a password change, the device that
+    /// changed it stays signed in); returns how many ended.
+    pub async fn delete_other_sessions(
+        &self,
+        user_id: &str,
+        keep_token_sha256: &str,
+    ) -> Result<u64, AccountsError> {
+        let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_sha256 <> $2")
+            .bind(user_id)
+            .bind(keep_token_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // --- erasure and access ------------------------------------------------------------
+
+    /// Everything held about a user, as one JSON document (the right of access): the
+    /// account, memberships, sessions (times only), invitations to and from the address,
+    /// the audit events naming the address, and the jobs the user started.
+    pub async fn personal_data(&self, user_id: &str) -> Result<serde_json::Value, AccountsError> {
+        use serde_json::json;
+        let Some(u) =
+            sqlx::query("SELECT id, email, created_ms, email_verified_ms FROM users WHERE id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(json!(null));
+        };
+        let email: String = u.try_get("email")?;
+        let orgs = self.orgs_of(user_id).await?;
+        let sessions = sqlx::query(
+            "SELECT created_ms, expires_ms FROM sessions WHERE user_id = $1 ORDER BY created_ms",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let invitations = sqlx::query(
+            "SELECT org_id, email, role, invited_by, created_ms FROM invitations \
+             WHERE email = $1 OR invited_by = $1 ORDER BY created_ms",
+        )
+        .bind(&email)
+        .fetch_all(&self.pool)
+        .await?;
+        let audit = sqlx::query(
+            "SELECT org_id, actor, action, detail, at_ms FROM audit_events \
+             WHERE actor = $1 OR detail LIKE '%' || $1 || '%' ORDER BY at_ms, id",
+        )
+        .bind(&email)
+        .fetch_all(&self.pool)
+        .await?;
+        let jobs = sqlx::query(
+            "SELECT id, organisation, created_ms, finished_ms, status FROM jobs \
+             WHERE started_by = $1 ORDER BY created_ms",
+        )
+        .bind(&email)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut sessions_json = Vec::new();
+        for r in &sessions {
+            sessions_json.push(json!({
+                "created_ms": r.try_get::<i64, _>("created_ms")?,
+                "expires_ms": r.try_get::<i64, _>("expires_ms")?,
+            }));
+        }
+        let mut invitations_json = Vec::new();
+        for r in &invitations {
+            invitations_json.push(json!({
+                "organisation": r.try_get::<String, _>("org_id")?,
+                "email": r.try_get::<String, _>("email")?,
+                "role": r.try_get::<String, _>("role")?,
+                "invited_by": r.try_get::<String, _>("invited_by")?,
+                "created_ms": r.try_get::<i64, _>("created_ms")?,
+            }));
+        }
+        let mut audit_json = Vec::new();
+        for r in &audit {
+            audit_json.push(json!({
+                "organisation": r.try_get::<String, _>("org_id")?,
+                "actor": r.try_get::<String, _>("actor")?,
+                "action": r.try_get::<String, _>("action")?,
+                "detail": r.try_get::<String, _>("detail")?,
+                "at_ms": r.try_get::<i64, _>("at_ms")?,
+            }));
+        }
+        let mut jobs_json = Vec::new();
+        for r in &jobs {
+            jobs_json.push(json!({
+                "id": r.try_get::<String, _>("id")?,
+                "organisation": r.try_get::<String, _>("organisation")?,
+                "created_ms": r.try_get::<i64, _>("created_ms")?,
+                "finished_ms": r.try_get::<Option<i64>, _>("finished_ms")?,
+                "status": r.try_get::<String, _>("status")?,
+            }));
+        }
+        Ok(json!({
+            "account": {
+                "id": u.try_get::<String, _>("id")?,
+                "email": email,
+                "created_ms": u.try_get::<i64, _>("created_ms")?,
+                "email_verified_ms": u.try_get::<Option<i64>, _>("email_verified_ms")?,
+                "password": "stored only as an argon2id hash, not included",
+            },
+            "memberships": orgs.iter().map(|(o, r)| json!({"organisation": o.id, "name": o.name, "role": r.as_str()})).collect::<Vec<_>>(),
+            "sessions": sessions_json,
+            "invitations": invitations_json,
+            "audit_events": audit_json,
+            "jobs_started": jobs_json,
+        }))
+    }
+
+    /// Erases a user. Refused while they are the last owner of an organisation. Their
+    /// account, sessions, links, memberships and the invitations addressed to them are
+    /// deleted; where a record must outlive them (audit rows, the jobs they started,
+    /// invitations they sent) their address is replaced by [`pseudonym`]. On SQLite the
+    /// write-ahead log is then checkpointed and truncated, and deleted rows are zeroed
+    /// (`secure_delete`), so the address leaves no bytes in the database files.
+    pub async fn delete_user(&self, user_id: &str) -> Result<(), AccountsError> {
+        let Some((user, _, _)) = self.user_by_id(user_id).await? else {
+            return Ok(());
+        };
+        let mut sole = Vec::new();
+        for (org, role) in self.orgs_of(user_id).await? {
+            if role == Role::Owner && self.owner_count(&org.id).await? <= 1 {
+                sole.push(org.name);
+            }
+        }
+        if !sole.is_empty() {
+            return Err(AccountsError::LastOwner(sole));
+        }
+        let alias = pseudonym(user_id);
+        let orgs: Vec<String> = self
+            .orgs_of(user_id)
+            .await?
+            .into_iter()
+            .map(|(o, _)| o.id)
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM sessions WHERE user_id = $1",
+            "DELETE FROM email_tokens WHERE user_id = $1",
+            "DELETE FROM memberships WHERE user_id = $1",
+        ] {
+            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM invitations WHERE email = $1")
+            .bind(&user.email)
+            .execute(&mut *tx)
+            .await?;
+        for sql in [
+            "UPDATE invitations SET invited_by = $2 WHERE invited_by = $1",
+            "UPDATE audit_events SET actor = $2 WHERE actor = $1",
+            "UPDATE audit_events SET detail = REPLACE(detail, $1, $2) WHERE detail LIKE '%' || $1 || '%'",
+            "UPDATE jobs SET started_by = $2 WHERE started_by = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(&user.email)
+                .bind(&alias)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        for org in &orgs {
+            sqlx::query(
+                "INSERT INTO audit_events (id, org_id, actor, action, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(new_id())
+            .bind(org)
+            .bind(&alias)
+            .bind("account.deleted")
+            .bind("the member deleted their account")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if self.pool.connect_options().database_url.scheme() == "sqlite" {
+            // Older copies of the changed pages live in the WAL until a checkpoint;
+            // TRUNCATE copies them back (zeroed) and empties the WAL file.
+            // A reader holding an old snapshot makes it report busy: wait a little.
+            for _ in 0..50 {
+                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.pool)
+                    .await?;
+                let busy: i64 = row.try_get(0)?;
+                if busy == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
     }
 
     // --- audit trail -----------------------------------------------------------------

@@ -168,6 +168,11 @@ impl JobStore {
                         sqlx::query("PRAGMA synchronous=NORMAL")
                             .execute(&mut *conn)
                             .await?;
+                        // Deleted rows are overwritten with zeros, so an erased
+                        // account leaves no trace in free pages (see Accounts::delete_user).
+                        sqlx::query("PRAGMA secure_delete=ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })

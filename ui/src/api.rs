@@ -40,7 +40,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn invalid(errors: &Errors) -> Response {
+pub(crate) fn invalid(errors: &Errors) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
         Json(json!({"error": {
@@ -90,7 +90,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn csrf_header(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-csrf-token").and_then(|v| v.to_str().ok())
 }
 
@@ -108,7 +108,7 @@ async fn org_ctx(
     Ok(c)
 }
 
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Denied> {
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Denied> {
     let bytes = if bytes.is_empty() {
         &b"{}"[..]
     } else {
@@ -148,6 +148,17 @@ fn handler(route: &ApiRoute) -> MethodRouter<Shared> {
         "billing" => get(billing),
         "delete_org" => delete(delete_org),
         "sign_in" => post(sign_in),
+        "my_data" => get(crate::account::api_my_data),
+        "change_password" => put(crate::account::api_change_password),
+        "delete_me" => delete(crate::account::api_delete_me),
+        "my_invitations" => get(crate::account::api_my_invitations),
+        "accept_invitation" => post(crate::account::api_accept_invitation),
+        "decline_invitation" => post(crate::account::api_decline_invitation),
+        "resend_verification" => post(crate::account::api_resend_verification),
+        "sign_up" => post(crate::account::api_sign_up),
+        "verify_email" => post(crate::account::api_verify_email),
+        "password_reset" => post(crate::account::api_password_reset),
+        "password_reset_confirm" => post(crate::account::api_password_reset_confirm),
         "openapi" => get(openapi),
         other => unreachable!("API route {other} has no handler"),
     }
@@ -243,6 +254,7 @@ async fn me(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
         .map_err(Denied::from)?;
     Ok(Json(json!({
         "user": {"id": s.user.id, "email": s.user.email},
+        "email_verified": s.email_verified,
         "csrf_token": s.csrf_token,
         "organisations": orgs.iter().map(|(o, r)| json!({"id": o.id, "name": o.name, "role": r.as_str()})).collect::<Vec<_>>(),
     }))
@@ -256,7 +268,7 @@ struct NewOrg {
 }
 
 async fn create_org(State(state): State<Shared>, headers: HeaderMap, raw: Bytes) -> ApiResult {
-    let s = ctx::session(&state, &headers).await?;
+    let s = ctx::verified_session(&state, &headers).await?;
     ctx::check_csrf(&s, csrf_header(&headers))?;
     let b: NewOrg = body(&raw)?;
     let name = web::check_org_name(&b.name).map_err(|m| {
@@ -405,9 +417,10 @@ async fn invite_member(
     let c = org_ctx(&state, &headers, &org, Action::ManageMembers, true).await?;
     let b: Invite = body(&raw)?;
     match web::do_invite(&state, &c, &b.email, &b.role).await {
-        Ok(added) => Ok((
+        // The same answer whether or not the address has an account.
+        Ok((email, role)) => Ok((
             StatusCode::CREATED,
-            Json(json!({"email": b.email.trim().to_lowercase(), "member_now": added})),
+            Json(json!({"email": email, "role": role.as_str(), "status": "invited"})),
         )
             .into_response()),
         Err(e) => Ok(invalid(&e)),

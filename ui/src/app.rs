@@ -48,6 +48,8 @@ pub enum UiError {
     Signing(#[from] pipeline::signing::SigningError),
     #[error("the console server stopped: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 pub use pipeline::worker_process::LaunchError;
@@ -270,6 +272,9 @@ pub struct AppState {
     /// Held from the worker-cap check until the new job exists, so two requests to this
     /// server cannot both take the last place.
     pub start_lock: tokio::sync::Mutex<()>,
+    /// The operator's SMTP relay; without it nobody can sign up (nothing could prove
+    /// an address).
+    pub mail: Option<Arc<crate::mail::Mailer>>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -320,6 +325,7 @@ impl AppState {
             retention: pipeline::retention::RetentionOptions::default(),
             purge: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
+            mail: None,
         }))
     }
 }
@@ -382,6 +388,7 @@ async fn security_headers(State(state): State<Shared>, mut req: Request, next: N
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(crate::web::routes())
+        .merge(crate::account::routes())
         .merge(crate::api::routes(state.clone()))
         .route(
             pipeline::signing::PUBLIC_KEY_PATH,
@@ -431,6 +438,8 @@ pub struct ServeOptions {
     pub retention: pipeline::retention::RetentionOptions,
     /// Live workers one organisation may have at once (see [`Limits::workers_per_org`]).
     pub max_workers_per_org: u64,
+    /// Outgoing e-mail (sign-up links, invitations, password reset).
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// Runs the console until Ctrl-C.
@@ -447,6 +456,15 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             o.data_dir.join("portshift.sqlite3").display()
         )
     });
+    let mailer = match &o.mail {
+        Some(c) => Some(Arc::new(crate::mail::Mailer::new(c)?)),
+        None => {
+            eprintln!(
+                "warning: no --smtp-url: nobody can sign up, because nothing could prove their e-mail address"
+            );
+            None
+        }
+    };
     // Without --nats-url: the data folder's one nats-server, shared with any other
     // portshift process on the folder (started here if none runs).
     let services =
@@ -487,6 +505,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         s.retention = o.retention.clone();
         s.purge = purger.counters.clone();
         s.limits.workers_per_org = o.max_workers_per_org.max(1);
+        s.mail = mailer;
     }
     let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
     let purge_loop = tokio::spawn(purger.run(purge_stopped));

@@ -46,6 +46,24 @@ pub struct OrgCtx {
     pub role: Role,
 }
 
+/// What an account whose e-mail address is not yet confirmed gets from anything that
+/// acts in an organisation: the address grants nothing until its owner proved it.
+pub fn unverified(session: &Session) -> Denied {
+    Denied::Forbidden(format!(
+        "Confirm your e-mail address {} first: open the link we sent to it (your organisations page can send a new one).",
+        session.user.email
+    ))
+}
+
+/// A session whose user has confirmed their e-mail address.
+pub async fn verified_session(state: &AppState, headers: &HeaderMap) -> Result<Session, Denied> {
+    let s = session(state, headers).await?;
+    if !s.email_verified {
+        return Err(unverified(&s));
+    }
+    Ok(s)
+}
+
 pub async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Denied> {
     let Some(token) = auth::cookie(headers, auth::SESSION_COOKIE) else {
         return Err(Denied::SignIn);
@@ -79,7 +97,7 @@ pub async fn org(
     org_id: &str,
     action: Action,
 ) -> Result<OrgCtx, Denied> {
-    let session = session(state, headers).await?;
+    let session = verified_session(state, headers).await?;
     let not_found = || {
         Denied::NotFound(
             "No such organisation, or you are not a member: check the link, or ask an admin to invite you."

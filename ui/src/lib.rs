@@ -4,16 +4,20 @@
 //! the job's own worker process, over its standard input), the live job page (SSE plus a
 //! small static script), job history, recurring schedules (pause, resume, delete), the
 //! audit trail, the JSON API with its OpenAPI document, rate limits, security headers,
-//! `/healthz` and `/metrics`.
+//! `/healthz` and `/metrics`; and each person's own account: e-mail verification by
+//! SMTP, invitations, password change and reset, data download and account deletion.
 //!
 //! Depends on `pipeline` only; jobs run in `portshift worker` processes it starts.
 
+mod account;
+mod account_pages;
 mod api;
 mod app;
 pub mod auth;
 mod ctx;
 mod exports;
 mod live;
+pub mod mail;
 mod ops;
 mod pages;
 pub mod roles;

@@ -53,7 +53,7 @@ fn rate(bps: f64) -> String {
     }
 }
 
-fn document(title: String, nav: Option<Nav>, body: impl IntoView + 'static) -> String {
+pub(crate) fn document(title: String, nav: Option<Nav>, body: impl IntoView + 'static) -> String {
     let header = nav.map(|n| {
         let org_links = n.org.clone().map(|(id, name, role)| {
             let base = format!("/orgs/{id}");
@@ -70,7 +70,7 @@ fn document(title: String, nav: Option<Nav>, body: impl IntoView + 'static) -> S
             <header class="top">
                 <a class="brand" href="/orgs">"portshift"</a>
                 <nav>{org_links}</nav>
-                <span class="muted" id="whoami">{n.email.clone()}</span>
+                <a class="muted" id="whoami" href="/account">{n.email.clone()}</a>
                 <form method="post" action="/signout">
                     <input type="hidden" name="csrf" value=n.csrf.clone()/>
                     <button type="submit">"Sign out"</button>
@@ -100,7 +100,7 @@ fn document(title: String, nav: Option<Nav>, body: impl IntoView + 'static) -> S
     format!("<!DOCTYPE html>{}", page.to_html())
 }
 
-fn field_error(errors: &Errors, field: &str) -> impl IntoView + use<> {
+pub(crate) fn field_error(errors: &Errors, field: &str) -> impl IntoView + use<> {
     errors
         .get(field)
         .cloned()
@@ -156,7 +156,7 @@ pub fn sign_in(pre: &str, email: &str, error: Option<String>, notice: Option<Str
                     <label>"Password" <input type="password" name="password" required=true autocomplete="current-password"/></label>
                     <button class="primary" type="submit" id="signin">"Sign in"</button>
                 </form>
-                <p class="muted">"No account yet? " <a href="/signup">"Sign up"</a></p>
+                <p class="muted">"No account yet? " <a href="/signup">"Sign up"</a>" · " <a href="/reset-password" id="forgot">"Forgot your password?"</a></p>
             </div>
         },
     )
@@ -183,8 +183,14 @@ pub fn sign_up(pre: &str, email: &str, errors: &Errors) -> String {
     )
 }
 
-pub fn orgs(nav: Nav, orgs: Vec<(Organisation, Role)>, errors: &Errors) -> String {
+pub fn orgs(
+    nav: Nav,
+    orgs: Vec<(Organisation, Role)>,
+    errors: &Errors,
+    mine: crate::account_pages::MyInvitations,
+) -> String {
     let csrf = nav.csrf.clone();
+    let invitations = crate::account_pages::invitations_panel(&csrf, mine);
     let rows = orgs
         .into_iter()
         .map(|(o, r)| {
@@ -202,6 +208,7 @@ pub fn orgs(nav: Nav, orgs: Vec<(Organisation, Role)>, errors: &Errors) -> Strin
         Some(nav),
         view! {
             <h1>"Your organisations"</h1>
+            {invitations}
             {(!empty).then(|| view! { <table id="orgs"><thead><tr><th>"Organisation"</th><th>"Your role"</th></tr></thead><tbody>{rows}</tbody></table> })}
             {empty.then(|| view! { <p class="notice">"You are not in an organisation yet: create one, or ask an admin to invite your e-mail address."</p> })}
             <h2>"Create an organisation"</h2>

@@ -83,6 +83,62 @@ pub const API_ROUTES: &[ApiRoute] = &[
         summary: "The signed-in user, their organisations and the CSRF token for writes",
     },
     ApiRoute {
+        name: "my_data",
+        method: "GET",
+        path: "/api/v1/me/data",
+        action: None,
+        ok: 200,
+        summary: "Everything portshift holds about the signed-in user, as JSON (confirmed address needed)",
+    },
+    ApiRoute {
+        name: "change_password",
+        method: "PUT",
+        path: "/api/v1/me/password",
+        action: None,
+        ok: 200,
+        summary: "Change the password (give current_password and new_password); the user's other sessions end",
+    },
+    ApiRoute {
+        name: "delete_me",
+        method: "DELETE",
+        path: "/api/v1/me",
+        action: None,
+        ok: 200,
+        summary: "Delete the signed-in user's account (give password); refused while they are an organisation's last owner",
+    },
+    ApiRoute {
+        name: "resend_verification",
+        method: "POST",
+        path: "/api/v1/me/verification",
+        action: None,
+        ok: 200,
+        summary: "Mail a new link confirming the user's e-mail address (rate limited)",
+    },
+    ApiRoute {
+        name: "my_invitations",
+        method: "GET",
+        path: "/api/v1/me/invitations",
+        action: None,
+        ok: 200,
+        summary: "Invitations addressed to the user's confirmed e-mail address",
+    },
+    ApiRoute {
+        name: "accept_invitation",
+        method: "POST",
+        path: "/api/v1/me/invitations/{org}/accept",
+        action: None,
+        ok: 200,
+        summary: "Accept an invitation to the organisation (confirmed address needed); an existing member keeps their role",
+    },
+    ApiRoute {
+        name: "decline_invitation",
+        method: "POST",
+        path: "/api/v1/me/invitations/{org}/decline",
+        action: None,
+        ok: 200,
+        summary: "Decline an invitation to the organisation (confirmed address needed)",
+    },
+    ApiRoute {
         name: "create_org",
         method: "POST",
         path: "/api/v1/orgs",
@@ -144,7 +200,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         path: "/api/v1/orgs/{org}/members",
         action: Some(Action::ManageMembers),
         ok: 201,
-        summary: "Invite an e-mail address with a role (admins cannot invite owners)",
+        summary: "Invite an e-mail address with a role (admins cannot invite owners); the address is mailed and joins only when its confirmed owner accepts. The answer is the same whether or not the address has an account",
     },
     ApiRoute {
         name: "change_role",
@@ -244,8 +300,44 @@ pub const API_ROUTES: &[ApiRoute] = &[
     },
 ];
 
+/// The signed-in routes an account whose e-mail address is not yet confirmed may use;
+/// every other route answers 403 until the address is confirmed.
+pub const UNVERIFIED_OK: &[&str] = &["me", "change_password", "delete_me", "resend_verification"];
+
 /// Routes that need no session.
 pub const PUBLIC_API_ROUTES: &[ApiRoute] = &[
+    ApiRoute {
+        name: "sign_up",
+        method: "POST",
+        path: "/api/v1/signup",
+        action: None,
+        ok: 202,
+        summary: "Sign up with e-mail and password: mails a link that confirms the address. The answer is the same whether or not the address has an account (rate limited)",
+    },
+    ApiRoute {
+        name: "verify_email",
+        method: "POST",
+        path: "/api/v1/verify-email",
+        action: None,
+        ok: 200,
+        summary: "Confirm the address with the link's token and the account's password; signs in (rate limited)",
+    },
+    ApiRoute {
+        name: "password_reset",
+        method: "POST",
+        path: "/api/v1/password-reset",
+        action: None,
+        ok: 202,
+        summary: "Mail a one-time password-reset link if the address has an account; the answer is the same either way (rate limited)",
+    },
+    ApiRoute {
+        name: "password_reset_confirm",
+        method: "POST",
+        path: "/api/v1/password-reset/confirm",
+        action: None,
+        ok: 200,
+        summary: "Set a new password with the link's token; ends every session of the account (rate limited)",
+    },
     ApiRoute {
         name: "sign_in",
         method: "POST",

@@ -71,7 +71,7 @@ pub fn routes() -> Router<Shared> {
 }
 
 /// How a page says no.
-fn refuse(d: Denied, nav: Option<Nav>) -> Response {
+pub(crate) fn refuse(d: Denied, nav: Option<Nav>) -> Response {
     match d {
         Denied::SignIn => Redirect::to("/signin").into_response(),
         Denied::NotFound(m) => (StatusCode::NOT_FOUND, Html(pages::error_page(nav, "Not found", &m))).into_response(),
@@ -152,7 +152,7 @@ async fn index(State(state): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 /// Reuses or sets the pre-session CSRF cookie for the sign-in and sign-up forms.
-fn pre_token(headers: &HeaderMap) -> (String, Option<String>) {
+pub(crate) fn pre_token(headers: &HeaderMap) -> (String, Option<String>) {
     match auth::cookie(headers, auth::PRE_COOKIE) {
         Some(t) => (t, None),
         None => {
@@ -163,7 +163,7 @@ fn pre_token(headers: &HeaderMap) -> (String, Option<String>) {
     }
 }
 
-fn with_cookie(mut r: Response, cookie: Option<String>) -> Response {
+pub(crate) fn with_cookie(mut r: Response, cookie: Option<String>) -> Response {
     if let Some(c) = cookie
         && let Ok(v) = HeaderValue::from_str(&c)
     {
@@ -183,6 +183,11 @@ async fn sign_in_form(headers: HeaderMap, Query(q): Query<Notice>) -> Response {
     let notice = q.notice.as_deref().map(|n| match n {
         "signed-out" => "You are signed out.".to_string(),
         "everywhere" => "You are signed out on every device.".to_string(),
+        "password-reset" => {
+            "Your password is set and every device is signed out: sign in with the new password."
+                .to_string()
+        }
+        "deleted" => "Your account is deleted.".to_string(),
         _ => String::new(),
     });
     with_cookie(
@@ -213,7 +218,7 @@ impl Drop for Credentials {
     }
 }
 
-fn pre_ok(headers: &HeaderMap, submitted: Option<&str>) -> bool {
+pub(crate) fn pre_ok(headers: &HeaderMap, submitted: Option<&str>) -> bool {
     match (auth::cookie(headers, auth::PRE_COOKIE), submitted) {
         (Some(c), Some(s)) => auth::tokens_match(&c, s),
         _ => false,
@@ -354,61 +359,17 @@ async fn sign_up(
     if let Err(d) = sign_in_allowed(&state, &key).await {
         return refuse(d, None);
     }
-    let mut errors = Errors::new();
-    let email = match auth::normalise_email(&f.email) {
-        Ok(e) => e,
-        Err(m) => {
-            errors.insert("email", m);
-            String::new()
-        }
-    };
-    if let Err(m) = auth::check_password(&f.password, &email) {
-        errors.insert("password", m);
+    // No session here, new address or not: the answer is "check your inbox" either way
+    // (see account::sign_up), so it tells nobody whether the address has an account.
+    match crate::account::sign_up(&state, &f.email, &f.password).await {
+        Ok(Ok(email)) => Html(crate::account_pages::check_inbox(&email)).into_response(),
+        Ok(Err(errors)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html(pages::sign_up(&pre, &f.email, &errors)),
+        )
+            .into_response(),
+        Err(d) => refuse(d, None),
     }
-    if errors.is_empty() {
-        let hash = match auth::hash_password(&f.password) {
-            Ok(h) => h,
-            Err(m) => return refuse(Denied::Internal(m), None),
-        };
-        match state.accounts.create_user(&email, &hash).await {
-            Ok(user) => {
-                let joined = match state.accounts.accept_invitations(&user).await {
-                    Ok(j) => j,
-                    Err(e) => return refuse(e.into(), None),
-                };
-                for org in joined {
-                    let _ = state
-                        .accounts
-                        .audit(
-                            &org,
-                            &user.email,
-                            "member.joined",
-                            "accepted the invitation at sign-up",
-                        )
-                        .await;
-                }
-                return match auth::issue_session(&state.accounts, &user).await {
-                    Ok((token, _)) => with_cookie(
-                        Redirect::to("/orgs").into_response(),
-                        Some(auth::session_cookie(&token)),
-                    ),
-                    Err(e) => refuse(e.into(), None),
-                };
-            }
-            Err(pipeline::accounts::AccountsError::EmailTaken) => {
-                errors.insert(
-                    "email",
-                    "An account with this e-mail address exists: sign in instead.".into(),
-                );
-            }
-            Err(e) => return refuse(e.into(), None),
-        }
-    }
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Html(pages::sign_up(&pre, &f.email, &errors)),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -469,12 +430,32 @@ async fn orgs(State(state): State<Shared>, headers: HeaderMap) -> Response {
         Ok(l) => l,
         Err(e) => return refuse(e.into(), None),
     };
+    let mine = match my_invitations(&state, &s).await {
+        Ok(m) => m,
+        Err(d) => return refuse(d, None),
+    };
     let nav = Nav {
         email: s.user.email,
         csrf: s.csrf_token,
         org: None,
     };
-    Html(pages::orgs(nav, list, &Errors::new())).into_response()
+    Html(pages::orgs(nav, list, &Errors::new(), mine)).into_response()
+}
+
+/// The invitations panel: shown only to a verified owner of the address.
+async fn my_invitations(
+    state: &crate::app::AppState,
+    s: &pipeline::accounts::Session,
+) -> Result<crate::account_pages::MyInvitations, Denied> {
+    use crate::account_pages::MyInvitations;
+    if !s.email_verified {
+        return Ok(MyInvitations::Unverified {
+            email: s.user.email.clone(),
+        });
+    }
+    Ok(MyInvitations::Verified(
+        state.accounts.invitations_for(&s.user.email).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -506,10 +487,16 @@ async fn create_org(
     if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
         return refuse(Denied::Csrf, None);
     }
+    if !s.email_verified {
+        return refuse(ctx::unverified(&s), None);
+    }
     let name = match check_org_name(&f.name) {
         Ok(n) => n,
         Err(m) => {
             let list = state.accounts.orgs_of(&s.user.id).await.unwrap_or_default();
+            let mine = my_invitations(&state, &s)
+                .await
+                .unwrap_or(crate::account_pages::MyInvitations::Verified(Vec::new()));
             let mut e = Errors::new();
             e.insert("name", m);
             let nav = Nav {
@@ -519,7 +506,7 @@ async fn create_org(
             };
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                Html(pages::orgs(nav, list, &e)),
+                Html(pages::orgs(nav, list, &e, mine)),
             )
                 .into_response();
         }
@@ -776,13 +763,15 @@ struct InviteForm {
     role: String,
 }
 
-/// Invites `email` with `role`; shared by the page and the API.
+/// Invites `email` with `role` and mails the address; shared by the page and the API.
+/// Nothing here depends on whether the address has an account: nobody joins until a
+/// verified owner of the address accepts (`account::accept`).
 pub(crate) async fn do_invite(
     state: &crate::app::AppState,
     c: &OrgCtx,
     email: &str,
     role: &str,
-) -> Result<bool, Errors> {
+) -> Result<(String, Role), Errors> {
     let mut e = Errors::new();
     let email = match auth::normalise_email(email) {
         Ok(m) => m,
@@ -805,7 +794,7 @@ pub(crate) async fn do_invite(
     let Some(role) = role.filter(|_| e.is_empty()) else {
         return Err(e);
     };
-    let added = state
+    state
         .accounts
         .invite(&c.org.id, &email, role, &c.session.user.email)
         .await
@@ -814,6 +803,23 @@ pub(crate) async fn do_invite(
             e.insert("email", format!("{err}"));
             e
         })?;
+    let link = state
+        .mail
+        .as_ref()
+        .map(|m| m.link("/orgs"))
+        .unwrap_or_default();
+    crate::mail::send_later(
+        state.mail.as_ref(),
+        email.clone(),
+        "You are invited to an organisation on portshift",
+        crate::mail::invitation_body(
+            &c.org.name,
+            role.as_str(),
+            &c.session.user.email,
+            &link,
+            pipeline::accounts::INVITATION_DAYS,
+        ),
+    );
     let _ = state
         .accounts
         .audit(
@@ -823,7 +829,7 @@ pub(crate) async fn do_invite(
             &format!("{email} as {role}"),
         )
         .await;
-    Ok(added)
+    Ok((email, role))
 }
 
 async fn invite(
@@ -835,15 +841,10 @@ async fn invite(
     let c = org_ctx!(state, headers, org, Action::ManageMembers);
     csrf!(c, f.csrf.as_deref());
     match do_invite(&state, &c, &f.email, &f.role).await {
-        Ok(added) => {
-            let notice = if added {
-                format!("{} is now a member.", f.email.trim())
-            } else {
-                format!(
-                    "Invitation recorded: {} joins when they sign up with that address.",
-                    f.email.trim()
-                )
-            };
+        Ok((email, _)) => {
+            let notice = format!(
+                "Invitation sent to {email}: they join once they accept it, signed in with that confirmed address."
+            );
             members_page(&state, &c, &Errors::new(), Some(notice), StatusCode::OK).await
         }
         Err(e) => members_page(&state, &c, &e, None, StatusCode::UNPROCESSABLE_ENTITY).await,

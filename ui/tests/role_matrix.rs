@@ -1,7 +1,8 @@
 //! The console's authorisation and protection rules as tests against the real router,
 //! a real SQLite store and a real `nats-server`:
-//! - every API route × every role (owner, admin, member, signed-in outsider, anonymous)
-//!   gets the status the ONE permission table (`ui::roles`) implies;
+//! - every API route × every role (owner, admin, member, signed-in outsider, a member
+//!   whose e-mail address is not confirmed, anonymous) gets the status the ONE permission
+//!   table (`ui::roles`, with `UNVERIFIED_OK`) implies;
 //! - writes without the CSRF header are refused; every error has the stable JSON shape;
 //! - the 11th sign-in attempt within the window is refused with 429 and Retry-After, and
 //!   the stored rate-limit keys are salted hashes, never addresses;
@@ -22,7 +23,7 @@ use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
 use pipeline::{JobId, JobSpec};
 use tower::ServiceExt;
-use ui::roles::{API_ROUTES, Action, ApiRoute, allows};
+use ui::roles::{API_ROUTES, Action, ApiRoute, UNVERIFIED_OK, allows};
 use ui::{AppState, LaunchError, WorkerLauncher};
 
 /// Records launches instead of starting processes.
@@ -82,8 +83,15 @@ async fn world() -> World {
 enum Caller {
     Role(Role),
     Outsider,
+    /// A member whose e-mail address is not confirmed (signed up, never used the link).
+    Unverified,
     Anonymous,
 }
+
+/// Every cell user's password (hashed once: argon2 is slow on purpose).
+const CELL_PASSWORD: &str = "tangerine-orbit-Violin-42";
+static CELL_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| ui::auth::hash_password(CELL_PASSWORD).unwrap());
 
 /// One organisation with one user per role, a member to act on, an outsider and a job.
 struct Cell {
@@ -99,19 +107,30 @@ async fn cell(w: &World, n: usize) -> Cell {
     let user = |who: &str| format!("{who}-{n}-{}@example.com", uuid::Uuid::new_v4().simple());
     let mk = |email: String| {
         let accounts = accounts.clone();
-        async move {
-            accounts
-                .create_user(&email, "$argon2id$unused")
-                .await
-                .unwrap()
-        }
+        async move { accounts.create_user(&email, &CELL_HASH).await.unwrap() }
     };
     let owner = mk(user("owner")).await;
     let admin = mk(user("admin")).await;
     let member = mk(user("member")).await;
     let target = mk(user("target")).await;
     let outsider = mk(user("outsider")).await;
+    let unverified = accounts
+        .register(&user("unverified"), &CELL_HASH)
+        .await
+        .unwrap();
     let org = accounts.create_org("Matrix Ltd", &owner).await.unwrap();
+    accounts
+        .set_role(&org.id, &unverified.id, Role::Member)
+        .await
+        .unwrap();
+    // Everyone holds an invitation, so accept/decline have something to act on (an
+    // outsider accepting joins; a member accepting keeps their role).
+    for u in [&owner, &admin, &member, &outsider, &unverified] {
+        accounts
+            .invite(&org.id, &u.email, Role::Member, &owner.email)
+            .await
+            .unwrap();
+    }
     accounts
         .set_role(&org.id, &admin.id, Role::Admin)
         .await
@@ -151,6 +170,7 @@ async fn cell(w: &World, n: usize) -> Cell {
         (Caller::Role(Role::Admin), Some(&admin)),
         (Caller::Role(Role::Member), Some(&member)),
         (Caller::Outsider, Some(&outsider)),
+        (Caller::Unverified, Some(&unverified)),
         (Caller::Anonymous, None),
     ] {
         let s = match u {
@@ -226,6 +246,10 @@ fn body_for(route: &ApiRoute) -> serde_json::Value {
             serde_json::json!({"email": format!("new-{}@example.com", uuid::Uuid::new_v4().simple()), "role": "member"})
         }
         "change_role" => serde_json::json!({"role": "admin"}),
+        "change_password" => serde_json::json!({
+            "current_password": CELL_PASSWORD, "new_password": CELL_PASSWORD,
+        }),
+        "delete_me" => serde_json::json!({"password": CELL_PASSWORD}),
         "set_retention" => serde_json::json!({"days": 30}),
         "create_schedule" => serde_json::json!({
             "name": "nightly", "cron": "0 2 * * *", "timezone": "Europe/Helsinki",
@@ -240,7 +264,11 @@ fn body_for(route: &ApiRoute) -> serde_json::Value {
 fn expected(route: &ApiRoute, caller: Caller) -> u16 {
     match (caller, route.action) {
         (Caller::Anonymous, _) => 401,
+        (Caller::Unverified, _) if !UNVERIFIED_OK.contains(&route.name) => 403,
+        // The last owner must hand the organisation over (or delete it) first.
+        (Caller::Role(Role::Owner), None) if route.name == "delete_me" => 409,
         (_, None) => route.ok,
+        (Caller::Unverified, Some(_)) => 403,
         (Caller::Outsider, Some(_)) => 404,
         (Caller::Role(r), Some(a)) => {
             if allows(r, a) && route.name == "create_schedule" {
@@ -354,7 +382,7 @@ async fn every_api_route_for_every_role_matches_the_permission_table() {
             }
         }
     }
-    assert_eq!(checked, API_ROUTES.len() * 5);
+    assert_eq!(checked, API_ROUTES.len() * 6);
     assert!(
         failures.is_empty(),
         "{} of {checked} cells disagree with the permission table:\n{}",
@@ -748,6 +776,7 @@ async fn the_schedules_page_and_its_link_follow_the_permission_table() {
         let want = match caller {
             Caller::Anonymous => StatusCode::SEE_OTHER,
             Caller::Outsider => StatusCode::NOT_FOUND,
+            Caller::Unverified => StatusCode::FORBIDDEN,
             Caller::Role(r) if allows(*r, Action::ManageSchedules) => StatusCode::OK,
             Caller::Role(_) => StatusCode::FORBIDDEN,
         };
@@ -782,7 +811,7 @@ async fn the_schedules_page_and_its_link_follow_the_permission_table() {
                     "{caller:?}: schedules link"
                 );
             }
-            Caller::Outsider => {}
+            Caller::Outsider | Caller::Unverified => {}
         }
     }
 }
