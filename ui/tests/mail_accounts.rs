@@ -908,6 +908,8 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
                 destination: "s3://bucket/prefix?region=eu-west-1".into(),
                 webhook_url: None,
                 schedule: None,
+                options: Default::default(),
+                trust: pipeline::Trust::Operator,
             },
         )
         .await
