@@ -157,7 +157,7 @@ fn store_url(state: &StateArgs) -> anyhow::Result<String> {
 enum Place {
     File(PathBuf),
     Object {
-        dest: stages::destination::DestinationUrl,
+        dest: Box<stages::destination::DestinationUrl>,
         name: String,
     },
 }
@@ -183,7 +183,10 @@ fn place(s: &str) -> anyhow::Result<Place> {
         .as_str()
         .parse()
         .with_context(|| format!("{s:?} is not a storage URL portshift can write"))?;
-    Ok(Place::Object { dest, name })
+    Ok(Place::Object {
+        dest: Box::new(dest),
+        name,
+    })
 }
 
 /// A scratch file beside `near` (or in the temp folder), removed when dropped.

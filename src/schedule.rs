@@ -272,7 +272,8 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
     );
     worker.extra_args.extend(a.budget.worker_args());
     if let Some(endpoint) = &a.aws_endpoint_url {
-        worker.extra_args
+        worker
+            .extra_args
             .extend(["--aws-endpoint-url".to_string(), endpoint.clone()]);
     }
     let scheduler = stages::scheduler::Scheduler {

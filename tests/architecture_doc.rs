@@ -35,6 +35,12 @@ fn code_spans(text: &str) -> Vec<String> {
     spans
 }
 
+/// A repository path the page names (`pipeline/src/store.rs`, `schemas/`).
+fn looks_like_path(span: &str) -> bool {
+    (span.ends_with(".rs") || span.ends_with('/') || span.starts_with("schemas/"))
+        && !span.contains(' ')
+}
+
 /// The first-column names of the table rows in the page's "The job store" section.
 fn store_section_tables(text: &str) -> Vec<String> {
     let section = text
@@ -160,12 +166,8 @@ fn architecture_page_names_only_what_exists() {
             if !consumers.contains(span) {
                 problems.push(format!("consumer `{span}` is not a consumer name"));
             }
-        } else if (span.ends_with(".rs") || span.ends_with('/') || span.starts_with("schemas/"))
-            && !span.contains(' ')
-        {
-            if !root().join(span).exists() {
-                problems.push(format!("path `{span}` does not exist"));
-            }
+        } else if looks_like_path(span) && !root().join(span).exists() {
+            problems.push(format!("path `{span}` does not exist"));
         }
     }
     for table in store_section_tables(&text) {

@@ -218,7 +218,6 @@ impl TrustLevel {
     }
 }
 
-
 /// What an export does beyond writing files and a manifest. Shared by one-off jobs and
 /// schedule templates; every field defaults to off, so older records read unchanged.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -490,10 +490,17 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         None => None,
     };
     launcher.signing_key = o.signing_key.clone();
-    launcher.command.extra_args.extend(o.worker_args.iter().cloned());
+    launcher
+        .command
+        .extra_args
+        .extend(o.worker_args.iter().cloned());
     let launcher = Arc::new(launcher);
-    let mut state =
-        AppState::new(services.store.clone(), services.js.clone(), launcher.clone()).await?;
+    let mut state = AppState::new(
+        services.store.clone(),
+        services.js.clone(),
+        launcher.clone(),
+    )
+    .await?;
     if let Some(s) = Arc::get_mut(&mut state) {
         s.tls = o.tls_cert.is_some();
         s.trust_proxy = o.trust_proxy;
