@@ -39,6 +39,7 @@ fn code_spans(text: &str) -> Vec<String> {
 fn looks_like_path(span: &str) -> bool {
     (span.ends_with(".rs") || span.ends_with('/') || span.starts_with("schemas/"))
         && !span.contains(' ')
+        && !span.starts_with('/')
 }
 
 /// The first-column names of the table rows in the page's "The job store" section.
@@ -212,7 +213,7 @@ fn the_drift_check_can_fail() {
     assert_eq!(spans, vec!["PORTSHIFT_NOPE", "portshift.nope.<job>"]);
     assert!(!code_subjects().contains("portshift.nope.<job>"));
     assert!(!migration_tables().contains("nope"));
-    let page = "## The job store\n| `jobs` | x |\n| `nope` | y |\n## Next\n| `other` | z |\n";
+    let page = "\n## The job store\n| `jobs` | x |\n| `nope` | y |\n## Next\n| `other` | z |\n";
     assert_eq!(store_section_tables(page), vec!["jobs", "nope"]);
     assert!(migration_tables().contains("jobs"));
 }

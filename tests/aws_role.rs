@@ -117,7 +117,8 @@ async fn first_final_run(store: &JobStore, schedule: &str) -> ScheduleRun {
         if let Some(r) = runs
             .into_iter()
             .rev()
-            .find(|r| !matches!(r.status.as_str(), "starting" | "running"))
+            // A slot skipped because the previous run still worked is not a run.
+            .find(|r| !matches!(r.status.as_str(), "starting" | "running" | "skipped"))
         {
             return r;
         }

@@ -67,10 +67,12 @@ struct Proc {
 impl Proc {
     fn start(args: &[&str], data: &Path, envs: &[(&str, &str)], log: &Path) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));
-        cmd.args(args)
-            .arg("--data-dir")
-            .arg(data)
-            .env_clear()
+        cmd.args(args);
+        // The simulator keeps nothing, so it has no data folder.
+        if args.first() != Some(&"chorus-sim") {
+            cmd.arg("--data-dir").arg(data);
+        }
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORTSHIFT_LOG", "info")
             .stdin(Stdio::null())

@@ -477,7 +477,7 @@ async fn a_default_console_refuses_every_way_to_borrow_the_servers_powers() {
         "{body}"
     );
     with_keys["chorus_url"] = json!("https://chorus.ai/");
-    with_keys["webhook_url"] = Value::Null;
+    with_keys["webhook_url"] = json!("");
     with_keys["destination"] = json!(format!(
         "s3://b/p?region=eu-west-1&endpoint={}",
         host.url("http")

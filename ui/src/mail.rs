@@ -318,8 +318,8 @@ mod tests {
         assert!(matches!(Mailer::new(&public), Err(MailError::PublicUrl(_))));
     }
 
-    #[test]
-    fn links_use_the_configured_public_url() {
+    #[tokio::test]
+    async fn links_use_the_configured_public_url() {
         let m = Mailer::new(&cfg("smtp://mail.example.com")).unwrap();
         assert_eq!(
             m.link("/verify-email?token=abc"),
