@@ -40,7 +40,9 @@ fn wait_for(path: &Path, secs: u64) -> String {
     }
 }
 
-#[tokio::test]
+// Multi-threaded: the test waits with blocking sleeps while the launcher's watcher
+// tasks deliver the signals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_shutdown_stop_workers_with_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("fake-portshift");

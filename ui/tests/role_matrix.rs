@@ -1012,7 +1012,9 @@ async fn the_new_schedule_form_creates_one_or_shows_the_field_errors() {
     // The refusal is judged on the reference's form alone: it never says whether the
     // file or variable exists on the server (the form may show the tenant's own input).
     assert!(
-        !html.contains("does not exist") && !html.contains("not set") && !html.contains("No such file"),
+        !html.contains("does not exist")
+            && !html.contains("not set")
+            && !html.contains("No such file"),
         "a refusal told whether a reference exists: {html}"
     );
     assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
