@@ -14,6 +14,8 @@
 //! Needs `chromium` and `chromium-driver` (deploy/local/install.sh --with-browser; the
 //! test fails with that advice when they are missing).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,8 +77,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        common::stop_gracefully(&mut self.0);
     }
 }
 

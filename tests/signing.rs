@@ -333,8 +333,7 @@ fn start_console(data: &Path, signing_key: &Path, retired: &Path) -> (Killed, St
 struct Killed(std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        common::stop_gracefully(&mut self.0);
     }
 }
 

@@ -29,8 +29,7 @@ use serde_json::{Value, json};
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        common::stop_gracefully(&mut self.0);
     }
 }
 

@@ -510,3 +510,24 @@ pub fn spawn_worker(
         .unwrap();
     child
 }
+
+/// Stops a portshift process the way systemd would: SIGTERM, so it stops its embedded
+/// `nats-server` too (a SIGKILL would leave that server running, orphaned), then
+/// SIGKILL if it has not exited within 15 s.
+pub fn stop_gracefully(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: a signal to a child process this test started and has not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

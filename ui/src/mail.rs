@@ -273,8 +273,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn smtp_urls_are_checked() {
+    #[tokio::test]
+    async fn smtp_urls_are_checked() {
         for ok in [
             "smtp://mail.example.com",
             "smtp://mail.example.com:2525",
