@@ -194,7 +194,8 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
                 },
                 &refs,
                 "2024-01-01T00:00:00Z".parse().unwrap(),
-                pipeline::TrustLevel::Operator,
+                // A console user's schedule: only the customer's role may hold its secret.
+                pipeline::TrustLevel::Tenant,
             )
             .await
             .unwrap();
@@ -210,6 +211,18 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
             "--aws-endpoint-url",
             &proxy,
         ])
+        // What the operator opens for tenants in this test: the simulator (loopback,
+        // plain HTTP) and folders under the temporary directory.
+        .args([
+            "--allow-origin",
+            h.sim.api_url.origin().ascii_serialization().as_str(),
+        ])
+        .args([
+            "--allow-origin",
+            h.sim.media_url.origin().ascii_serialization().as_str(),
+        ])
+        .arg("--allow-file-root")
+        .arg(std::env::temp_dir())
         .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
         .arg("--data-dir")
         .arg(h.tmp.path())

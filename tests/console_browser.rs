@@ -231,7 +231,22 @@ async fn text(c: &Client, css: &str) -> String {
         .for_element(Locator::Css(css))
         .await
     {
-        Ok(e) => e.text().await.unwrap(),
+        // The live view may replace the element between finding and reading it
+        // (a stale reference): read it again, found afresh.
+        Ok(e) => match e.text().await {
+            Ok(t) => t,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                c.wait()
+                    .at_most(Duration::from_secs(10))
+                    .for_element(Locator::Css(css))
+                    .await
+                    .unwrap_or_else(|e| panic!("{css}: {e}"))
+                    .text()
+                    .await
+                    .unwrap_or_else(|e| panic!("{css}: {e}"))
+            }
+        },
         Err(e) => {
             let url = c
                 .current_url()
