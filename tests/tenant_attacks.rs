@@ -650,24 +650,6 @@ async fn tenant_host_for_operator() -> TenantHost {
     tenant_host().await
 }
 
-async fn s3_client() -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT"))
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 async fn keys_in(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     let out = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
     out.contents()
@@ -698,7 +680,7 @@ async fn media_redirects_into_the_servers_network_are_not_followed() {
     )
     .await
     .unwrap();
-    let s3 = s3_client().await;
+    let s3 = common::s3_client().await;
     let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let s3_endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
