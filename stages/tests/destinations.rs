@@ -269,6 +269,8 @@ async fn small_and_large_files_arrive_intact(d: Box<dyn Destination>) {
         ("a/small.bin", 1000),
         ("a/empty.bin", 0),
         ("b/exactly-one-part.bin", 5 * MIB),
+        // Ends exactly on a part boundary: no part is known to be the last when sent.
+        ("b/exactly-two-parts.bin", 10 * MIB),
         ("b/large.bin", 12 * MIB + 17),
     ] {
         let data = pattern(len, 3);

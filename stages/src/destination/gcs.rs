@@ -13,7 +13,7 @@
 //!
 //! Small files go in one multipart upload (metadata + bytes, with `md5Hash`, which the
 //! service checks). Larger ones use a resumable session: chunks (multiples of 256 KiB)
-//! cut from the body in memory by [`PartReader`]; on a failed chunk the session is
+//! cut from the body in memory by the shared [`super::multipart`] loop; on a failed chunk the session is
 //! asked what it committed and the upload continues from there; if it cannot, the
 //! session is cancelled (`DELETE`), so an object appears at its final key only when the
 //! whole body arrived. The final chunk carries `X-Goog-Hash: md5=` of the whole body and
@@ -22,6 +22,7 @@
 //! redelivery) `storage.objects.delete`; nothing reads or lists the bucket.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +33,7 @@ use md5::{Digest, Md5};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 
-use super::parts::PartReader;
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
 use super::url::GcsUrl;
 use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
 use crate::gcp_auth::{GcpAuthError, SCOPE_STORAGE, TokenSource};
@@ -44,7 +45,10 @@ pub const CHUNK_GRANULE: usize = 256 * 1024;
 /// Tries per chunk (the first send plus resumes) before the upload is given up.
 const CHUNK_ATTEMPTS: u32 = 6;
 
-pub struct GcsDestination {
+pub struct GcsDestination(Arc<GcsClient>);
+
+/// The client every request of the destination (and of its open uploads) goes through.
+pub struct GcsClient {
     http: reqwest::Client,
     auth: TokenSource,
     endpoint: String,
@@ -61,6 +65,14 @@ enum Committed {
     Offset(u64),
     /// The upload is complete (the object exists).
     Done(serde_json::Value),
+}
+
+impl std::ops::Deref for GcsDestination {
+    type Target = GcsClient;
+
+    fn deref(&self) -> &GcsClient {
+        &self.0
+    }
 }
 
 impl GcsDestination {
@@ -99,7 +111,7 @@ impl GcsDestination {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| refused(format!("could not build the HTTP client: {e}")))?;
-        Ok(Self {
+        Ok(Self(Arc::new(GcsClient {
             http,
             auth,
             endpoint: url.endpoint.clone(),
@@ -108,9 +120,11 @@ impl GcsDestination {
             kms_key: url.kms_key.clone(),
             location,
             chunk_size,
-        })
+        })))
     }
+}
 
+impl GcsClient {
     fn key(&self, rel: &str) -> String {
         pipeline::keys::join(&self.prefix, rel)
     }
@@ -431,65 +445,110 @@ impl GcsDestination {
         }
         Err(last_error.unwrap_or_else(|| self.transient("the chunk could not be sent")))
     }
+}
 
-    async fn put_resumable(
-        &self,
-        name: &str,
-        already_read: Vec<Bytes>,
-        parts: &mut PartReader,
-        content_type: &str,
-    ) -> Result<u64, DestinationError> {
-        let session = self.start_session(name, content_type).await?;
-        let result = self.upload_chunks(&session, already_read, parts).await;
-        if result.is_err() {
-            self.cancel(&session).await;
-        }
-        result
+#[async_trait]
+impl MultipartStore for GcsDestination {
+    type Upload = GcsUpload;
+
+    fn error_location(&self) -> &str {
+        &self.location
     }
 
-    async fn upload_chunks(
+    fn part_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    /// A resumable session takes its chunks strictly in order.
+    fn parts_in_flight(&self) -> usize {
+        1
+    }
+
+    async fn put_whole(
         &self,
-        session: &str,
-        already_read: Vec<Bytes>,
-        parts: &mut PartReader,
-    ) -> Result<u64, DestinationError> {
-        let mut md5 = Md5::new();
-        let mut offset = 0u64;
-        let mut pending: std::collections::VecDeque<Bytes> = already_read.into();
-        loop {
-            let chunk = match pending.pop_front() {
-                Some(c) => c,
-                None => match parts.next_part().await.map_err(DestinationError::Source)? {
-                    Some(c) => c,
-                    None => Bytes::new(),
-                },
-            };
-            md5.update(&chunk);
-            // One part of look-ahead tells whether this chunk is the last.
-            if pending.is_empty()
-                && !parts.is_finished()
-                && let Some(next) = parts.next_part().await.map_err(DestinationError::Source)?
-            {
-                pending.push_back(next);
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), DestinationError> {
+        self.put_single(key, body, content_type).await
+    }
+
+    async fn begin(&self, key: &str, content_type: &str) -> Result<GcsUpload, DestinationError> {
+        Ok(GcsUpload {
+            session: Arc::new(self.start_session(key, content_type).await?),
+            client: self.0.clone(),
+            md5: Md5::new(),
+            whole_md5: None,
+        })
+    }
+}
+
+/// A resumable session; the object is finalised by the chunk that carries the total.
+pub struct GcsUpload {
+    client: Arc<GcsClient>,
+    session: Arc<String>,
+    md5: Md5,
+    /// Set when the chunk marked last was handed out.
+    whole_md5: Option<String>,
+}
+
+impl GcsUpload {
+    fn finish_md5(&mut self) -> String {
+        self.whole_md5
+            .get_or_insert_with(|| {
+                base64::engine::general_purpose::STANDARD.encode(self.md5.clone().finalize())
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl OpenUpload for GcsUpload {
+    /// The object's metadata, when the chunk completed the upload.
+    type Receipt = Option<serde_json::Value>;
+
+    fn send(&mut self, part: Part) -> PartRequest<Option<serde_json::Value>> {
+        self.md5.update(&part.bytes);
+        let end = part.offset + part.bytes.len() as u64;
+        let (total, whole) = if part.last {
+            (Some(end), Some(self.finish_md5()))
+        } else {
+            (None, None)
+        };
+        let (client, session) = (self.client.clone(), self.session.clone());
+        Box::pin(async move {
+            client
+                .send_chunk(&session, part.offset, &part.bytes, total, whole.as_deref())
+                .await
+        })
+    }
+
+    async fn complete(
+        &mut self,
+        receipts: Vec<Option<serde_json::Value>>,
+        size: u64,
+    ) -> Result<(), DestinationError> {
+        let sent_last = self.whole_md5.is_some();
+        let whole = self.finish_md5();
+        let object = match receipts.into_iter().last().flatten() {
+            Some(object) if sent_last => Some(object),
+            // The body ended exactly on a chunk boundary: an empty last chunk carries
+            // the total and finalises the object.
+            _ => {
+                self.client
+                    .send_chunk(&self.session, size, &Bytes::new(), Some(size), Some(&whole))
+                    .await?
             }
-            let last = pending.is_empty() && parts.is_finished();
-            let total = last.then(|| offset + chunk.len() as u64);
-            let whole = last
-                .then(|| base64::engine::general_purpose::STANDARD.encode(md5.clone().finalize()));
-            let done = self
-                .send_chunk(session, offset, &chunk, total, whole.as_deref())
-                .await?;
-            offset += chunk.len() as u64;
-            if last {
-                let object = done.ok_or_else(|| {
-                    self.transient("the last chunk was accepted but the upload is not complete")
-                })?;
-                if let Some(ours) = &whole {
-                    self.check_md5(&object, ours)?;
-                }
-                return Ok(offset);
-            }
-        }
+        };
+        let object = object.ok_or_else(|| {
+            self.client
+                .transient("the last chunk was accepted but the upload is not complete")
+        })?;
+        self.client.check_md5(&object, &whole)
+    }
+
+    async fn abort(&mut self) {
+        self.client.cancel(&self.session).await;
     }
 }
 
@@ -525,28 +584,7 @@ impl Destination for GcsDestination {
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
         let key = self.key(checked(relative_path)?);
-        let mut parts = PartReader::new(body, self.chunk_size);
-        let first = parts
-            .next_part()
-            .await
-            .map_err(DestinationError::Source)?
-            .unwrap_or_default();
-        let second = if parts.is_finished() {
-            None
-        } else {
-            parts.next_part().await.map_err(DestinationError::Source)?
-        };
-        let bytes = match second {
-            None => {
-                let n = first.len() as u64;
-                self.put_single(&key, first, content_type).await?;
-                n
-            }
-            Some(second) => {
-                self.put_resumable(&key, vec![first, second], &mut parts, content_type)
-                    .await?
-            }
-        };
+        let bytes = put_streaming(self, &key, body, content_type).await?;
         Ok(Written { key, bytes })
     }
 

@@ -13,7 +13,7 @@
 pub mod azure;
 pub mod gcs;
 pub mod local;
-pub(crate) mod parts;
+pub(crate) mod multipart;
 pub mod s3;
 pub mod url;
 

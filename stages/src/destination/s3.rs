@@ -24,9 +24,8 @@ use aws_smithy_types::byte_stream::ByteStream as SdkByteStream;
 use base64::Engine;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::task::JoinSet;
 
-use super::parts::PartReader;
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
 use super::url::{S3Encryption, S3Url};
 use super::{ByteStream, Destination, DestinationError, Tuning, UploadJournal, Written, checked};
 
@@ -113,45 +112,6 @@ impl S3Destination {
         })
     }
 
-    /// Aborts one multipart upload, retrying: an abort that fails leaves parts billed.
-    /// An upload S3 no longer knows (completed, aborted, expired) counts as aborted.
-    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), DestinationError> {
-        let mut last = None;
-        for attempt in 0..3u32 {
-            let aborted = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .send()
-                .await;
-            match aborted {
-                Ok(_) => return Ok(()),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "aborting a multipart upload failed");
-                    last = Some(e);
-                    tokio::time::sleep(pipeline::backoff::delay(
-                        attempt,
-                        std::time::Duration::from_millis(200),
-                        std::time::Duration::from_secs(2),
-                    ))
-                    .await;
-                }
-            }
-        }
-        Err(match last {
-            Some(e) => self.classify("AbortMultipartUpload", e),
-            None => DestinationError::Transient {
-                destination: self.location.clone(),
-                detail: "AbortMultipartUpload did not run".into(),
-            },
-        })
-    }
-
     /// Aborts the journal's open uploads (at `key` only, when given); returns how many.
     async fn abort_journaled(&self, key: Option<&str>) -> Result<usize, DestinationError> {
         let Some(journal) = &self.journal else {
@@ -159,7 +119,7 @@ impl S3Destination {
         };
         let mut aborted = 0;
         for (k, id) in journal.left_open(key).await {
-            self.abort_upload(&k, &id).await?;
+            abort_upload(&self.client, &self.bucket, &self.location, &k, &id).await?;
             journal.closed(&id).await;
             aborted += 1;
         }
@@ -188,8 +148,69 @@ impl S3Destination {
     ) -> DestinationError {
         classify(&self.location, what, err)
     }
+}
 
-    async fn put_single(
+/// Aborts one multipart upload, retrying: an abort that fails leaves parts billed.
+/// An upload S3 no longer knows (completed, aborted, expired) counts as aborted.
+async fn abort_upload(
+    client: &Client,
+    bucket: &str,
+    location: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), DestinationError> {
+    let mut last = None;
+    for attempt in 0..3u32 {
+        let aborted = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match aborted {
+            Ok(_) => return Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "aborting a multipart upload failed");
+                last = Some(e);
+                tokio::time::sleep(pipeline::backoff::delay(
+                    attempt,
+                    std::time::Duration::from_millis(200),
+                    std::time::Duration::from_secs(2),
+                ))
+                .await;
+            }
+        }
+    }
+    Err(match last {
+        Some(e) => classify(location, "AbortMultipartUpload", e),
+        None => DestinationError::Transient {
+            destination: location.to_string(),
+            detail: "AbortMultipartUpload did not run".into(),
+        },
+    })
+}
+
+#[async_trait]
+impl MultipartStore for S3Destination {
+    type Upload = S3Upload;
+
+    fn error_location(&self) -> &str {
+        &self.location
+    }
+
+    fn part_size(&self) -> usize {
+        self.tuning.part_size
+    }
+
+    fn parts_in_flight(&self) -> usize {
+        self.tuning.parts_in_flight
+    }
+
+    async fn put_whole(
         &self,
         key: &str,
         body: Bytes,
@@ -216,13 +237,7 @@ impl S3Destination {
         Ok(())
     }
 
-    async fn put_multipart(
-        &self,
-        key: &str,
-        already_read: Vec<Bytes>,
-        parts: &mut PartReader,
-        content_type: &str,
-    ) -> Result<u64, DestinationError> {
+    async fn begin(&self, key: &str, content_type: &str) -> Result<S3Upload, DestinationError> {
         // A killed worker's upload of this key would otherwise stay open (and billed).
         if let Err(e) = self.abort_journaled(Some(key)).await {
             tracing::warn!(key, error = %e, "could not abort an earlier upload of this key; the end of the job tries again");
@@ -249,110 +264,105 @@ impl S3Destination {
         if let Some(journal) = &self.journal {
             journal.opened(key, &upload_id).await;
         }
-        let result = self
-            .upload_parts(key, &upload_id, already_read, parts)
-            .await;
-        // Completed, or else aborted so nothing is left billed or visible. An abort that
-        // failed stays in the journal for the end of the job.
-        let settled = match &result {
-            Ok(_) => true,
-            Err(_) => self.abort_upload(key, &upload_id).await.is_ok(),
-        };
-        if settled && let Some(journal) = &self.journal {
-            journal.closed(&upload_id).await;
-        }
-        result
+        Ok(S3Upload {
+            target: Arc::new(UploadTarget {
+                client: self.client.clone(),
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                upload_id,
+                location: self.location.clone(),
+            }),
+            journal: self.journal.clone(),
+        })
+    }
+}
+
+/// What every part request of one multipart upload shares.
+struct UploadTarget {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    location: String,
+}
+
+/// An open multipart upload, noted in the journal until it is completed or aborted.
+pub struct S3Upload {
+    target: Arc<UploadTarget>,
+    journal: Option<Arc<dyn UploadJournal>>,
+}
+
+#[async_trait]
+impl OpenUpload for S3Upload {
+    type Receipt = CompletedPart;
+
+    fn send(&mut self, part: Part) -> PartRequest<CompletedPart> {
+        let t = self.target.clone();
+        Box::pin(async move {
+            let number = part.index as i32 + 1;
+            let checksum = b64_sha256(&part.bytes);
+            let out = t
+                .client
+                .upload_part()
+                .bucket(&t.bucket)
+                .key(&t.key)
+                .upload_id(&t.upload_id)
+                .part_number(number)
+                .checksum_sha256(&checksum)
+                .body(SdkByteStream::from(part.bytes))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(|e| classify(&t.location, "UploadPart", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_sha256(
+                    out.checksum_sha256()
+                        .map(str::to_string)
+                        .unwrap_or(checksum),
+                )
+                .build())
+        })
     }
 
-    async fn upload_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        already_read: Vec<Bytes>,
-        parts: &mut PartReader,
-    ) -> Result<u64, DestinationError> {
-        let mut inflight: JoinSet<Result<CompletedPart, DestinationError>> = JoinSet::new();
-        let mut done: Vec<CompletedPart> = Vec::new();
-        let mut total = 0u64;
-        let mut next = already_read.into_iter();
-        let mut number = 1i32;
-        let shared = Arc::new((
-            self.client.clone(),
-            self.bucket.clone(),
-            key.to_string(),
-            upload_id.to_string(),
-            self.location.clone(),
-        ));
-        loop {
-            let part = match next.next() {
-                Some(p) => p,
-                None => match parts.next_part().await.map_err(DestinationError::Source)? {
-                    Some(p) => p,
-                    None => break,
-                },
-            };
-            while inflight.len() >= self.tuning.parts_in_flight.max(1) {
-                if let Some(r) = inflight.join_next().await {
-                    done.push(joined(r, &self.location)??);
-                }
-            }
-            total += part.len() as u64;
-            let shared = shared.clone();
-            let this_number = number;
-            inflight.spawn(async move {
-                let (client, bucket, key, upload_id, location) = &*shared;
-                let checksum = b64_sha256(&part);
-                let out = client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(this_number)
-                    .checksum_sha256(&checksum)
-                    .body(SdkByteStream::from(part))
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(|e| classify(location, "UploadPart", e))?;
-                Ok(CompletedPart::builder()
-                    .part_number(this_number)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .checksum_sha256(
-                        out.checksum_sha256()
-                            .map(str::to_string)
-                            .unwrap_or(checksum),
-                    )
-                    .build())
-            });
-            number += 1;
-        }
-        while let Some(r) = inflight.join_next().await {
-            done.push(joined(r, &self.location)??);
-        }
-        done.sort_by_key(|p| p.part_number());
-        self.client
+    async fn complete(
+        &mut self,
+        receipts: Vec<CompletedPart>,
+        _size: u64,
+    ) -> Result<(), DestinationError> {
+        let t = &self.target;
+        t.client
             .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
+            .bucket(&t.bucket)
+            .key(&t.key)
+            .upload_id(&t.upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
+                    .set_parts(Some(receipts))
                     .build(),
             )
             .send()
             .await
-            .map_err(|e| self.classify("CompleteMultipartUpload", e))?;
-        Ok(total)
+            .map_err(|e| classify(&t.location, "CompleteMultipartUpload", e))?;
+        if let Some(journal) = &self.journal {
+            journal.closed(&t.upload_id).await;
+        }
+        Ok(())
     }
-}
 
-fn joined<T>(r: Result<T, tokio::task::JoinError>, location: &str) -> Result<T, DestinationError> {
-    r.map_err(|e| DestinationError::Transient {
-        destination: location.to_string(),
-        detail: format!("upload task failed: {e}"),
-    })
+    /// Aborted so nothing is left billed or visible. An abort that failed stays in the
+    /// journal for the end of the job.
+    async fn abort(&mut self) {
+        let t = &self.target;
+        let aborted = abort_upload(&t.client, &t.bucket, &t.location, &t.key, &t.upload_id).await;
+        if aborted.is_ok()
+            && let Some(journal) = &self.journal
+        {
+            journal.closed(&t.upload_id).await;
+        }
+    }
 }
 
 fn b64_sha256(bytes: &[u8]) -> String {
@@ -433,29 +443,7 @@ impl Destination for S3Destination {
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
         let key = self.key(checked(relative_path)?);
-        let mut parts = PartReader::new(body, self.tuning.part_size);
-        let first = parts
-            .next_part()
-            .await
-            .map_err(DestinationError::Source)?
-            .unwrap_or_default();
-        // Peek: if the body ended within the first part, one PUT does it.
-        let second = if parts.is_finished() {
-            None
-        } else {
-            parts.next_part().await.map_err(DestinationError::Source)?
-        };
-        let bytes = match second {
-            None => {
-                let n = first.len() as u64;
-                self.put_single(&key, first, content_type).await?;
-                n
-            }
-            Some(second) => {
-                self.put_multipart(&key, vec![first, second], &mut parts, content_type)
-                    .await?
-            }
-        };
+        let bytes = put_streaming(self, &key, body, content_type).await?;
         Ok(Written { key, bytes })
     }
 

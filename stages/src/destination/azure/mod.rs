@@ -4,7 +4,7 @@
 //! Authentication is a SAS token for the container (what customers hand us), held in
 //! memory and only ever placed on request URLs; it needs exactly create (c) and write
 //! (w). Small files go in one Put Blob; larger ones stream as staged blocks (cut from
-//! the body in memory by [`PartReader`], several in flight) and one Put Block List, so
+//! the body in memory by the shared [`super::multipart`] loop, several in flight) and one Put Block List, so
 //! the blob appears at its final key only when the list is committed. Every request
 //! body carries `Content-MD5`, which the service checks, and a block blob gets the
 //! whole body's MD5 as its `Content-MD5` property for downloads to check. A failed upload leaves only
@@ -34,10 +34,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::task::JoinSet;
 
 use self::transport::{ContentMd5Policy, RustlsTransport};
-use super::parts::PartReader;
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
 use super::url::AzureUrl;
 use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
 
@@ -177,13 +176,31 @@ impl AzureDestination {
     fn classify(&self, what: &str, err: azure_core::Error) -> DestinationError {
         classify(&self.location, self.sas.expose_secret(), what, err)
     }
+}
 
-    async fn put_single(
+#[async_trait]
+impl MultipartStore for AzureDestination {
+    type Upload = AzureUpload;
+
+    fn error_location(&self) -> &str {
+        &self.location
+    }
+
+    fn part_size(&self) -> usize {
+        self.tuning.part_size
+    }
+
+    fn parts_in_flight(&self) -> usize {
+        self.tuning.parts_in_flight
+    }
+
+    async fn put_whole(
         &self,
-        client: &BlockBlobClient,
+        key: &str,
         body: Bytes,
         content_type: &str,
     ) -> Result<(), DestinationError> {
+        let client = self.block_client(key)?;
         let len = body.len();
         let options = BlockBlobClientUploadOptions {
             blob_content_type: Some(content_type.to_string()),
@@ -199,82 +216,89 @@ impl AzureDestination {
         Ok(())
     }
 
-    async fn put_blocks(
-        &self,
-        client: BlockBlobClient,
-        already_read: Vec<Bytes>,
-        parts: &mut PartReader,
-        content_type: &str,
-    ) -> Result<u64, DestinationError> {
-        let client = Arc::new(client);
-        // Unique per upload, so two deliveries of the same file writing at once can
-        // never mix each other's blocks; all ids of one blob have the same length.
-        let upload = uuid::Uuid::new_v4().simple().to_string();
-        let mut inflight: JoinSet<Result<(), DestinationError>> = JoinSet::new();
-        let mut ids: Vec<Vec<u8>> = Vec::new();
-        let mut total = 0u64;
-        // The whole blob's MD5, stored as its Content-MD5 property so downloads
-        // (azcopy, the SDKs) can check what they got; each block's own MD5 is checked
-        // by the service on the way in (`transport::ContentMd5Policy`).
-        let mut whole = Md5::new();
-        let mut next = already_read.into_iter();
-        loop {
-            let part = match next.next() {
-                Some(p) => p,
-                None => match parts.next_part().await.map_err(DestinationError::Source)? {
-                    Some(p) => p,
-                    None => break,
-                },
-            };
-            while inflight.len() >= self.tuning.parts_in_flight.max(1) {
-                if let Some(r) = inflight.join_next().await {
-                    joined(r, &self.location)??;
-                }
-            }
-            whole.update(&part);
-            let id = format!("{upload}-{:06}", ids.len()).into_bytes();
-            ids.push(id.clone());
-            total += part.len() as u64;
-            let client = client.clone();
-            let location = self.location.clone();
-            let sas = self.sas.expose_secret().to_string();
-            let options = BlockBlobClientStageBlockOptions {
-                encryption_scope: self.encryption_scope.clone(),
-                ..Default::default()
-            };
-            inflight.spawn(async move {
-                let len = part.len() as u64;
-                client
-                    .stage_block(&id, len, part.into(), Some(options))
-                    .await
-                    .map_err(|e| classify(&location, &sas, "Put Block", e))?;
-                Ok(())
-            });
-        }
-        while let Some(r) = inflight.join_next().await {
-            joined(r, &self.location)??;
-        }
-        let list = BlockLookupList {
-            latest: Some(ids),
+    async fn begin(&self, key: &str, content_type: &str) -> Result<AzureUpload, DestinationError> {
+        Ok(AzureUpload {
+            client: Arc::new(self.block_client(key)?),
+            // Unique per upload, so two deliveries of the same file writing at once can
+            // never mix each other's blocks; all ids of one blob have the same length.
+            upload: uuid::Uuid::new_v4().simple().to_string(),
+            ids: Vec::new(),
+            whole: Md5::new(),
+            content_type: content_type.to_string(),
+            location: self.location.clone(),
+            sas: self.sas.clone(),
+            encryption_scope: self.encryption_scope.clone(),
+        })
+    }
+}
+
+/// A block blob being staged: blocks are invisible until the block list is committed.
+pub struct AzureUpload {
+    client: Arc<BlockBlobClient>,
+    upload: String,
+    ids: Vec<Vec<u8>>,
+    /// The whole blob's MD5, stored as its Content-MD5 property so downloads (azcopy,
+    /// the SDKs) can check what they got; each block's own MD5 is checked by the service
+    /// on the way in (`transport::ContentMd5Policy`).
+    whole: Md5,
+    content_type: String,
+    location: String,
+    sas: SecretString,
+    encryption_scope: Option<String>,
+}
+
+#[async_trait]
+impl OpenUpload for AzureUpload {
+    type Receipt = ();
+
+    fn send(&mut self, part: Part) -> PartRequest<()> {
+        self.whole.update(&part.bytes);
+        let id = format!("{}-{:06}", self.upload, part.index).into_bytes();
+        self.ids.push(id.clone());
+        let client = self.client.clone();
+        let location = self.location.clone();
+        let sas = self.sas.clone();
+        let options = BlockBlobClientStageBlockOptions {
+            encryption_scope: self.encryption_scope.clone(),
             ..Default::default()
         };
+        Box::pin(async move {
+            let len = part.bytes.len() as u64;
+            client
+                .stage_block(&id, len, part.bytes.into(), Some(options))
+                .await
+                .map_err(|e| classify(&location, sas.expose_secret(), "Put Block", e))?;
+            Ok(())
+        })
+    }
+
+    async fn complete(&mut self, _receipts: Vec<()>, _size: u64) -> Result<(), DestinationError> {
+        let list = BlockLookupList {
+            latest: Some(std::mem::take(&mut self.ids)),
+            ..Default::default()
+        };
+        let sas = self.sas.expose_secret();
         let content: RequestContent<BlockLookupList, _> = list
             .try_into()
-            .map_err(|e| self.classify("encoding the block list", e))?;
-        client
+            .map_err(|e| classify(&self.location, sas, "encoding the block list", e))?;
+        self.client
             .commit_block_list(
                 content,
                 Some(BlockBlobClientCommitBlockListOptions {
-                    blob_content_type: Some(content_type.to_string()),
-                    blob_content_md5: Some(whole.finalize().to_vec()),
+                    blob_content_type: Some(self.content_type.clone()),
+                    blob_content_md5: Some(self.whole.clone().finalize().to_vec()),
                     encryption_scope: self.encryption_scope.clone(),
                     ..Default::default()
                 }),
             )
             .await
-            .map_err(|e| self.classify("Put Block List", e))?;
-        Ok(total)
+            .map_err(|e| classify(&self.location, sas, "Put Block List", e))?;
+        Ok(())
     }
+
+    /// Nothing to do: uncommitted blocks are never readable at the key, and the service
+    /// discards them (at the next commit of the blob, or after a week).
+    async fn abort(&mut self) {}
 }
 
 /// Accepts the token with or without its leading `?`, and refuses what is clearly not
@@ -288,13 +312,6 @@ fn normalize_sas(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(sas.to_string())
-}
-
-fn joined<T>(r: Result<T, tokio::task::JoinError>, location: &str) -> Result<T, DestinationError> {
-    r.map_err(|e| DestinationError::Transient {
-        destination: location.to_string(),
-        detail: format!("upload task failed: {e}"),
-    })
 }
 
 /// Removes the SAS token (and any `sig=` value) from text bound for errors and logs.
@@ -388,29 +405,7 @@ impl Destination for AzureDestination {
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
         let key = self.key(checked(relative_path)?);
-        let client = self.block_client(&key)?;
-        let mut parts = PartReader::new(body, self.tuning.part_size);
-        let first = parts
-            .next_part()
-            .await
-            .map_err(DestinationError::Source)?
-            .unwrap_or_default();
-        let second = if parts.is_finished() {
-            None
-        } else {
-            parts.next_part().await.map_err(DestinationError::Source)?
-        };
-        let bytes = match second {
-            None => {
-                let n = first.len() as u64;
-                self.put_single(&client, first, content_type).await?;
-                n
-            }
-            Some(second) => {
-                self.put_blocks(client, vec![first, second], &mut parts, content_type)
-                    .await?
-            }
-        };
+        let bytes = put_streaming(self, &key, body, content_type).await?;
         Ok(Written { key, bytes })
     }
 

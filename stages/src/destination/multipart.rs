@@ -1,0 +1,426 @@
+//! The one multipart upload loop that every object store shares, in the manner of arrow-rs
+//! `object_store`: the streaming body is cut into fixed-size parts in memory (never on
+//! disk), a file that fits in one part goes in one request, and a larger one is sent as
+//! parts with a bounded number in flight, then committed, or aborted if anything fails, so
+//! an object appears at its final key only when its whole body arrived. S3 multipart
+//! parts, Azure blocks and GCS resumable chunks all come from here; each store provides
+//! only its own calls through [`MultipartStore`] (one-request upload, begin) and
+//! [`OpenUpload`] (send one part, commit, abort). Memory per transfer is at most
+//! `part_size * (parts_in_flight + 1)` plus one incoming chunk.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+
+use super::{ByteStream, DestinationError};
+
+/// Cuts a byte stream into parts of exactly `part_size` bytes (the last may be shorter),
+/// holding at most one part plus one chunk in memory.
+pub(crate) struct PartReader {
+    body: ByteStream,
+    buf: BytesMut,
+    part_size: usize,
+    finished: bool,
+}
+
+impl PartReader {
+    pub(crate) fn new(body: ByteStream, part_size: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            part_size,
+            finished: false,
+        }
+    }
+
+    /// The next part, `None` at the end; an error if the body failed.
+    pub(crate) async fn next_part(&mut self) -> Result<Option<Bytes>, std::io::Error> {
+        while !self.finished && self.buf.len() < self.part_size {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    if self.buf.capacity() < self.part_size {
+                        // Sized once per part: growing by doubling would hold up to
+                        // twice the part size per transfer.
+                        self.buf
+                            .reserve(self.part_size.max(chunk.len()) - self.buf.len());
+                    }
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(e),
+                None => self.finished = true,
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let take = self.buf.len().min(self.part_size);
+        Ok(Some(self.buf.split_to(take).freeze()))
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished && self.buf.is_empty()
+    }
+}
+
+/// One part of an upload, handed to [`OpenUpload::send`] in order.
+pub(crate) struct Part {
+    /// 0 for the first part.
+    pub index: usize,
+    /// Where the part starts in the object.
+    pub offset: u64,
+    pub bytes: Bytes,
+    /// The body is known to end with this part. A body that ends exactly on a part
+    /// boundary is only known to have ended after its last part was sent: then no part
+    /// is marked last, and [`OpenUpload::complete`] finishes the object.
+    pub last: bool,
+}
+
+/// The request that sends one part; it owns what it needs, so several run at once.
+pub(crate) type PartRequest<R> = BoxFuture<'static, Result<R, DestinationError>>;
+
+/// What a store provides to [`put_streaming`].
+#[async_trait]
+pub(crate) trait MultipartStore: Send + Sync {
+    type Upload: OpenUpload;
+
+    /// The destination as named in errors (without secrets).
+    fn error_location(&self) -> &str;
+    fn part_size(&self) -> usize;
+    /// Parts sent at once (1 for stores that take parts strictly in order).
+    fn parts_in_flight(&self) -> usize;
+    /// Writes a body that fits in one part with one request.
+    async fn put_whole(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(), DestinationError>;
+    /// Starts a multipart upload to `key`; nothing is visible at the key until it commits.
+    async fn begin(&self, key: &str, content_type: &str) -> Result<Self::Upload, DestinationError>;
+}
+
+/// One started multipart upload.
+#[async_trait]
+pub(crate) trait OpenUpload: Send + 'static {
+    /// What sending a part returns and committing needs (an ETag, a block id, ...).
+    type Receipt: Send + 'static;
+
+    /// Called once per part, in order, so whole-object digests can be updated here;
+    /// returns the request that sends the part.
+    fn send(&mut self, part: Part) -> PartRequest<Self::Receipt>;
+    /// Commits the object from the parts' receipts (in part order); `size` is its length.
+    async fn complete(
+        &mut self,
+        receipts: Vec<Self::Receipt>,
+        size: u64,
+    ) -> Result<(), DestinationError>;
+    /// Discards what was sent, best effort, after a failure. It never makes an object
+    /// appear at the key.
+    async fn abort(&mut self);
+}
+
+/// Streams `body` to `key` through `store`: one request for a body that fits in one
+/// part, else a multipart upload that is committed only when every part arrived and
+/// aborted otherwise. Returns the number of bytes written.
+pub(crate) async fn put_streaming<S: MultipartStore>(
+    store: &S,
+    key: &str,
+    body: ByteStream,
+    content_type: &str,
+) -> Result<u64, DestinationError> {
+    let mut parts = PartReader::new(body, store.part_size());
+    let first = parts
+        .next_part()
+        .await
+        .map_err(DestinationError::Source)?
+        .unwrap_or_default();
+    // Peek: if the body ended within the first part, one request does it.
+    let second = if parts.is_finished() {
+        None
+    } else {
+        parts.next_part().await.map_err(DestinationError::Source)?
+    };
+    let Some(second) = second else {
+        let size = first.len() as u64;
+        store.put_whole(key, first, content_type).await?;
+        return Ok(size);
+    };
+    let mut upload = store.begin(key, content_type).await?;
+    let sent = send_parts(
+        &mut upload,
+        store.error_location(),
+        store.parts_in_flight(),
+        [first, second],
+        &mut parts,
+    )
+    .await;
+    let result = match sent {
+        Ok((receipts, size)) => upload.complete(receipts, size).await.map(|()| size),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        upload.abort().await;
+    }
+    result
+}
+
+/// Sends every part with at most `in_flight` at once; returns the receipts in part order
+/// and the object's size.
+async fn send_parts<U: OpenUpload>(
+    upload: &mut U,
+    location: &str,
+    in_flight: usize,
+    already_read: [Bytes; 2],
+    parts: &mut PartReader,
+) -> Result<(Vec<U::Receipt>, u64), DestinationError> {
+    let mut running: JoinSet<(usize, Result<U::Receipt, DestinationError>)> = JoinSet::new();
+    let mut receipts: Vec<(usize, U::Receipt)> = Vec::new();
+    let mut already_read = already_read.into_iter();
+    let (mut index, mut offset) = (0usize, 0u64);
+    loop {
+        let bytes = match already_read.next() {
+            Some(p) => p,
+            None => match parts.next_part().await.map_err(DestinationError::Source)? {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        while running.len() >= in_flight.max(1) {
+            if let Some(done) = running.join_next().await {
+                let (i, receipt) = joined(done, location)?;
+                receipts.push((i, receipt?));
+            }
+        }
+        let last = already_read.len() == 0 && parts.is_finished();
+        let size = bytes.len() as u64;
+        let request = upload.send(Part {
+            index,
+            offset,
+            bytes,
+            last,
+        });
+        running.spawn(async move { (index, request.await) });
+        index += 1;
+        offset += size;
+    }
+    while let Some(done) = running.join_next().await {
+        let (i, receipt) = joined(done, location)?;
+        receipts.push((i, receipt?));
+    }
+    receipts.sort_by_key(|(i, _)| *i);
+    Ok((receipts.into_iter().map(|(_, r)| r).collect(), offset))
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>, location: &str) -> Result<T, DestinationError> {
+    r.map_err(|e| DestinationError::Transient {
+        destination: location.to_string(),
+        detail: format!("upload task failed: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn parts_are_exact_and_complete() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..37u8)
+            .map(|i| Ok(Bytes::from(vec![i; 1000 + i as usize])))
+            .collect();
+        let total: usize = (0..37usize).map(|i| 1000 + i).sum();
+        let mut reader = PartReader::new(Box::pin(futures::stream::iter(chunks)), 4096);
+        let mut seen = 0;
+        let mut sizes = vec![];
+        while let Some(p) = reader.next_part().await.unwrap() {
+            seen += p.len();
+            sizes.push(p.len());
+        }
+        assert_eq!(seen, total);
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|s| *s == 4096),
+            "{sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_fails_the_part() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from(vec![1; 10])),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "cut",
+            )),
+        ];
+        let mut reader = PartReader::new(Box::pin(futures::stream::iter(chunks)), 4096);
+        assert!(reader.next_part().await.is_err());
+    }
+
+    use std::sync::{Arc, Mutex};
+
+    /// An in-memory store that records what the loop asked of it, to check the loop's
+    /// own promises (order, parts in flight, commit or abort) apart from any server.
+    #[derive(Default)]
+    struct Recorder {
+        whole: Mutex<Option<Vec<u8>>>,
+        log: Arc<Mutex<Log>>,
+        fail_part: Option<usize>,
+    }
+
+    #[derive(Default)]
+    struct Log {
+        parts: Vec<(usize, u64, usize, bool)>,
+        running: usize,
+        most_running: usize,
+        committed: Option<(Vec<usize>, u64)>,
+        aborted: bool,
+    }
+
+    struct RecordedUpload {
+        log: Arc<Mutex<Log>>,
+        fail_part: Option<usize>,
+    }
+
+    #[async_trait]
+    impl MultipartStore for Recorder {
+        type Upload = RecordedUpload;
+        fn error_location(&self) -> &str {
+            "memory"
+        }
+        fn part_size(&self) -> usize {
+            100
+        }
+        fn parts_in_flight(&self) -> usize {
+            2
+        }
+        async fn put_whole(&self, _: &str, body: Bytes, _: &str) -> Result<(), DestinationError> {
+            *self.whole.lock().unwrap() = Some(body.to_vec());
+            Ok(())
+        }
+        async fn begin(&self, _: &str, _: &str) -> Result<RecordedUpload, DestinationError> {
+            Ok(RecordedUpload {
+                log: self.log.clone(),
+                fail_part: self.fail_part,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl OpenUpload for RecordedUpload {
+        type Receipt = usize;
+        fn send(&mut self, part: Part) -> PartRequest<usize> {
+            let log = self.log.clone();
+            let fail = self.fail_part == Some(part.index);
+            log.lock()
+                .unwrap()
+                .parts
+                .push((part.index, part.offset, part.bytes.len(), part.last));
+            Box::pin(async move {
+                {
+                    let mut l = log.lock().unwrap();
+                    l.running += 1;
+                    l.most_running = l.most_running.max(l.running);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                log.lock().unwrap().running -= 1;
+                if fail {
+                    return Err(DestinationError::Transient {
+                        destination: "memory".into(),
+                        detail: "part refused".into(),
+                    });
+                }
+                Ok(part.index)
+            })
+        }
+        async fn complete(
+            &mut self,
+            receipts: Vec<usize>,
+            size: u64,
+        ) -> Result<(), DestinationError> {
+            self.log.lock().unwrap().committed = Some((receipts, size));
+            Ok(())
+        }
+        async fn abort(&mut self) {
+            self.log.lock().unwrap().aborted = true;
+        }
+    }
+
+    fn body_of(len: usize) -> ByteStream {
+        let data: Vec<Result<Bytes, std::io::Error>> = vec![0u8; len]
+            .chunks(37)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures::stream::iter(data))
+    }
+
+    #[tokio::test]
+    async fn a_body_within_one_part_is_one_request() {
+        let store = Recorder::default();
+        assert_eq!(
+            put_streaming(&store, "k", body_of(100), "x").await.unwrap(),
+            100
+        );
+        assert_eq!(
+            store.whole.lock().unwrap().as_ref().map(Vec::len),
+            Some(100)
+        );
+        assert!(store.log.lock().unwrap().parts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn parts_go_in_order_with_at_most_the_configured_number_in_flight() {
+        let store = Recorder::default();
+        assert_eq!(
+            put_streaming(&store, "k", body_of(950), "x").await.unwrap(),
+            950
+        );
+        let log = store.log.lock().unwrap();
+        let offsets: Vec<u64> = log.parts.iter().map(|p| p.1).collect();
+        assert_eq!(offsets, (0..10).map(|i| i * 100).collect::<Vec<u64>>());
+        assert_eq!(log.most_running, 2, "parts in flight");
+        let lasts: Vec<bool> = log.parts.iter().map(|p| p.3).collect();
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+        assert!(lasts[9], "the short final part is marked last");
+        assert_eq!(log.committed, Some(((0..10).collect(), 950)));
+        assert!(!log.aborted);
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_on_a_part_boundary_is_committed_with_its_size() {
+        let store = Recorder::default();
+        assert_eq!(
+            put_streaming(&store, "k", body_of(300), "x").await.unwrap(),
+            300
+        );
+        let log = store.log.lock().unwrap();
+        assert_eq!(log.parts.len(), 3);
+        assert_eq!(log.committed, Some((vec![0, 1, 2], 300)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_and_commits_nothing() {
+        let store = Recorder {
+            fail_part: Some(3),
+            ..Recorder::default()
+        };
+        assert!(put_streaming(&store, "k", body_of(950), "x").await.is_err());
+        let log = store.log.lock().unwrap();
+        assert!(log.aborted);
+        assert!(log.committed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_aborts_an_upload_in_progress() {
+        let store = Recorder::default();
+        let mut chunks: Vec<Result<Bytes, std::io::Error>> =
+            (0..5).map(|_| Ok(Bytes::from(vec![1u8; 100]))).collect();
+        chunks.push(Err(std::io::Error::other("cut")));
+        let err = put_streaming(&store, "k", Box::pin(futures::stream::iter(chunks)), "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DestinationError::Source(_)), "{err}");
+        let log = store.log.lock().unwrap();
+        assert!(log.aborted && log.committed.is_none());
+    }
+}
