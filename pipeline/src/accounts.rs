@@ -17,9 +17,12 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::retention::DEFAULT_RETENTION_DAYS;
 use crate::store::{Bound, DAY_MS, JobStore, delete_some, now_ms};
 use crate::{JobId, JobStatus};
+
+/// An organisation's retention period unless its admins choose another (the purge
+/// in `retention` applies it).
+pub const DEFAULT_RETENTION_DAYS: i64 = 14;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {

@@ -262,7 +262,7 @@ async fn tables_with_rows(pool: &AnyPool, sqlite: bool) -> Result<Vec<String>, B
 
 async fn refuse_unless_empty(url: &str, sqlite: bool) -> Result<(), BackupError> {
     sqlx::any::install_default_drivers();
-    crate::config::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let pool = AnyPoolOptions::new()
         .max_connections(1)
         .connect(url)

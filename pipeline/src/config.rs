@@ -71,15 +71,6 @@ pub struct Services {
 /// stages, for outbound HTTPS). Read only at the edge ([`Services::start`]).
 pub const CA_FILE_ENV: &str = "PORTSHIFT_CA_FILE";
 
-/// Chooses rustls's process-wide crypto provider (ring), unless the process already
-/// chose. async-nats and sqlx's PostgreSQL TLS build their rustls configs with the
-/// process default; with more than one provider compiled in (ring for NATS, aws-lc-rs
-/// for the AWS SDK) rustls cannot pick one and panics on the first TLS handshake.
-/// Everything that opens a TLS connection through those crates calls this first.
-pub fn install_crypto_provider() {
-    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Connects to NATS. `tls://` URLs require TLS (a server that offers none is refused);
 /// `ca_file` adds a CA bundle (PEM) to the system roots, for a private CA. Certificate
 /// validation is always on, and rustls speaks TLS 1.2 and 1.3 only.
@@ -87,7 +78,7 @@ pub async fn connect_nats(
     url: &str,
     ca_file: Option<&Path>,
 ) -> Result<async_nats::Client, ServicesError> {
-    install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let mut options = async_nats::ConnectOptions::new()
         .name("portshift")
         .connection_timeout(Duration::from_secs(10))

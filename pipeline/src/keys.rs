@@ -8,6 +8,11 @@ use sha2::{Digest, Sha256};
 
 use crate::FileKind;
 
+/// The manifest's names at the root of an export (a chained schedule run's manifests
+/// are named per run by the manifest stage).
+pub const MANIFEST_TXT: &str = "portshift-manifest.txt";
+pub const MANIFEST_JSON: &str = "portshift-manifest.json";
+
 /// Longest recording-id segment kept verbatim; longer ids are cut and suffixed with a hash.
 const MAX_SEGMENT: usize = 96;
 

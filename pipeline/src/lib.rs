@@ -27,6 +27,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod tenancy;
+pub mod tls;
 pub mod topology;
 pub mod worker_process;
 

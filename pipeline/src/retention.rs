@@ -29,8 +29,7 @@ use crate::accounts::{Accounts, AccountsError};
 use crate::store::{JobStore, StoreError};
 use crate::topology::{self, TopologyError};
 
-/// An organisation's retention period unless its admins choose another.
-pub const DEFAULT_RETENTION_DAYS: i64 = 14;
+pub use crate::accounts::DEFAULT_RETENTION_DAYS;
 /// The shortest retention period an admin may choose.
 pub const MIN_RETENTION_DAYS: i64 = 1;
 /// The longest retention period an admin may choose.

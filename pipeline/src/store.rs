@@ -144,7 +144,7 @@ impl JobStore {
         check_tls_mode(url)?;
         sqlx::any::install_default_drivers();
         // sslmode=verify-full connects over rustls with the process's crypto provider.
-        crate::config::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let is_sqlite = url.starts_with("sqlite:");
         let url_full = if is_sqlite && !url.contains("mode=") {
             format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })

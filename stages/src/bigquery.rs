@@ -356,46 +356,6 @@ impl BigQuerySink {
     }
 }
 
-/// The fetch stage's hook: writes the recording's row when the job has a sink. Uses the
-/// conversation document fetched for this delivery, or asks Chorus again when this
-/// delivery had nothing left to fetch (a redelivery after the files were written).
-pub async fn record(
-    ctx: &crate::context::JobContext,
-    task: &pipeline::messages::FetchTask,
-    conversation: Option<serde_json::Value>,
-) -> Result<(), pipeline::runner::StageError> {
-    let Some(sink) = &ctx.metadata_sink else {
-        return Ok(());
-    };
-    let conversation = match conversation {
-        Some(c) => c,
-        None => match ctx
-            .chorus
-            .conversation(&task.recording_id, crate::fetch::METADATA_FIELDS)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return Err(ctx.chorus_error(e).await),
-        },
-    };
-    let files = ctx
-        .store
-        .files_of(&ctx.job, &task.recording_id)
-        .await
-        .map_err(crate::context::store_err)?;
-    let row = RecordingRow::new(
-        ctx.job.as_str(),
-        &task.recording_id,
-        task.recorded_at,
-        &conversation,
-        &files,
-    );
-    match sink.insert(&row).await {
-        Ok(()) => Ok(()),
-        Err(e) => Err(ctx.sink_error(e).await),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,28 +18,10 @@ use pipeline::store::FileRow;
 use pipeline::topology::{self, Stage};
 use pipeline::{FileKind, keys};
 
-use crate::chorus::ChorusError;
+use crate::chorus::{ChorusError, METADATA_FIELDS};
 use crate::context::{JobContext, store_err};
 use crate::destination::ByteStream;
 use crate::hash;
-
-/// Conversation fields exported as the metadata file (everything but the transcript,
-/// which is its own file).
-pub const METADATA_FIELDS: &[&str] = &[
-    "name",
-    "owner",
-    "participants",
-    "account",
-    "deal",
-    "language",
-    "metrics",
-    "status",
-    "recording.start_time",
-    "recording.duration",
-    "recording.trackers",
-    "_created_at",
-    "_modified_at",
-];
 
 /// Attempts per file inside one delivery before the message is nakked: a body cut short
 /// is usually fixed by asking again at once, without waiting for a redelivery.
@@ -268,7 +250,7 @@ impl StageHandler for FetchStage {
         }
         // The BigQuery row goes in before the recording counts as exported, so a failed
         // insert is retried by redelivery (its insertId keeps it to one row).
-        crate::bigquery::record(ctx, &task, conversation).await?;
+        record_row(ctx, &task, conversation).await?;
         ctx.store
             .mark_exported(&ctx.job, &task.recording_id)
             .await
@@ -286,5 +268,45 @@ impl StageHandler for FetchStage {
             ctx.maybe_request_manifest().await?;
         }
         Ok(())
+    }
+}
+
+/// The fetch stage's hook: writes the recording's row when the job has a sink. Uses the
+/// conversation document fetched for this delivery, or asks Chorus again when this
+/// delivery had nothing left to fetch (a redelivery after the files were written).
+async fn record_row(
+    ctx: &JobContext,
+    task: &pipeline::messages::FetchTask,
+    conversation: Option<serde_json::Value>,
+) -> Result<(), pipeline::runner::StageError> {
+    let Some(sink) = &ctx.metadata_sink else {
+        return Ok(());
+    };
+    let conversation = match conversation {
+        Some(c) => c,
+        None => match ctx
+            .chorus
+            .conversation(&task.recording_id, METADATA_FIELDS)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Err(ctx.chorus_error(e).await),
+        },
+    };
+    let files = ctx
+        .store
+        .files_of(&ctx.job, &task.recording_id)
+        .await
+        .map_err(store_err)?;
+    let row = crate::bigquery::RecordingRow::new(
+        ctx.job.as_str(),
+        &task.recording_id,
+        task.recorded_at,
+        &conversation,
+        &files,
+    );
+    match sink.insert(&row).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(ctx.sink_error(e).await),
     }
 }

@@ -22,8 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::context::{JobContext, publish_err, store_err};
 
-pub const MANIFEST_TXT: &str = "portshift-manifest.txt";
-pub const MANIFEST_JSON: &str = "portshift-manifest.json";
+pub use pipeline::keys::{MANIFEST_JSON, MANIFEST_TXT};
 
 /// The manifest's file names: `portshift-manifest.txt`/`.json` for an export, and
 /// `portshift-manifest-<job>.txt`/`.json` for a scheduled run, so each run of a schedule

@@ -7,10 +7,10 @@
 //! which exporting never does (docs/permissions.md).
 
 use futures::{StreamExt, TryStreamExt};
+use pipeline::keys::MANIFEST_TXT;
 use sha2::{Digest, Sha256};
 
 use crate::destination::{Destination, DestinationError};
-use crate::manifest::MANIFEST_TXT;
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {

@@ -20,3 +20,21 @@ pub use sim::{Faults, SimConfig, SimHandle, SimStats, SimStatsSnapshot};
 pub use synth::{
     Dataset, Knobs, MEDIA_MARKER, MediaSizes, SynthRecording, fill_media, media_sha256,
 };
+
+/// Conversation fields exported as the metadata file (everything but the transcript,
+/// which is its own file).
+pub const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "owner",
+    "participants",
+    "account",
+    "deal",
+    "language",
+    "metrics",
+    "status",
+    "recording.start_time",
+    "recording.duration",
+    "recording.trackers",
+    "_created_at",
+    "_modified_at",
+];
