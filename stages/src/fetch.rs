@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::DateTime;
+use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use pipeline::messages::{FetchTask, HashRecord, UploadRecord};
 use pipeline::runner::{StageError, StageHandler};
 use pipeline::store::FileRow;
@@ -25,7 +26,11 @@ use crate::hash;
 
 /// Attempts per file inside one delivery before the message is nakked: a body cut short
 /// is usually fixed by asking again at once, without waiting for a redelivery.
-const FILE_ATTEMPTS: u32 = 3;
+const FILE_RETRIES: RetryPolicy = RetryPolicy {
+    tries: 3,
+    base: Duration::from_millis(200),
+    max: Duration::from_secs(3),
+};
 
 pub struct FetchStage(pub Arc<JobContext>);
 
@@ -225,24 +230,37 @@ impl StageHandler for FetchStage {
                 }
             };
             for kind in todo {
-                let mut attempt = 0;
-                loop {
-                    match self.export_file(&task, kind, &metadata).await {
-                        Ok(()) => break,
-                        Err(Failure::Gone(reason)) => return self.skip(&task, &reason).await,
-                        Err(Failure::Stage(StageError::Transient(reason)))
-                            if attempt + 1 < FILE_ATTEMPTS =>
-                        {
-                            tracing::info!(job = %ctx.job, recording = %task.recording_id, file = kind.as_str(), %reason, "retrying file");
-                            tokio::time::sleep(pipeline::backoff::delay(
-                                attempt,
-                                Duration::from_millis(200),
-                                Duration::from_secs(3),
-                            ))
-                            .await;
-                            attempt += 1;
-                        }
-                        Err(Failure::Stage(e)) => return Err(e),
+                let tried = FILE_RETRIES
+                    .run(
+                        |_| {
+                            let export = self.export_file(&task, kind, &metadata);
+                            async move {
+                                match export.await {
+                                    Ok(()) => Outcome::Done(()),
+                                    Err(e @ Failure::Stage(StageError::Transient(_))) => {
+                                        Outcome::Retry {
+                                            error: e,
+                                            at_least: None,
+                                        }
+                                    }
+                                    Err(other) => Outcome::Fail(other),
+                                }
+                            }
+                        },
+                        |_, failure, _| {
+                            if let Failure::Stage(reason) = failure {
+                                tracing::info!(job = %ctx.job, recording = %task.recording_id, file = kind.as_str(), %reason, "retrying file");
+                            }
+                        },
+                    )
+                    .await;
+                match tried {
+                    Ok(()) => {}
+                    Err(GaveUp::Failed(failure) | GaveUp::Exhausted { last: failure, .. }) => {
+                        return match failure {
+                            Failure::Gone(reason) => self.skip(&task, &reason).await,
+                            Failure::Stage(e) => Err(e),
+                        };
                     }
                 }
             }

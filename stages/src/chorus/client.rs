@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{BoxStream, Stream, StreamExt};
+use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use pipeline::rate_budget::RequestBudget;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
@@ -639,56 +640,68 @@ impl ChorusClient {
         }
     }
 
-    /// Runs `attempt` until it is done, fails for good, or `max_attempts` is used up.
+    /// Runs `attempt` until it is done, fails for good, or `max_attempts` is used up,
+    /// with the shared backoff (at least `Retry-After`, capped at 2 minutes).
     async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, ChorusError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Step<T>, ChorusError>>,
     {
-        let max_attempts = self.inner.max_attempts;
-        let mut made = 1;
-        loop {
-            match attempt().await? {
-                Step::Done(value) => return Ok(value),
-                Step::Retry {
-                    reason,
-                    retry_after,
-                } => {
-                    if made >= max_attempts {
-                        tracing::warn!(what, attempts = made, reason = %reason, "Chorus request failed; giving up.");
-                        return Err(ChorusError::Unavailable {
-                            attempts: made,
-                            last: reason,
-                        });
+        let policy = RetryPolicy {
+            tries: self.inner.max_attempts,
+            base: self.inner.base_backoff,
+            max: self.inner.max_backoff,
+        };
+        let result = policy
+            .run(
+                |_| {
+                    let attempt = attempt();
+                    async move {
+                        match attempt.await {
+                            Ok(Step::Done(value)) => Outcome::Done(value),
+                            // Carried as the error a last failed try becomes.
+                            Ok(Step::Retry {
+                                reason,
+                                retry_after,
+                            }) => Outcome::Retry {
+                                error: ChorusError::Unavailable {
+                                    attempts: 0,
+                                    last: reason,
+                                },
+                                at_least: retry_after.map(|wait| wait.min(MAX_RETRY_AFTER)),
+                            },
+                            Err(e) => Outcome::Fail(e),
+                        }
                     }
-                    let delay = self.backoff(made, retry_after);
+                },
+                |made, error, delay| {
                     self.inner.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        what,
-                        attempt = made,
-                        delay_ms = delay.as_millis() as u64,
-                        reason = %reason,
-                        "Chorus request failed; retrying."
-                    );
-                    tokio::time::sleep(delay).await;
-                    made += 1;
-                }
+                    if let ChorusError::Unavailable { last: reason, .. } = error {
+                        tracing::info!(
+                            what,
+                            attempt = made,
+                            delay_ms = delay.as_millis() as u64,
+                            reason = %reason,
+                            "Chorus request failed; retrying."
+                        );
+                    }
+                },
+            )
+            .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(GaveUp::Failed(e)) => Err(e),
+            Err(GaveUp::Exhausted {
+                tries,
+                last: ChorusError::Unavailable { last, .. },
+            }) => {
+                tracing::warn!(what, attempts = tries, reason = %last, "Chorus request failed; giving up.");
+                Err(ChorusError::Unavailable {
+                    attempts: tries,
+                    last,
+                })
             }
-        }
-    }
-
-    /// Full-jitter exponential backoff, at least `Retry-After` (capped at 2 minutes).
-    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self
-            .inner
-            .base_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.inner.max_backoff);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        let jittered = Duration::from_millis(fastrand::u64(0..=ceiling_ms));
-        match retry_after {
-            Some(wait) => jittered.max(wait.min(MAX_RETRY_AFTER)),
-            None => jittered,
+            Err(GaveUp::Exhausted { last, .. }) => Err(last),
         }
     }
 

@@ -23,6 +23,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use md5::{Digest, Md5};
+use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 
@@ -43,7 +45,11 @@ use crate::http::Egress;
 pub const CHUNK_GRANULE: usize = 256 * 1024;
 
 /// Tries per chunk (the first send plus resumes) before the upload is given up.
-const CHUNK_ATTEMPTS: u32 = 6;
+const CHUNK_RETRIES: RetryPolicy = RetryPolicy {
+    tries: 6,
+    base: Duration::from_millis(250),
+    max: Duration::from_secs(4),
+};
 
 pub struct GcsDestination(Arc<GcsClient>);
 
@@ -360,90 +366,121 @@ impl GcsClient {
         whole_md5: Option<&str>,
     ) -> Result<Option<serde_json::Value>, DestinationError> {
         let end = start + chunk.len() as u64;
-        let mut from = start;
-        let mut last_error = None;
-        for attempt in 0..CHUNK_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(pipeline::backoff::delay(
-                    attempt - 1,
-                    Duration::from_millis(250),
-                    Duration::from_secs(4),
-                ))
-                .await;
-                // Ask what the server actually has before sending anything again.
-                match self.status(session, total).await {
-                    Ok(Committed::Done(object)) => return Ok(Some(object)),
-                    Ok(Committed::Offset(n)) if (start..=end).contains(&n) => from = n,
-                    Ok(Committed::Offset(n)) => {
-                        return Err(self.transient(format!(
-                            "the server committed {n} bytes, outside the chunk held in memory ({start}..{end}); the file will be uploaded again"
-                        )));
+        let from = AtomicU64::new(start);
+        let result = CHUNK_RETRIES
+            .run(
+                |attempt| {
+                    let from = &from;
+                    async move {
+                        if attempt > 0 {
+                            // Ask what the server actually has before sending anything again.
+                            match self.status(session, total).await {
+                                Ok(Committed::Done(object)) => return Outcome::Done(Some(object)),
+                                Ok(Committed::Offset(n)) if (start..=end).contains(&n) => from.store(n, Ordering::Relaxed),
+                                Ok(Committed::Offset(n)) => {
+                                    return Outcome::Fail(self.transient(format!(
+                                        "the server committed {n} bytes, outside the chunk held in memory ({start}..{end}); the file will be uploaded again"
+                                    )));
+                                }
+                                Err(e @ DestinationError::Refused { .. }) => return Outcome::Fail(e),
+                                Err(e) => {
+                                    return Outcome::Retry {
+                                        error: e,
+                                        at_least: None,
+                                    };
+                                }
+                            }
+                            tracing::info!(location = %self.location, from = from.load(Ordering::Relaxed), start, end, "resuming a GCS upload from the committed offset");
+                        }
+                        self.send_rest(session, start, from, chunk, total, whole_md5)
+                            .await
                     }
-                    Err(e @ DestinationError::Refused { .. }) => return Err(e),
-                    Err(e) => {
-                        last_error = Some(e);
-                        continue;
-                    }
-                }
-                tracing::info!(location = %self.location, from, start, end, "resuming a GCS upload from the committed offset");
-            }
-            let piece = chunk.slice((from - start) as usize..);
-            let range = match (piece.is_empty(), total) {
-                (true, Some(t)) => format!("bytes */{t}"),
-                (false, Some(t)) => format!("bytes {from}-{}/{t}", end - 1),
-                (false, None) => format!("bytes {from}-{}/*", end - 1),
-                (true, None) => return Ok(None),
-            };
-            let mut request = self
-                .http
-                .put(session)
-                .header("authorization", self.bearer().await?)
-                .header("content-range", range)
-                .header("content-length", piece.len().to_string());
-            if let Some(md5) = whole_md5 {
-                request = request.header("x-goog-hash", format!("md5={md5}"));
-            }
-            let response = match request.body(piece).send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last_error = Some(self.transient(format!(
-                        "sending bytes {from}..{end}: {}",
-                        crate::http::error_chain(&e.without_url())
-                    )));
-                    continue;
-                }
-            };
-            match response.status().as_u16() {
-                200 | 201 => {
-                    let object: serde_json::Value = response.json().await.unwrap_or_default();
-                    return Ok(Some(object));
-                }
-                308 => {
-                    let committed = committed_of(response.headers());
-                    if committed >= end {
-                        return Ok(None);
-                    }
-                    // Fewer bytes kept than sent: send the rest of the chunk.
-                    if committed < start {
-                        return Err(self.transient(format!(
-                            "the server went back to {committed} bytes, before this chunk ({start}); the file will be uploaded again"
-                        )));
-                    }
-                    from = committed;
-                    last_error = Some(
-                        self.transient(format!("the server kept only {committed} of {end} bytes")),
-                    );
-                }
-                s if s == StatusCode::REQUEST_TIMEOUT.as_u16()
-                    || s == StatusCode::TOO_MANY_REQUESTS.as_u16()
-                    || s >= 500 =>
-                {
-                    last_error = Some(self.failure("sending a chunk", response).await);
-                }
-                _ => return Err(self.failure("sending a chunk", response).await),
-            }
+                },
+                |_, _, _| {},
+            )
+            .await;
+        match result {
+            Ok(object) => Ok(object),
+            Err(GaveUp::Failed(e) | GaveUp::Exhausted { last: e, .. }) => Err(e),
         }
-        Err(last_error.unwrap_or_else(|| self.transient("the chunk could not be sent")))
+    }
+
+    /// One try at sending `chunk` from the byte `from` on; moves `from` to what the
+    /// server kept when it kept only part.
+    async fn send_rest(
+        &self,
+        session: &str,
+        start: u64,
+        from: &AtomicU64,
+        chunk: &Bytes,
+        total: Option<u64>,
+        whole_md5: Option<&str>,
+    ) -> Outcome<Option<serde_json::Value>, DestinationError> {
+        let end = start + chunk.len() as u64;
+        let at = from.load(Ordering::Relaxed);
+        let piece = chunk.slice((at - start) as usize..);
+        let range = match (piece.is_empty(), total) {
+            (true, Some(t)) => format!("bytes */{t}"),
+            (false, Some(t)) => format!("bytes {at}-{}/{t}", end - 1),
+            (false, None) => format!("bytes {at}-{}/*", end - 1),
+            (true, None) => return Outcome::Done(None),
+        };
+        let bearer = match self.bearer().await {
+            Ok(b) => b,
+            Err(e) => return Outcome::Fail(e),
+        };
+        let mut request = self
+            .http
+            .put(session)
+            .header("authorization", bearer)
+            .header("content-range", range)
+            .header("content-length", piece.len().to_string());
+        if let Some(md5) = whole_md5 {
+            request = request.header("x-goog-hash", format!("md5={md5}"));
+        }
+        let response = match request.body(piece).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    error: self.transient(format!(
+                        "sending bytes {at}..{end}: {}",
+                        crate::http::error_chain(&e.without_url())
+                    )),
+                    at_least: None,
+                };
+            }
+        };
+        match response.status().as_u16() {
+            200 | 201 => Outcome::Done(Some(response.json().await.unwrap_or_default())),
+            308 => {
+                let committed = committed_of(response.headers());
+                if committed >= end {
+                    return Outcome::Done(None);
+                }
+                // Fewer bytes kept than sent: send the rest of the chunk.
+                if committed < start {
+                    return Outcome::Fail(self.transient(format!(
+                        "the server went back to {committed} bytes, before this chunk ({start}); the file will be uploaded again"
+                    )));
+                }
+                from.store(committed, Ordering::Relaxed);
+                Outcome::Retry {
+                    error: self
+                        .transient(format!("the server kept only {committed} of {end} bytes")),
+                    at_least: None,
+                }
+            }
+            s if s == StatusCode::REQUEST_TIMEOUT.as_u16()
+                || s == StatusCode::TOO_MANY_REQUESTS.as_u16()
+                || s >= 500 =>
+            {
+                Outcome::Retry {
+                    error: self.failure("sending a chunk", response).await,
+                    at_least: None,
+                }
+            }
+            _ => Outcome::Fail(self.failure("sending a chunk", response).await),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! next attempt at the key or at the end of the job, without listing the bucket.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -23,6 +24,7 @@ use aws_sdk_s3::types::{
 use aws_smithy_types::byte_stream::ByteStream as SdkByteStream;
 use base64::Engine;
 use bytes::Bytes;
+use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use sha2::{Digest, Sha256};
 
 use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
@@ -159,38 +161,41 @@ async fn abort_upload(
     key: &str,
     upload_id: &str,
 ) -> Result<(), DestinationError> {
-    let mut last = None;
-    for attempt in 0..3u32 {
-        let aborted = client
-            .abort_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await;
-        match aborted {
-            Ok(_) => return Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "aborting a multipart upload failed");
-                last = Some(e);
-                tokio::time::sleep(pipeline::backoff::delay(
-                    attempt,
-                    std::time::Duration::from_millis(200),
-                    std::time::Duration::from_secs(2),
-                ))
-                .await;
-            }
+    let policy = RetryPolicy {
+        tries: 3,
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let aborted = policy
+        .run(
+            |_| async {
+                match client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Outcome::Done(()),
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
+                        Outcome::Done(())
+                    }
+                    Err(e) => Outcome::Retry {
+                        error: e,
+                        at_least: None,
+                    },
+                }
+            },
+            |attempt, e, _| {
+                tracing::warn!(key, attempt, error = %aws_sdk_s3::error::DisplayErrorContext(e), "aborting a multipart upload failed; trying again");
+            },
+        )
+        .await;
+    aborted.map_err(|gave_up| match gave_up {
+        GaveUp::Failed(e) | GaveUp::Exhausted { last: e, .. } => {
+            classify(location, "AbortMultipartUpload", e)
         }
-    }
-    Err(match last {
-        Some(e) => classify(location, "AbortMultipartUpload", e),
-        None => DestinationError::Transient {
-            destination: location.to_string(),
-            detail: "AbortMultipartUpload did not run".into(),
-        },
     })
 }
 
