@@ -136,6 +136,7 @@ impl TuningArgs {
 
 #[derive(clap::Args)]
 pub struct ResumeArgs {
+    /// The job id, as `export` printed it or `portshift jobs` lists it.
     job: String,
     #[command(flatten)]
     signing: SigningArgs,
@@ -147,6 +148,7 @@ pub struct ResumeArgs {
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
+    /// The job whose dead letters to list or replay (its id, as `portshift jobs` lists it).
     #[arg(long)]
     job: String,
     /// Only this stage's dead letters (list, fetch, manifest, notify).
@@ -171,6 +173,7 @@ pub struct ReplayArgs {
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
+    /// The job to work on (the console and the scheduler start workers with it).
     #[arg(long)]
     job: String,
     /// Used only when the credentials document on standard input has no signing key.
@@ -210,6 +213,7 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args)]
 pub struct JobsArgs {
+    /// Show at most this many jobs, newest first.
     #[arg(long, default_value_t = 20)]
     limit: i64,
     #[command(flatten)]
