@@ -309,6 +309,15 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--chorus-url {:?} is not a URL", a.chorus_url))?;
     let kinds = parse_kinds(&a.include)?;
     let options = a.tuning.options()?;
+    // Before the job exists: found later, it would leave a job that can never run.
+    if matches!(destination.storage, stages::destination::Storage::S3(_))
+        && a.tuning.part_size_mib < 5
+    {
+        bail!(
+            "--part-size-mib {} is too small for S3, whose smallest part is 5 MiB: use 5 or more",
+            a.tuning.part_size_mib
+        );
+    }
     let creds = credentials_from_env(&a.signing)?;
     if a.webhook_url.is_some() && creds.webhook_secret.is_none() {
         bail!(
@@ -770,6 +779,11 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         a.state.database_url.as_deref(),
     )
     .await?;
+    // A mistyped id must not read as "no dead letters".
+    if let Err(e) = services.store.job(&job).await {
+        services.stop().await;
+        return Err(e.into());
+    }
     let letters = pipeline::replay::dead_letters(&services.js, &job, stage).await?;
     let chosen: Vec<_> = letters
         .iter()

@@ -172,6 +172,17 @@ fn refused(out: Output, what: &str) -> String {
         "{what} panicked instead of saying what is wrong:\n{err}"
     );
     assert!(err.contains("error"), "{what}: no error message:\n{err}");
+    // Each part of the message once: an error chain that quotes its cause and then
+    // prints it again reads as noise.
+    for line in err.lines().filter(|l| l.starts_with("error: ")) {
+        for part in line.split(": ").filter(|p| p.len() >= 16) {
+            assert_eq!(
+                line.matches(part).count(),
+                1,
+                "{what}: the message says {part:?} twice:\n{line}"
+            );
+        }
+    }
     err
 }
 
@@ -1753,6 +1764,67 @@ fn bad_flags_and_values_are_refused_with_a_clear_message() {
             "not-a-job",
         ),
         (
+            "--part-size-mib below S3's minimum",
+            portshift(
+                &[
+                    "export",
+                    "--from",
+                    "2024-01-01",
+                    "--to",
+                    "2024-01-31",
+                    "--dest",
+                    "s3://bucket/prefix?region=us-east-1&endpoint=http://127.0.0.1:9",
+                    "--part-size-mib",
+                    "4",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &token,
+            ),
+            "--part-size-mib 4",
+        ),
+        (
+            "replay of a job that does not exist",
+            portshift(
+                &[
+                    "replay",
+                    "--job",
+                    "0190f5b600007000800000000000abcd",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &[],
+            ),
+            "no job 0190f5b600007000800000000000abcd",
+        ),
+        (
+            "resume of a job that does not exist",
+            portshift(
+                &[
+                    "resume",
+                    "0190f5b600007000800000000000abcd",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &token,
+            ),
+            "no job 0190f5b600007000800000000000abcd",
+        ),
+        (
+            "restore of a backup that is not there",
+            portshift(
+                &[
+                    "restore",
+                    "--from",
+                    "/nonexistent/portshift.sqlite3",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+                &[],
+            ),
+            "/nonexistent/portshift.sqlite3",
+        ),
+        (
             "an unknown subcommand",
             portshift(&["exprot"], &[]),
             "unrecognized subcommand 'exprot'",
@@ -1784,6 +1856,13 @@ fn bad_flags_and_values_are_refused_with_a_clear_message() {
         !tmp.path().join("out").exists(),
         "a refused command wrote to its destination"
     );
+    // No refused export left a job behind (the S3 part size is checked before the job
+    // is created, not by a worker that then cannot run it).
+    let jobs = ok(
+        portshift(&["jobs", "--data-dir", data.to_str().unwrap()], &[]),
+        "jobs",
+    );
+    assert_eq!(jobs, "", "a refused export created a job");
 }
 
 /// `signing-key generate` writes a pair and never overwrites it; `signing-key public`
