@@ -1863,6 +1863,24 @@ fn bad_flags_and_values_are_refused_with_a_clear_message() {
         "jobs",
     );
     assert_eq!(jobs, "", "a refused export created a job");
+    // The commands that failed after starting the embedded NATS server stopped it.
+    let left = processes_mentioning(tmp.path());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// Processes whose command line mentions `dir` (an embedded nats-server's store).
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                out.push(cmdline);
+            }
+        }
+    }
+    out
 }
 
 /// `signing-key generate` writes a pair and never overwrites it; `signing-key public`
