@@ -1417,6 +1417,63 @@ async fn serve_with_every_flag_serves_https_and_purges() {
     nats.stop().await;
 }
 
+/// `serve --nats-url` whose NATS server went away still stops on SIGTERM (it used to
+/// wait forever for a reconnection to flush to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_sigterm_after_its_nats_server_went_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = pipeline::embedded_nats::EmbeddedNats::start(&tmp.path().join("nats"))
+        .await
+        .unwrap();
+    let port = free_port();
+    let log = tmp.path().join("serve.log");
+    let mut serve = spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--nats-url",
+            &nats.url(),
+            "--data-dir",
+            tmp.path().join("state").to_str().unwrap(),
+        ],
+        &log,
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.stop().await;
+    // SAFETY: a signal to a child process this test started and has not reaped.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            stop_gracefully(&mut serve);
+            panic!(
+                "serve did not stop within 30 s of SIGTERM:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "serve exit after SIGTERM: {status}");
+}
+
 /// `portshift purge` without --once: purges every --purge-interval-secs until SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_loop_runs_every_interval_until_sigterm() {
