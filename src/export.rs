@@ -136,6 +136,7 @@ impl TuningArgs {
 
 #[derive(clap::Args)]
 pub struct ResumeArgs {
+    /// The job id, as `export` printed it or `portshift jobs` lists it.
     job: String,
     #[command(flatten)]
     signing: SigningArgs,
@@ -147,6 +148,7 @@ pub struct ResumeArgs {
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
+    /// The job whose dead letters to list or replay (its id, as `portshift jobs` lists it).
     #[arg(long)]
     job: String,
     /// Only this stage's dead letters (list, fetch, manifest, notify).
@@ -171,6 +173,7 @@ pub struct ReplayArgs {
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
+    /// The job to work on (the console and the scheduler start workers with it).
     #[arg(long)]
     job: String,
     /// Used only when the credentials document on standard input has no signing key.
@@ -210,6 +213,7 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args)]
 pub struct JobsArgs {
+    /// Show at most this many jobs, newest first.
     #[arg(long, default_value_t = 20)]
     limit: i64,
     #[command(flatten)]
@@ -305,6 +309,15 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--chorus-url {:?} is not a URL", a.chorus_url))?;
     let kinds = parse_kinds(&a.include)?;
     let options = a.tuning.options()?;
+    // Before the job exists: found later, it would leave a job that can never run.
+    if matches!(destination.storage, stages::destination::Storage::S3(_))
+        && a.tuning.part_size_mib < 5
+    {
+        bail!(
+            "--part-size-mib {} is too small for S3, whose smallest part is 5 MiB: use 5 or more",
+            a.tuning.part_size_mib
+        );
+    }
     let creds = credentials_from_env(&a.signing)?;
     if a.webhook_url.is_some() && creds.webhook_secret.is_none() {
         bail!(
@@ -331,32 +344,37 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         a.state.database_url.as_deref(),
     )
     .await?;
-    let job = JobId::new();
-    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    services
-        .store
-        .create_job(&job, "local", &who, &spec)
+    // Stop the services whatever the body returns: an early `?` must not leave the
+    // embedded nats-server running after the command exits.
+    let result = command_body(async {
+        let job = JobId::new();
+        let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        services
+            .store
+            .create_job(&job, "local", &who, &spec)
+            .await?;
+        topology::publish_json(
+            &services.js,
+            Stage::List.subject(&job),
+            &topology::msg_id(&job, "list", &["0"]),
+            &ListTask {
+                job: job.clone(),
+                page: 0,
+                continuation_key: None,
+            },
+        )
         .await?;
-    topology::publish_json(
-        &services.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await?;
-    eprintln!(
-        "Job {job}: exporting {} .. {} to {}",
-        from.date_naive(),
-        to.date_naive(),
-        destination
-    );
-    let code = drive(&services, &job, creds, options, true).await;
+        eprintln!(
+            "Job {job}: exporting {} .. {} to {}",
+            from.date_naive(),
+            to.date_naive(),
+            destination
+        );
+        drive(&services, &job, creds, options, true).await
+    })
+    .await;
     services.stop().await;
-    code
+    result
 }
 
 pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
@@ -368,45 +386,49 @@ pub async fn resume(a: ResumeArgs) -> anyhow::Result<ExitCode> {
         a.state.database_url.as_deref(),
     )
     .await?;
-    let status = services.store.reopen(&job).await?;
-    if status != JobStatus::Running {
-        // A finished job can still have queued work: a dead letter replayed into it
-        // (its webhook, say). Run that; otherwise there is nothing to do.
-        let left = topology::job_work_left(&services.js, &job, &Stage::ALL).await?;
-        if left == 0 {
-            services.stop().await;
-            bail!(
-                "job {job} already finished; nothing to resume (failed recordings are replayed with `portshift replay --job {job}`)"
+    // Stop the services whatever the body returns: an early `?` must not leave the
+    // embedded nats-server running after the command exits.
+    let result = command_body(async {
+        let status = services.store.reopen(&job).await?;
+        if status != JobStatus::Running {
+            // A finished job can still have queued work: a dead letter replayed into it
+            // (its webhook, say). Run that; otherwise there is nothing to do.
+            let left = topology::job_work_left(&services.js, &job, &Stage::ALL).await?;
+            if left == 0 {
+                bail!(
+                    "job {job} already finished; nothing to resume (failed recordings are replayed with `portshift replay --job {job}`)"
+                );
+            }
+            eprintln!("job {job} is {status}; running its {left} queued message(s)");
+        }
+        // The queue may have lost the job's tasks (a store restored from backup, a new NATS
+        // server): put back what the store says is outstanding (idempotent).
+        let ctx = worker::prepare(
+            &job,
+            services.store.clone(),
+            services.js.clone(),
+            &creds,
+            &a.tuning.options()?,
+        )
+        .await?;
+        let requeued = worker::requeue_outstanding(&ctx).await?;
+        drop(ctx);
+        if requeued.listing || requeued.fetches > 0 {
+            eprintln!(
+                "Job {job}: queued again {}{} recordings still to export",
+                if requeued.listing {
+                    "the listing and "
+                } else {
+                    ""
+                },
+                requeued.fetches
             );
         }
-        eprintln!("job {job} is {status}; running its {left} queued message(s)");
-    }
-    // The queue may have lost the job's tasks (a store restored from backup, a new NATS
-    // server): put back what the store says is outstanding (idempotent).
-    let ctx = worker::prepare(
-        &job,
-        services.store.clone(),
-        services.js.clone(),
-        &creds,
-        &a.tuning.options()?,
-    )
-    .await?;
-    let requeued = worker::requeue_outstanding(&ctx).await?;
-    drop(ctx);
-    if requeued.listing || requeued.fetches > 0 {
-        eprintln!(
-            "Job {job}: queued again {}{} recordings still to export",
-            if requeued.listing {
-                "the listing and "
-            } else {
-                ""
-            },
-            requeued.fetches
-        );
-    }
-    let code = drive(&services, &job, creds, a.tuning.options()?, true).await;
+        drive(&services, &job, creds, a.tuning.options()?, true).await
+    })
+    .await;
     services.stop().await;
-    code
+    result
 }
 
 /// The per-job worker process: credentials (and the service URLs, which may hold
@@ -499,6 +521,12 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let code = drive_prepared(&services, &job, ctx, options, false).await;
     services.stop().await;
     code
+}
+
+/// Fixes an async block's output type, so `?` and `return` inside it know it (an
+/// async block otherwise has no declared return type).
+fn command_body<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(body: F) -> F {
+    body
 }
 
 async fn drive(
@@ -766,44 +794,49 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         a.state.database_url.as_deref(),
     )
     .await?;
-    let letters = pipeline::replay::dead_letters(&services.js, &job, stage).await?;
-    let chosen: Vec<_> = letters
-        .iter()
-        .filter(|l| a.all || a.seq.contains(&l.seq))
-        .collect();
-    if chosen.is_empty() {
-        if letters.is_empty() {
-            println!("job {job} has no dead letters");
+    // Stop the services whatever the body returns: an early `?` must not leave the
+    // embedded nats-server running after the command exits.
+    let result = command_body(async {
+        // A mistyped id must not read as "no dead letters".
+        services.store.job(&job).await?;
+        let letters = pipeline::replay::dead_letters(&services.js, &job, stage).await?;
+        let chosen: Vec<_> = letters
+            .iter()
+            .filter(|l| a.all || a.seq.contains(&l.seq))
+            .collect();
+        if chosen.is_empty() {
+            if letters.is_empty() {
+                println!("job {job} has no dead letters");
+            }
+            for l in &letters {
+                println!(
+                    "{:>8}  {:<8} attempts {:<3} {}",
+                    l.seq, l.stage, l.attempts, l.error
+                );
+            }
+            if !letters.is_empty() {
+                println!("replay them with: portshift replay --job {job} --all   (or --seq N,M)");
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        for l in &letters {
+        for l in &chosen {
+            pipeline::replay::replay(&services.js, &job, l).await?;
+            println!("replayed {} ({} stage): {}", l.seq, l.stage, l.error);
+        }
+        services.store.reopen(&job).await?;
+        if !a.run {
             println!(
-                "{:>8}  {:<8} attempts {:<3} {}",
-                l.seq, l.stage, l.attempts, l.error
+                "{} message(s) back in their stage; run the job with: portshift resume {job}",
+                chosen.len()
             );
+            return Ok(ExitCode::SUCCESS);
         }
-        if !letters.is_empty() {
-            println!("replay them with: portshift replay --job {job} --all   (or --seq N,M)");
-        }
-        services.stop().await;
-        return Ok(ExitCode::SUCCESS);
-    }
-    for l in &chosen {
-        pipeline::replay::replay(&services.js, &job, l).await?;
-        println!("replayed {} ({} stage): {}", l.seq, l.stage, l.error);
-    }
-    services.store.reopen(&job).await?;
-    if !a.run {
-        println!(
-            "{} message(s) back in their stage; run the job with: portshift resume {job}",
-            chosen.len()
-        );
-        services.stop().await;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let creds = credentials_from_env(&a.signing)?;
-    let code = drive(&services, &job, creds, a.tuning.options()?, true).await;
+        let creds = credentials_from_env(&a.signing)?;
+        drive(&services, &job, creds, a.tuning.options()?, true).await
+    })
+    .await;
     services.stop().await;
-    code
+    result
 }
 
 pub async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {

@@ -280,8 +280,26 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", pipeline::secrets::redact(&format!("{e:#}")));
+            eprintln!("error: {}", pipeline::secrets::redact(&error_text(&e)));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each cause only once: many library errors
+/// already quote their source in their own message, and printing the chain as well
+/// said the same thing twice ("…does not exist: …does not exist").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -24,20 +24,25 @@ pub enum ScheduleCommand {
     },
     /// Show one schedule's run history.
     Runs {
+        /// The schedule id, as `schedule create` printed it or `schedule list` lists it.
         id: String,
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Stop a schedule's runs until `schedule resume` (a run in progress finishes).
     Pause {
         id: String,
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Let a paused schedule run again from its next slot (missed slots are caught up
+    /// by the next run's incremental window).
     Resume {
         id: String,
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Delete a schedule and its run history (exported files stay where they are).
     Delete {
         id: String,
         #[command(flatten)]
@@ -47,6 +52,7 @@ pub enum ScheduleCommand {
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
+    /// A name to recognise the schedule by in `schedule list` and the console.
     #[arg(long)]
     name: String,
     /// Cron expression, e.g. "0 2 * * *" (minute hour day month weekday).
@@ -55,6 +61,7 @@ pub struct CreateArgs {
     /// IANA time zone the cron expression is read in.
     #[arg(long, default_value = "UTC")]
     tz: String,
+    /// Where each run writes, in the URL grammar of `export --dest` (BigQuery included).
     #[arg(long)]
     dest: String,
     /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
@@ -64,6 +71,7 @@ pub struct CreateArgs {
         default_value = "https://chorus.ai/"
     )]
     chorus_url: String,
+    /// What each run exports per recording.
     #[arg(
         long,
         value_delimiter = ',',
@@ -79,8 +87,10 @@ pub struct CreateArgs {
     /// Where each run finds S3 keys: aws:default (the machine's chain or role), env:NAME or file:/path (JSON).
     #[arg(long)]
     s3_ref: Option<String>,
-    #[arg(long)]
+    /// POST a signed summary of each run here when it ends (needs --webhook-secret-ref).
+    #[arg(long, requires = "webhook_secret_ref")]
     webhook_url: Option<String>,
+    /// Where each run finds the webhook's HMAC key: env:NAME or file:/path.
     #[arg(long)]
     webhook_secret_ref: Option<String>,
     /// Where each run finds the Azure SAS token (azure:// destinations): env:NAME or file:/path.
@@ -232,13 +242,24 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        // Each says what it did: a silent success reads like nothing happened.
         ScheduleCommand::Pause { id, state } => {
-            store(&state).await?.set_schedule_paused(&id, true).await?
+            store(&state).await?.set_schedule_paused(&id, true).await?;
+            println!("schedule {id} paused; `portshift schedule resume {id}` runs it again");
         }
         ScheduleCommand::Resume { id, state } => {
-            store(&state).await?.set_schedule_paused(&id, false).await?
+            let store = store(&state).await?;
+            store.set_schedule_paused(&id, false).await?;
+            let s = store.schedule(&id).await?;
+            println!(
+                "schedule {id} resumed; next run {}",
+                when(Some(s.next_run_ms))
+            );
         }
-        ScheduleCommand::Delete { id, state } => store(&state).await?.delete_schedule(&id).await?,
+        ScheduleCommand::Delete { id, state } => {
+            store(&state).await?.delete_schedule(&id).await?;
+            println!("schedule {id} deleted; its exported files stay where they are");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

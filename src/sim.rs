@@ -8,10 +8,13 @@ use stages::chorus::{Faults, SimConfig};
 
 #[derive(clap::Args)]
 pub struct SimArgs {
+    /// Recordings in the simulated account.
     #[arg(long, default_value_t = 100)]
     recordings: usize,
+    /// Seed of the generated recordings (same seed, same recordings and media bytes).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The API's address.
     #[arg(long, default_value = "127.0.0.1:18700")]
     listen: SocketAddr,
     /// The media host (a different origin, so the token must not be forwarded to it).
@@ -25,6 +28,7 @@ pub struct SimArgs {
         hide_env_values = true
     )]
     token: String,
+    /// Recordings per page of the list API.
     #[arg(long, default_value_t = 100)]
     page_size: usize,
     /// Smallest media file, bytes.
@@ -36,17 +40,22 @@ pub struct SimArgs {
     /// Every n-th recording gets --large-size bytes (0 = none).
     #[arg(long, default_value_t = 0)]
     large_every: u64,
+    /// Size of the large recordings of --large-every, bytes.
     #[arg(long, default_value_t = 70 * 1024 * 1024)]
     large_size: u64,
+    /// Every n-th recording is private: never listed, 404 (0 = none).
     #[arg(long, default_value_t = 0)]
     private_every: u64,
+    /// Every n-th recording is deleted: listed, but 404 on details and media (0 = none).
     #[arg(long, default_value_t = 0)]
     deleted_every: u64,
     /// Probability of a 429 per request (with bursts of --burst-429).
     #[arg(long, default_value_t = 0.0)]
     fault_429: f64,
+    /// 429s in a row once one is sent.
     #[arg(long, default_value_t = 3)]
     burst_429: u32,
+    /// The Retry-After of a 429, seconds.
     #[arg(long, default_value_t = 1)]
     retry_after: u64,
     /// Probability of a 5xx per request.

@@ -188,7 +188,9 @@ impl Services {
     /// Flushes, closes the store and leaves the embedded server, if any (stopping it if
     /// no other process on the data folder still uses it).
     pub async fn stop(self) {
-        let _ = self.nats.flush().await;
+        // Bounded: with the NATS server gone, a flush waits for a reconnection that never
+        // comes, and SIGTERM would never stop the process.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.nats.flush()).await;
         self.store.close().await;
         if let Some(server) = self.embedded {
             server.leave().await;
