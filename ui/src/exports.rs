@@ -480,6 +480,25 @@ pub async fn start(
     start_work_allowed(state, ctx).await?;
     let _cap = state.start_lock.lock().await;
     below_worker_cap(state, ctx).await?;
+    // The plan's monthly exports: refused before anything starts or is kept.
+    let billing = pipeline::billing::Billing::new(&state.store);
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Err(limit) = billing.take_export(&ctx.org.id, &ctx.org.name, now).await? {
+        return Err(Denied::Conflict(limit.0));
+    }
+    let started = start_counted(state, ctx, spec, form).await;
+    if started.is_err() {
+        let _ = billing.give_back_export(&ctx.org.id, now).await;
+    }
+    started
+}
+
+async fn start_counted(
+    state: &AppState,
+    ctx: &OrgCtx,
+    spec: JobSpec,
+    form: &ExportForm,
+) -> Result<JobId, Denied> {
     let job = JobId::new();
     state
         .store
