@@ -31,7 +31,9 @@ pub enum WebhookError {
     MissingSignature,
     #[error("the Stripe-Signature header is not t=<unix time>,v1=<hex signature>")]
     Malformed,
-    #[error("the signature's timestamp is {age_s} s away from now (at most {tolerance_s} s): a replay, or a clock to fix")]
+    #[error(
+        "the signature's timestamp is {age_s} s away from now (at most {tolerance_s} s): a replay, or a clock to fix"
+    )]
     Stale { age_s: i64, tolerance_s: i64 },
     #[error("no v1 signature matches this body with the endpoint's signing secret")]
     BadSignature,
@@ -145,7 +147,10 @@ impl Prices {
 
 /// The `Stripe-Signature` header Stripe would send for `body` at unix time `t`.
 pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
-    format!("t={t},v1={}", hex::encode(mac(secret, t, body).finalize().into_bytes()))
+    format!(
+        "t={t},v1={}",
+        hex::encode(mac(secret, t, body).finalize().into_bytes())
+    )
 }
 
 fn mac(secret: &[u8], t: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -509,7 +514,11 @@ impl Billing {
         .bind(&month)
         .execute(&self.pool)
         .await?;
-        let limit = plan.limits().exports_per_month.map(|l| l as i64).unwrap_or(i64::MAX);
+        let limit = plan
+            .limits()
+            .exports_per_month
+            .map(|l| l as i64)
+            .unwrap_or(i64::MAX);
         let done = sqlx::query(
             "UPDATE billing_usage SET exports = exports + 1 WHERE org_id = $1 AND month = $2 AND exports < $3",
         )
@@ -627,7 +636,14 @@ mod tests {
             verify_signature(SECRET, None, body, at, 300),
             Err(WebhookError::MissingSignature)
         );
-        for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,t=2,v1=00", "t=1,v1=zz"] {
+        for bad in [
+            "",
+            "t=1",
+            "v1=00",
+            "t=x,v1=00",
+            "t=1,t=2,v1=00",
+            "t=1,v1=zz",
+        ] {
             assert_eq!(
                 verify_signature(SECRET, Some(bad), body, at, 300),
                 Err(WebhookError::Malformed),

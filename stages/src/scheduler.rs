@@ -225,7 +225,11 @@ impl Scheduler {
                 )
             } else {
                 billing
-                    .take_export(&schedule.organisation, &schedule.organisation, now.timestamp_millis())
+                    .take_export(
+                        &schedule.organisation,
+                        &schedule.organisation,
+                        now.timestamp_millis(),
+                    )
                     .await
                     .map_err(|e| e.to_string())?
                     .err()

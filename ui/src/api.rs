@@ -610,7 +610,10 @@ async fn billing(
     Path(org): Path<String>,
 ) -> ApiResult {
     let c = org_ctx(&state, &headers, &org, Action::ViewBilling, false).await?;
-    Ok(Json(crate::billing::summary(&state, &c.org.id, &c.org.billing_plan).await?).into_response())
+    Ok(
+        Json(crate::billing::summary(&state, &c.org.id, &c.org.billing_plan).await?)
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]

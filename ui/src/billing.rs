@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
 use pipeline::billing::{Applied, Billing, Plan, Prices, StripeEvent, WebhookError};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -384,7 +384,9 @@ pub async fn webhook(State(state): State<Shared>, headers: HeaderMap, body: Byte
         Err(e) => return refuse(e),
     };
     let billing = Billing::new(&state.store);
-    let _ = billing.purge_events(chrono::Utc::now().timestamp_millis(), 1000).await;
+    let _ = billing
+        .purge_events(chrono::Utc::now().timestamp_millis(), 1000)
+        .await;
     match billing.apply(&event, &stripe.config.prices).await {
         Ok(applied) => {
             let outcome = match &applied {

@@ -719,7 +719,8 @@ pub struct BillingFacts {
 }
 
 fn limit(n: Option<u64>) -> String {
-    n.map(|n| n.to_string()).unwrap_or_else(|| "unlimited".into())
+    n.map(|n| n.to_string())
+        .unwrap_or_else(|| "unlimited".into())
 }
 
 /// The billing card: every role on the settings page sees the plan; only owners get the
