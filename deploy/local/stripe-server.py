@@ -22,6 +22,7 @@ Usage: stripe-server.py --listen 127.0.0.1:19600
 
 import argparse
 import html
+import logging
 import secrets
 
 from aiohttp import web
@@ -257,6 +258,10 @@ def main():
     a = p.parse_args()
     host, _, port = a.listen.rpartition(":")
     ls.app.middlewares.insert(0, hosted_first)
+    # localstripe reports each webhook delivery (and failure) on this logger.
+    delivery = logging.getLogger("aiohttp.access")
+    delivery.setLevel(logging.INFO)
+    delivery.addHandler(logging.StreamHandler())
     web.run_app(ls.app, host=host, port=int(port), access_log=None, print=None)
 
 

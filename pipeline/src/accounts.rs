@@ -1119,6 +1119,15 @@ impl Accounts {
         }
     }
 
+    /// Deletes every counter of one rate-limit key (an erased user's own).
+    pub async fn delete_rate_limit_key(&self, key_sha256: &str) -> Result<(), AccountsError> {
+        sqlx::query("DELETE FROM rate_limits WHERE key_sha256 = $1")
+            .bind(key_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every stored rate-limit key (for tests and audits: they must all be hashes).
     pub async fn rate_limit_keys(&self) -> Result<Vec<String>, AccountsError> {
         let rows = sqlx::query("SELECT key_sha256 FROM rate_limits ORDER BY key_sha256")

@@ -429,13 +429,17 @@ fn zero_value(v: &mut serde_json::Value) {
     }
 }
 
+/// The rate-limit key of one user's work-starting requests (a salted hash of their id;
+/// deleted with the account).
+pub(crate) fn user_rate_key(salt: &str, user_id: &str) -> String {
+    crate::auth::sha256_hex(format!("{salt}|user|{user_id}").as_bytes())
+}
+
 /// Counts a request that starts work against the user's limit (on top of the per-client
 /// API limit: one user can come from many addresses).
 pub async fn start_work_allowed(state: &AppState, ctx: &OrgCtx) -> Result<(), Denied> {
     let (limit, window) = state.limits.start_work;
-    let key = crate::auth::sha256_hex(
-        format!("{}|user|{}", state.ip_salt, ctx.session.user.id).as_bytes(),
-    );
+    let key = user_rate_key(&state.ip_salt, &ctx.session.user.id);
     match state
         .accounts
         .hit(&key, "start_work", window, limit)

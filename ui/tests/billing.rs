@@ -287,7 +287,7 @@ async fn plan(w: &World, org: &str) -> String {
 }
 
 async fn wait_for_plan(w: &World, org: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = plan(w, org).await;
         if now == want {
