@@ -364,17 +364,31 @@ async fn security_headers(State(state): State<Shared>, mut req: Request, next: N
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
     let key = crate::auth::client_key(&state.ip_salt, client_ip(&state, &req));
     req.extensions_mut().insert(ClientKey(key));
+    // The settings page's billing forms send the browser on to Stripe's own pages: the
+    // page may submit forms there, and nowhere else.
+    let to_stripe = req.uri().path().contains("/settings") && state.stripe.is_some();
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(
-        h,
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    match state.stripe.as_deref().filter(|_| to_stripe) {
+        Some(stripe) => {
+            let with = csp.replace(
+                "form-action 'self'",
+                &format!("form-action 'self' {}", stripe.form_targets()),
+            );
+            match HeaderValue::from_str(&with) {
+                Ok(v) => {
+                    h.insert("content-security-policy", v);
+                }
+                Err(_) => set(h, "content-security-policy", csp),
+            }
+        }
+        None => set(h, "content-security-policy", csp),
+    }
     set(h, "x-content-type-options", "nosniff");
     set(h, "x-frame-options", "DENY");
     set(h, "referrer-policy", "no-referrer");

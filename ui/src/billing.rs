@@ -226,6 +226,18 @@ impl Stripe {
         Ok(())
     }
 
+    /// Where the billing forms' redirects lead (for the settings page's CSP
+    /// `form-action`): Stripe's Checkout and portal hosts, or the local Stripe's origin.
+    pub fn form_targets(&self) -> String {
+        match url::Url::parse(&self.config.api_url) {
+            Ok(u) if u.host_str() == Some("api.stripe.com") => {
+                "https://checkout.stripe.com https://billing.stripe.com".into()
+            }
+            Ok(u) => u.origin().ascii_serialization(),
+            Err(_) => String::new(),
+        }
+    }
+
     pub fn plans_on_sale(&self) -> Vec<&'static str> {
         Plan::PAID
             .into_iter()
