@@ -382,16 +382,19 @@ impl Billing {
     /// subscription to a known price sets its plan; a deleted, cancelled, unpaid or
     /// incomplete one puts the organisation back on the trial.
     pub async fn apply(&self, ev: &StripeEvent, prices: &Prices) -> Result<Applied, BillingError> {
-        let mut tx = self.pool.begin().await?;
+        // The customer's organisation never changes once linked: read it before the
+        // transaction, whose first statement is then a write (SQLite refuses, rather
+        // than waits for, a reader that turns writer while another writer is busy).
         let org: Option<String> = match &ev.subscription {
             Some(sub) => sqlx::query("SELECT org_id FROM billing_accounts WHERE customer_id = $1")
                 .bind(&sub.customer)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?
                 .map(|r| r.try_get::<String, _>(0))
                 .transpose()?,
             None => None,
         };
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO billing_events (event_id, org_id, event_type, received_ms) VALUES ($1, $2, $3, $4)",
         )
