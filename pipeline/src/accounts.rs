@@ -672,15 +672,6 @@ impl Accounts {
         Ok(())
     }
 
-    pub async fn set_billing_plan(&self, org_id: &str, plan: &str) -> Result<(), AccountsError> {
-        sqlx::query("UPDATE organisations SET billing_plan = $1 WHERE id = $2")
-            .bind(plan)
-            .bind(org_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Deletes the organisation and everything it owns, in one transaction: its jobs with
     /// every row keyed by them, its schedules with their runs and exported-recording
     /// rows, memberships, invitations, audit events, billing rows (Stripe link, applied
