@@ -162,7 +162,43 @@ struct ServeArgs {
     #[command(flatten)]
     mail: MailArgs,
     #[command(flatten)]
+    billing: BillingArgs,
+    #[command(flatten)]
     state: StateArgs,
+}
+
+/// Billing through Stripe (docs/billing.md). On when PORTSHIFT_STRIPE_SECRET_KEY is set;
+/// the secret key and the webhook signing secret come only from the environment.
+#[derive(clap::Args)]
+struct BillingArgs {
+    /// Stripe's API base URL (a local Stripe for tests: http:// only to 127.0.0.1).
+    #[arg(long, env = "PORTSHIFT_STRIPE_API_URL", default_value = ui::billing::STRIPE_API)]
+    stripe_api_url: String,
+    /// The Stripe price id of the team plan.
+    #[arg(long, env = "PORTSHIFT_STRIPE_PRICE_TEAM")]
+    stripe_price_team: Option<String>,
+    /// The Stripe price id of the enterprise plan.
+    #[arg(long, env = "PORTSHIFT_STRIPE_PRICE_ENTERPRISE")]
+    stripe_price_enterprise: Option<String>,
+}
+
+impl BillingArgs {
+    fn config(self, public_url: Option<String>) -> Option<ui::billing::StripeConfig> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let secret_key = env("PORTSHIFT_STRIPE_SECRET_KEY")?;
+        Some(ui::billing::StripeConfig {
+            api_url: self.stripe_api_url,
+            secret_key: secret_key.into(),
+            webhook_secret: env("PORTSHIFT_STRIPE_WEBHOOK_SECRET")
+                .unwrap_or_default()
+                .into(),
+            prices: pipeline::billing::Prices {
+                team: self.stripe_price_team,
+                enterprise: self.stripe_price_enterprise,
+            },
+            public_url: public_url.unwrap_or_default(),
+        })
+    }
 }
 
 /// Outgoing e-mail of the console (sign-up links, invitations, password reset). The
@@ -223,6 +259,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         worker_args: a.budget.worker_args(),
         retention: a.retention.options(),
         max_workers_per_org: a.max_workers_per_org,
+        stripe: a.billing.config(a.mail.public_url.clone()),
         mail: a.mail.config(),
     })
     .await?;

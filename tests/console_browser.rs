@@ -11,6 +11,13 @@
 //! server's data folder (SQLite database and WAL, JetStream store, worker logs), the
 //! server's log, or the worker's `/proc/<pid>/cmdline` and `environ`.
 //!
+//! A second run covers what the security page promises about people's data: the
+//! settings page shows the 14-day retention default and the date of the oldest kept
+//! job; an owner subscribes on Stripe's own payment page (the local Stripe) and the plan
+//! changes when its signed webhook arrives; deleting the account is refused while the
+//! user is the organisation's last owner, then works once the organisation is deleted,
+//! and the address can no longer sign in.
+//!
 //! Needs `chromium` and `chromium-driver` (deploy/local/install.sh --with-browser; the
 //! test fails with that advice when they are missing).
 
@@ -104,6 +111,17 @@ async fn shot(c: &Client, name: &str) {
 /// simulator and the local S3 server are loopback plain-HTTP origins, which console
 /// jobs may not reach by default); returns the process and its base URL.
 fn start_console(data: &Path, log: &Path, allow: &[String]) -> (Killed, String) {
+    start_console_with(data, log, allow, &[], &[])
+}
+
+/// [`start_console`] with extra flags and environment (the operator's Stripe settings).
+fn start_console_with(
+    data: &Path,
+    log: &Path,
+    allow: &[String],
+    args: &[String],
+    env: &[(&str, String)],
+) -> (Killed, String) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
@@ -120,6 +138,8 @@ fn start_console(data: &Path, log: &Path, allow: &[String]) -> (Killed, String) 
         .env("PORTSHIFT_SMTP_URL", env_or_fail("PORTSHIFT_TEST_SMTP_URL"))
         .env("PORTSHIFT_MAIL_FROM", "portshift <no-reply@portshift.test>")
         .env("PORTSHIFT_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
         .stderr(std::fs::File::create(log).unwrap());
@@ -677,4 +697,249 @@ async fn console_in_a_real_browser() {
     }
     let worker_logs = std::fs::read_dir(data.join("logs")).unwrap().count();
     assert!(worker_logs >= 1, "the worker's log was searched");
+}
+
+/// Creates a paid plan's price in the local Stripe (the operator's setup).
+async fn stripe_price(stripe: &str, key: &str) -> String {
+    let id = format!(
+        "price_team_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{stripe}/v1/plans"))
+        .basic_auth(key, Some(""))
+        .form(&[
+            ("id", id.as_str()),
+            ("amount", "2900"),
+            ("currency", "eur"),
+            ("interval", "month"),
+            ("nickname", "team"),
+            ("product[name]", "portshift team"),
+        ])
+        .send()
+        .await
+        .expect("reach the local Stripe (PORTSHIFT_TEST_STRIPE_URL)");
+    assert!(
+        r.status().is_success(),
+        "create the Stripe price: {}",
+        r.status()
+    );
+    id
+}
+
+/// Reloads until the element's text contains `want` (a webhook changes the page's data).
+async fn eventually_text(c: &Client, css: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = text(c, css).await;
+        if t.contains(want) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} still says {t:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.refresh().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_billing_and_erasure_in_a_real_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("console");
+    let server_log = tmp.path().join("console.log");
+    let stripe = env_or_fail("PORTSHIFT_TEST_STRIPE_URL");
+    let key = "sk_test_portshift_browser";
+    let hook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+    let price = stripe_price(&stripe, key).await;
+    let (server, base) = start_console_with(
+        &data,
+        &server_log,
+        &[],
+        &[
+            "--stripe-api-url".into(),
+            stripe.clone(),
+            "--stripe-price-team".into(),
+            price.clone(),
+        ],
+        &[
+            ("PORTSHIFT_STRIPE_SECRET_KEY", key.to_string()),
+            ("PORTSHIFT_STRIPE_WEBHOOK_SECRET", hook_secret.clone()),
+        ],
+    );
+    // The operator points Stripe's webhooks at the console.
+    let hook = format!("browser-{}", uuid::Uuid::new_v4().simple());
+    let r = reqwest::Client::new()
+        .post(format!("{stripe}/_config/webhooks/{hook}"))
+        .form(&[
+            ("url", format!("{base}/webhooks/stripe")),
+            ("secret", hook_secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (_driver, c) = start_browser(&tmp.path().join("chromium-profile")).await;
+    let owner = format!("erase-owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "tangerine-orbit-Violin-42";
+    sign_up(&c, &base, &owner, password).await;
+    confirm_address(&c, &base, &owner, password).await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#create-org"))
+        .await
+        .unwrap();
+    let org_name = "Erasure Browser Ltd";
+    fill(&c, "input[name=name]", org_name).await;
+    click(&c, "#create-org").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#jobs"))
+        .await
+        .unwrap();
+    let org_id = c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .split('/')
+        .nth(2)
+        .unwrap()
+        .to_string();
+
+    // Settings: the 14-day default, and no job kept yet.
+    let settings = format!("{base}/orgs/{org_id}/settings");
+    c.goto(&settings).await.unwrap();
+    let period = text(&c, "#retention-period").await;
+    assert!(period.contains("kept 14 days"), "{period}");
+    assert_eq!(
+        text(&c, "#oldest-job").await,
+        "No jobs are kept at the moment."
+    );
+    // A job from three days ago (written to the console's store as a worker would).
+    let store = pipeline::store::JobStore::open_sqlite_in(&data)
+        .await
+        .unwrap();
+    let job = pipeline::JobId::new();
+    store
+        .create_job(
+            &job,
+            &org_id,
+            &owner,
+            &pipeline::JobSpec {
+                chorus_url: "https://chorus.example/".into(),
+                from: "2024-01-01T00:00:00Z".parse().unwrap(),
+                to: "2024-01-31T23:59:59Z".parse().unwrap(),
+                kinds: Default::default(),
+                destination: "file:///tmp/x".into(),
+                webhook_url: None,
+                schedule: None,
+                options: Default::default(),
+                trust: pipeline::Trust::Operator,
+            },
+        )
+        .await
+        .unwrap();
+    let three_days_ago = chrono::Utc::now() - chrono::Duration::days(3);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        data.join("portshift.sqlite3").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE jobs SET created_ms = ?1, updated_ms = ?1 WHERE id = ?2")
+        .bind(three_days_ago.timestamp_millis())
+        .bind(job.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    c.refresh().await.unwrap();
+    let oldest = text(&c, "#oldest-job").await;
+    assert_eq!(
+        oldest,
+        format!(
+            "Oldest job kept: started {}.",
+            three_days_ago.format("%Y-%m-%d")
+        )
+    );
+    assert!(text(&c, "#billing-plan").await.contains("trial"));
+    shot(&c, "10-settings-retention-and-billing").await;
+
+    // Subscribe: our button leads to Stripe's page; the card is typed there.
+    click(&c, "#billing-checkout button").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("input[name=number]"))
+        .await
+        .unwrap();
+    let pay = c.current_url().await.unwrap();
+    assert!(
+        pay.as_str().starts_with(&stripe),
+        "the card form is Stripe's: {pay}"
+    );
+    shot(&c, "11-stripe-checkout").await;
+    click(&c, "button[type=submit]").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#billing-plan"))
+        .await
+        .unwrap();
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .starts_with(&settings)
+    );
+    eventually_text(&c, "#billing-plan", "team").await;
+    shot(&c, "12-settings-team-plan").await;
+
+    // Erasure: the last owner is refused, with what to do.
+    c.goto(&format!("{base}/account")).await.unwrap();
+    fill(&c, "input[name=password]", password).await;
+    click(&c, "#delete-account").await;
+    let refused = c.source().await.unwrap();
+    assert!(
+        refused.contains("last owner of") && refused.contains(org_name),
+        "{refused}"
+    );
+    shot(&c, "13-delete-account-refused").await;
+    // Delete the organisation first (its name confirms), then the account.
+    c.goto(&settings).await.unwrap();
+    fill(&c, "#danger input[name=confirm]", org_name).await;
+    click(&c, "#danger button").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#create-org"))
+        .await
+        .unwrap();
+    c.goto(&format!("{base}/account")).await.unwrap();
+    fill(&c, "input[name=password]", password).await;
+    click(&c, "#delete-account").await;
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#signin"))
+        .await
+        .unwrap();
+    shot(&c, "14-account-deleted").await;
+    // The address no longer signs in, and the organisation's job is gone.
+    fill(&c, "input[name=email]", &owner).await;
+    fill(&c, "input[name=password]", password).await;
+    click(&c, "#signin").await;
+    assert!(
+        c.source().await.unwrap().contains("id=\"signin\""),
+        "still on the sign-in page"
+    );
+    assert!(matches!(
+        store.job(&job).await,
+        Err(pipeline::store::StoreError::NoSuchJob(_))
+    ));
+    let _ = reqwest::Client::new()
+        .delete(format!("{stripe}/_config/webhooks/{hook}"))
+        .send()
+        .await;
+    let _ = c.close().await;
+    drop(server);
 }

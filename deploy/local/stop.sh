@@ -5,7 +5,7 @@
 # A zombie (state Z in /proc/PID/stat) counts as exited: this machine's PID 1
 # reaps late. Idempotent: a service that is not running is skipped.
 #
-# Usage: deploy/local/stop.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto] [smtp]
+# Usage: deploy/local/stop.sh [nats] [postgres] [s3] [azurite] [gcs] [gcs-resumable] [bigquery] [moto] [smtp] [stripe]
 #        (default: all)
 set -euo pipefail
 
@@ -20,7 +20,7 @@ case ${1:-} in
 esac
 
 services=("$@")
-[[ ${#services[@]} -gt 0 ]] || services=(smtp moto bigquery gcs-resumable gcs azurite s3 postgres nats)
+[[ ${#services[@]} -gt 0 ]] || services=(stripe smtp moto bigquery gcs-resumable gcs azurite s3 postgres nats)
 validate_services "${services[@]}"
 
 # wait_exit PID COMM TIMEOUT_S: true once PID is gone or a zombie.
@@ -70,6 +70,7 @@ stop_bigquery() { stop_by_pid bigquery TERM 20; }
 
 stop_moto() { stop_by_pid moto TERM 15; }
 stop_smtp() { stop_by_pid smtp TERM 10; }
+stop_stripe() { stop_by_pid stripe TERM 10; }
 
 stop_postgres() {
     local pgdata pid t

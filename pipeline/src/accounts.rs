@@ -675,30 +675,65 @@ impl Accounts {
         Ok(())
     }
 
-    pub async fn set_billing_plan(&self, org_id: &str, plan: &str) -> Result<(), AccountsError> {
-        sqlx::query("UPDATE organisations SET billing_plan = $1 WHERE id = $2")
-            .bind(plan)
-            .bind(org_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes the organisation, its memberships, invitations and schedules (so nothing
-    /// keeps exporting for it). Its jobs' records stay (they are the export's evidence)
-    /// but are no longer reachable from the console.
+    /// Deletes the organisation and everything it owns, in one transaction: its jobs with
+    /// every row keyed by them, its schedules with their runs and exported-recording
+    /// rows, memberships, invitations, audit events, billing rows (Stripe link, applied
+    /// webhook events, usage) and its AWS ExternalId. Nothing of it stays in the store
+    /// (the erasure test checks every table). Its members' accounts stay: each may
+    /// belong to other organisations, and deletes their own account.
+    ///
+    /// The caller stops the jobs' workers and purges their JetStream messages first;
+    /// worker logs of jobs that no longer exist are swept by the purge loop.
     pub async fn delete_org(&self, org_id: &str) -> Result<(), AccountsError> {
         let mut tx = self.pool.begin().await?;
-        for sql in [
-            "DELETE FROM schedules WHERE organisation = $1",
-            "DELETE FROM memberships WHERE org_id = $1",
-            "DELETE FROM invitations WHERE org_id = $1",
-            "DELETE FROM organisations WHERE id = $1",
-        ] {
+        let of_jobs = "(SELECT id FROM jobs WHERE organisation = $1)";
+        let of_schedules = "(SELECT id FROM schedules WHERE organisation = $1)";
+        let statements = [
+            format!("DELETE FROM recordings WHERE job_id IN {of_jobs}"),
+            format!("DELETE FROM files WHERE job_id IN {of_jobs}"),
+            format!("DELETE FROM list_pages WHERE job_id IN {of_jobs}"),
+            format!("DELETE FROM open_uploads WHERE job_id IN {of_jobs}"),
+            format!(
+                "DELETE FROM schedule_runs WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
+            ),
+            format!(
+                "DELETE FROM schedule_exported WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
+            ),
+            "DELETE FROM jobs WHERE organisation = $1".into(),
+            "DELETE FROM schedules WHERE organisation = $1".into(),
+            "DELETE FROM memberships WHERE org_id = $1".into(),
+            "DELETE FROM invitations WHERE org_id = $1".into(),
+            "DELETE FROM audit_events WHERE org_id = $1".into(),
+            "DELETE FROM billing_accounts WHERE org_id = $1".into(),
+            "DELETE FROM billing_events WHERE org_id = $1".into(),
+            "DELETE FROM billing_usage WHERE org_id = $1".into(),
+            "DELETE FROM console_settings WHERE name = 'aws_external_id:' || $1".into(),
+            "DELETE FROM organisations WHERE id = $1".into(),
+        ];
+        for sql in &statements {
             sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.checkpoint_sqlite().await?;
         Ok(())
+    }
+
+    /// The ids of an organisation's jobs (to stop their workers and purge their queue
+    /// messages before [`Accounts::delete_org`]).
+    pub async fn org_jobs(&self, org_id: &str) -> Result<Vec<JobId>, AccountsError> {
+        let rows = sqlx::query("SELECT id FROM jobs WHERE organisation = $1")
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            out.push(
+                id.parse()
+                    .map_err(|_| AccountsError::Corrupt(format!("job id {id:?}")))?,
+            );
+        }
+        Ok(out)
     }
 
     // --- sessions ------------------------------------------------------------------
@@ -947,6 +982,15 @@ impl Accounts {
             .await?;
         }
         tx.commit().await?;
+        self.checkpoint_sqlite().await?;
+        Ok(())
+    }
+
+    /// On SQLite, copies the write-ahead log back into the database and empties it, so
+    /// erased rows leave no older page copies there (deleted rows themselves are zeroed:
+    /// the store opens SQLite with `secure_delete`). PostgreSQL: nothing here, see
+    /// docs/security.md for what it keeps and for how long.
+    async fn checkpoint_sqlite(&self) -> Result<(), AccountsError> {
         if self.pool.connect_options().database_url.scheme() == "sqlite" {
             // Older copies of the changed pages live in the WAL until a checkpoint;
             // TRUNCATE copies them back (zeroed) and empties the WAL file.
@@ -1067,6 +1111,15 @@ impl Accounts {
                 remaining: limit - hits,
             })
         }
+    }
+
+    /// Deletes every counter of one rate-limit key (an erased user's own).
+    pub async fn delete_rate_limit_key(&self, key_sha256: &str) -> Result<(), AccountsError> {
+        sqlx::query("DELETE FROM rate_limits WHERE key_sha256 = $1")
+            .bind(key_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Every stored rate-limit key (for tests and audits: they must all be hashes).

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod aws_role;
 pub mod backoff;
 pub mod backup;
+pub mod billing;
 pub mod config;
 pub mod destination_url;
 pub mod embedded_nats;

@@ -208,6 +208,41 @@ impl Scheduler {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
+        // A tenant's plan: a downgraded organisation keeps its schedules but they do not
+        // run, and scheduled runs count against the month's exports. A skipped slot
+        // loses nothing: the watermark stays, so a later run covers its window.
+        if schedule.trust == pipeline::TrustLevel::Tenant {
+            let billing = pipeline::billing::Billing::new(store);
+            let skip = if !billing
+                .schedules_allowed(&schedule.organisation)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(
+                    "the organisation's plan has no schedules; an owner can subscribe in \
+                     Settings → Billing, and the next run then catches up"
+                        .to_string(),
+                )
+            } else {
+                billing
+                    .take_export(
+                        &schedule.organisation,
+                        &schedule.organisation,
+                        now.timestamp_millis(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .err()
+                    .map(|l| l.0)
+            };
+            if let Some(reason) = skip {
+                store
+                    .update_run(&schedule.id, slot, "skipped", None, Some(&reason), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+        }
         let from_s = match schedule.watermark_s {
             Some(w) => (w - schedule.template.lookback_s).max(schedule.start_s),
             None => schedule.start_s,

@@ -296,7 +296,12 @@ pub(crate) async fn delete_account(
         return Ok(Err(e));
     }
     match state.accounts.delete_user(&s.user.id).await {
-        Ok(()) => Ok(Ok(())),
+        Ok(()) => {
+            // The user's own rate-limit counter (keyed by their id, salted) goes too.
+            let key = crate::exports::user_rate_key(&state.ip_salt, &s.user.id);
+            state.accounts.delete_rate_limit_key(&key).await?;
+            Ok(Ok(()))
+        }
         Err(e @ AccountsError::LastOwner(_)) => Err(Denied::Conflict(e.to_string())),
         Err(e) => Err(e.into()),
     }

@@ -146,6 +146,8 @@ fn handler(route: &ApiRoute) -> MethodRouter<Shared> {
         "set_retention" => put(set_retention),
         "aws_external_id" => get(aws_external_id),
         "billing" => get(billing),
+        "billing_checkout" => post(billing_checkout),
+        "billing_portal" => post(billing_portal),
         "delete_org" => delete(delete_org),
         "sign_in" => post(sign_in),
         "my_data" => get(crate::account::api_my_data),
@@ -607,8 +609,37 @@ async fn billing(
     headers: HeaderMap,
     Path(org): Path<String>,
 ) -> ApiResult {
-    let c = org_ctx(&state, &headers, &org, Action::ManageBilling, false).await?;
-    Ok(Json(json!({"plan": c.org.billing_plan})).into_response())
+    let c = org_ctx(&state, &headers, &org, Action::ViewBilling, false).await?;
+    Ok(
+        Json(crate::billing::summary(&state, &c.org.id, &c.org.billing_plan).await?)
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct CheckoutBody {
+    #[serde(default)]
+    plan: String,
+}
+
+async fn billing_checkout(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let c = org_ctx(&state, &headers, &org, Action::ManageBilling, true).await?;
+    let b: CheckoutBody = body(&raw)?;
+    Ok(crate::billing::api_checkout(&state, &c, &b.plan).await?)
+}
+
+async fn billing_portal(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    let c = org_ctx(&state, &headers, &org, Action::ManageBilling, true).await?;
+    Ok(crate::billing::api_portal(&state, &c).await?)
 }
 
 async fn delete_org(
@@ -616,16 +647,8 @@ async fn delete_org(
     headers: HeaderMap,
     Path(org): Path<String>,
 ) -> ApiResult {
-    let c = org_ctx(&state, &headers, &org, Action::DeleteOrganisation, true).await?;
-    let _ = state
-        .accounts
-        .audit(&org, &c.session.user.email, "org.deleted", &c.org.name)
-        .await;
-    state
-        .accounts
-        .delete_org(&org)
-        .await
-        .map_err(Denied::from)?;
+    let _c = org_ctx(&state, &headers, &org, Action::DeleteOrganisation, true).await?;
+    web::erase_org(&state, &org).await?;
     Ok(Json(json!({"deleted": org})).into_response())
 }
 

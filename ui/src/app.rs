@@ -50,6 +50,8 @@ pub enum UiError {
     Serve(std::io::Error),
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
+    #[error(transparent)]
+    Billing(#[from] crate::billing::BillingSetupError),
 }
 
 pub use pipeline::worker_process::LaunchError;
@@ -247,6 +249,8 @@ pub struct Counters {
     pub sign_ins: AtomicU64,
     pub failed_sign_ins: AtomicU64,
     pub exports_started: AtomicU64,
+    /// Stripe webhooks refused (bad, missing or stale signature, or not an event).
+    pub webhooks_refused: AtomicU64,
 }
 
 /// Everything a handler needs.
@@ -275,6 +279,9 @@ pub struct AppState {
     /// The operator's SMTP relay; without it nobody can sign up (nothing could prove
     /// an address).
     pub mail: Option<Arc<crate::mail::Mailer>>,
+    /// The operator's Stripe billing; without it no plan is on sale and every
+    /// organisation stays on the trial.
+    pub stripe: Option<Arc<crate::billing::Stripe>>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -326,6 +333,7 @@ impl AppState {
             purge: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
             mail: None,
+            stripe: None,
         }))
     }
 }
@@ -356,17 +364,31 @@ async fn security_headers(State(state): State<Shared>, mut req: Request, next: N
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
     let key = crate::auth::client_key(&state.ip_salt, client_ip(&state, &req));
     req.extensions_mut().insert(ClientKey(key));
+    // The settings page's billing forms send the browser on to Stripe's own pages: the
+    // page may submit forms there, and nowhere else.
+    let to_stripe = req.uri().path().contains("/settings") && state.stripe.is_some();
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(
-        h,
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    match state.stripe.as_deref().filter(|_| to_stripe) {
+        Some(stripe) => {
+            let with = csp.replace(
+                "form-action 'self'",
+                &format!("form-action 'self' {}", stripe.form_targets()),
+            );
+            match HeaderValue::from_str(&with) {
+                Ok(v) => {
+                    h.insert("content-security-policy", v);
+                }
+                Err(_) => set(h, "content-security-policy", csp),
+            }
+        }
+        None => set(h, "content-security-policy", csp),
+    }
     set(h, "x-content-type-options", "nosniff");
     set(h, "x-frame-options", "DENY");
     set(h, "referrer-policy", "no-referrer");
@@ -401,6 +423,10 @@ pub fn router(state: Shared) -> Router {
         .route(
             "/.well-known/portshift-signing-keys/{file}",
             axum::routing::get(crate::ops::signing_key_by_id),
+        )
+        .route(
+            "/webhooks/stripe",
+            axum::routing::post(crate::billing::webhook),
         )
         .route("/healthz", axum::routing::get(crate::ops::healthz))
         .route("/metrics", axum::routing::get(crate::ops::metrics))
@@ -440,6 +466,8 @@ pub struct ServeOptions {
     pub max_workers_per_org: u64,
     /// Outgoing e-mail (sign-up links, invitations, password reset).
     pub mail: Option<crate::mail::MailConfig>,
+    /// Stripe billing (owners subscribe through Stripe's hosted pages).
+    pub stripe: Option<crate::billing::StripeConfig>,
 }
 
 /// Runs the console until Ctrl-C.
@@ -464,6 +492,10 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
             );
             None
         }
+    };
+    let stripe = match &o.stripe {
+        Some(c) => Some(Arc::new(crate::billing::Stripe::new(c.clone())?)),
+        None => None,
     };
     // Without --nats-url: the data folder's one nats-server, shared with any other
     // portshift process on the folder (started here if none runs).
@@ -513,6 +545,7 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         s.purge = purger.counters.clone();
         s.limits.workers_per_org = o.max_workers_per_org.max(1);
         s.mail = mailer;
+        s.stripe = stripe;
     }
     let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
     let purge_loop = tokio::spawn(purger.run(purge_stopped));

@@ -86,6 +86,7 @@ pub fn describe(action: Action) -> &'static str {
         Action::ViewAudit => "see the audit trail",
         Action::ManageSchedules => "manage schedules",
         Action::ManageRetention => "manage retention",
+        Action::ViewBilling => "see the plan",
         Action::ManageBilling => "manage billing",
         Action::DeleteOrganisation => "delete the organisation",
     }

@@ -429,13 +429,17 @@ fn zero_value(v: &mut serde_json::Value) {
     }
 }
 
+/// The rate-limit key of one user's work-starting requests (a salted hash of their id;
+/// deleted with the account).
+pub(crate) fn user_rate_key(salt: &str, user_id: &str) -> String {
+    crate::auth::sha256_hex(format!("{salt}|user|{user_id}").as_bytes())
+}
+
 /// Counts a request that starts work against the user's limit (on top of the per-client
 /// API limit: one user can come from many addresses).
 pub async fn start_work_allowed(state: &AppState, ctx: &OrgCtx) -> Result<(), Denied> {
     let (limit, window) = state.limits.start_work;
-    let key = crate::auth::sha256_hex(
-        format!("{}|user|{}", state.ip_salt, ctx.session.user.id).as_bytes(),
-    );
+    let key = user_rate_key(&state.ip_salt, &ctx.session.user.id);
     match state
         .accounts
         .hit(&key, "start_work", window, limit)
@@ -480,6 +484,25 @@ pub async fn start(
     start_work_allowed(state, ctx).await?;
     let _cap = state.start_lock.lock().await;
     below_worker_cap(state, ctx).await?;
+    // The plan's monthly exports: refused before anything starts or is kept.
+    let billing = pipeline::billing::Billing::new(&state.store);
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Err(limit) = billing.take_export(&ctx.org.id, &ctx.org.name, now).await? {
+        return Err(Denied::Conflict(limit.0));
+    }
+    let started = start_counted(state, ctx, spec, form).await;
+    if started.is_err() {
+        let _ = billing.give_back_export(&ctx.org.id, now).await;
+    }
+    started
+}
+
+async fn start_counted(
+    state: &AppState,
+    ctx: &OrgCtx,
+    spec: JobSpec,
+    form: &ExportForm,
+) -> Result<JobId, Denied> {
     let job = JobId::new();
     state
         .store

@@ -5,7 +5,8 @@
 //! small static script), job history, recurring schedules (pause, resume, delete), the
 //! audit trail, the JSON API with its OpenAPI document, rate limits, security headers,
 //! `/healthz` and `/metrics`; and each person's own account: e-mail verification by
-//! SMTP, invitations, password change and reset, data download and account deletion.
+//! SMTP, invitations, password change and reset, data download and account deletion;
+//! and billing through Stripe (owners only; plans change only by verified webhooks).
 //!
 //! Depends on `pipeline` only; jobs run in `portshift worker` processes it starts.
 
@@ -14,6 +15,7 @@ mod account_pages;
 mod api;
 mod app;
 pub mod auth;
+pub mod billing;
 mod ctx;
 mod exports;
 mod live;

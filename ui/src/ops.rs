@@ -130,6 +130,11 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         "Exports started from this console.",
         c.exports_started.load(Ordering::Relaxed),
     );
+    counter(
+        "portshift_console_stripe_webhooks_refused_total",
+        "Stripe webhooks refused: missing, forged or stale signature, or not an event.",
+        c.webhooks_refused.load(Ordering::Relaxed),
+    );
     if let Ok(by_status) = state.accounts.jobs_by_status().await {
         let _ = writeln!(
             out,

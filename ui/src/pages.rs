@@ -705,30 +705,98 @@ pub struct RetentionFacts {
     pub audit_days: i64,
 }
 
+/// What the billing card shows: the plan's limits, this month's use, what is on sale.
+#[derive(Clone, Debug, Default)]
+pub struct BillingFacts {
+    pub schedules: Option<u64>,
+    pub exports_per_month: Option<u64>,
+    pub exports_this_month: u64,
+    pub subscription_status: Option<String>,
+    /// Paid plans this server sells (empty: the operator set up no Stripe billing).
+    pub on_sale: Vec<&'static str>,
+    /// The organisation has a Stripe customer (the portal can open).
+    pub has_customer: bool,
+}
+
+fn limit(n: Option<u64>) -> String {
+    n.map(|n| n.to_string())
+        .unwrap_or_else(|| "unlimited".into())
+}
+
+/// The billing card: every role on the settings page sees the plan; only owners get the
+/// buttons, which lead to Stripe's own pages. No card field is ours.
+fn billing_card(
+    base: &str,
+    csrf: &str,
+    org: &Organisation,
+    role: Role,
+    b: &BillingFacts,
+) -> impl IntoView + use<> {
+    let owner = role == Role::Owner;
+    let plan = org.billing_plan.clone();
+    let status = b
+        .subscription_status
+        .clone()
+        .map(|s| format!(" (Stripe subscription: {s})"))
+        .unwrap_or_default();
+    let terms = format!(
+        "Schedules: {}. Exports a month: {} (used this month: {}).",
+        limit(b.schedules),
+        limit(b.exports_per_month),
+        b.exports_this_month
+    );
+    let buttons = (owner && !b.on_sale.is_empty()).then(|| {
+        let options = b
+            .on_sale
+            .iter()
+            .map(|p| view! { <option value=p.to_string()>{p.to_string()}</option> })
+            .collect::<Vec<_>>();
+        let portal = b.has_customer.then(|| view! {
+            <form method="post" action=format!("{base}/settings/billing/portal") id="billing-portal">
+                <input type="hidden" name="csrf" value=csrf.to_string()/>
+                <button type="submit">"Change plan, cancel or see invoices (Stripe)"</button>
+            </form>
+        });
+        view! {
+            <form method="post" action=format!("{base}/settings/billing/checkout") id="billing-checkout">
+                <input type="hidden" name="csrf" value=csrf.to_string()/>
+                <select name="plan">{options}</select>
+                <button type="submit">"Subscribe with Stripe"</button>
+            </form>
+            {portal}
+            <p class="muted">"Payment happens on Stripe's pages; portshift never sees your card. The plan changes when Stripe confirms it."</p>
+        }
+    });
+    let note = (!owner).then(|| view! { <p class="muted">"Only owners can change the plan."</p> });
+    let none_on_sale = (owner && b.on_sale.is_empty())
+        .then(|| view! { <p class="muted">"This server sells no plans (its operator has not set up Stripe billing)."</p> });
+    view! {
+        <div class="card" id="billing">
+            <h2>"Billing"</h2>
+            <p id="billing-plan">"Plan: " <strong>{plan}</strong>{status}</p>
+            <p id="billing-limits">{terms}</p>
+            {note}
+            {none_on_sale}
+            {buttons}
+        </div>
+    }
+}
+
 pub fn settings(
     nav: Nav,
     org: &Organisation,
     role: Role,
     facts: RetentionFacts,
+    billing: &BillingFacts,
     aws_external_id: &str,
     notice: Option<String>,
 ) -> String {
     let csrf = nav.csrf.clone();
     let base = format!("/orgs/{}", org.id);
+    let billing = billing_card(&base, &csrf, org, role, billing);
     let owner = (role == Role::Owner).then(|| {
-        let csrf = csrf.clone();
         let csrf2 = csrf.clone();
-        let plan = org.billing_plan.clone();
         view! {
-            <div class="card" id="billing">
-                <h2>"Billing (owners)"</h2>
-                <p>"Plan: " <strong>{plan}</strong></p>
-                <form method="post" action=format!("{base}/settings/billing")>
-                    <input type="hidden" name="csrf" value=csrf/>
-                    <select name="plan"><option value="trial">"trial"</option><option value="team">"team"</option><option value="enterprise">"enterprise"</option></select>
-                    <button type="submit">"Change plan"</button>
-                </form>
-            </div>
             <div class="card" id="danger">
                 <h2>"Delete this organisation (owners)"</h2>
                 <form method="post" action=format!("{base}/settings/delete")>
@@ -774,6 +842,7 @@ pub fn settings(
                 <p>"Schedules can read their credentials from your own AWS account: create a role that trusts portshift's AWS principal with the condition sts:ExternalId equal to this organisation's ExternalId, keep the Chorus token in your Secrets Manager, and give the schedule aws-role:<role ARN>?secret=<secret ARN>."</p>
                 <p>"ExternalId: " <code id="aws-external-id">{aws_external_id.to_string()}</code></p>
             </div>
+            {billing}
             {owner}
         },
     )

@@ -22,6 +22,8 @@ pub enum Action {
     /// organisation's configuration, like retention, which members do not see either.
     ManageSchedules,
     ManageRetention,
+    /// See the plan, its limits and this month's usage (everyone); only owners change it.
+    ViewBilling,
     ManageBilling,
     DeleteOrganisation,
 }
@@ -40,6 +42,7 @@ pub const PERMISSIONS: &[(Action, &[Role])] = &[
     (Action::ViewAudit, &[Owner, Admin]),
     (Action::ManageSchedules, &[Owner, Admin]),
     (Action::ManageRetention, &[Owner, Admin]),
+    (Action::ViewBilling, &[Owner, Admin, Member]),
     (Action::ManageBilling, &[Owner]),
     (Action::DeleteOrganisation, &[Owner]),
 ];
@@ -286,9 +289,25 @@ pub const API_ROUTES: &[ApiRoute] = &[
         name: "billing",
         method: "GET",
         path: "/api/v1/orgs/{org}/billing",
+        action: Some(Action::ViewBilling),
+        ok: 200,
+        summary: "The organisation's plan, its limits and this month's usage (every member may see it)",
+    },
+    ApiRoute {
+        name: "billing_checkout",
+        method: "POST",
+        path: "/api/v1/orgs/{org}/billing/checkout",
         action: Some(Action::ManageBilling),
         ok: 200,
-        summary: "The organisation's billing plan",
+        summary: "Owners: a Stripe Checkout page for a paid plan (give plan: team or enterprise); answers its url. The plan changes when Stripe confirms the payment",
+    },
+    ApiRoute {
+        name: "billing_portal",
+        method: "POST",
+        path: "/api/v1/orgs/{org}/billing/portal",
+        action: Some(Action::ManageBilling),
+        ok: 200,
+        summary: "Owners: a Stripe customer-portal page (change plan, cancel, invoices); answers its url",
     },
     ApiRoute {
         name: "delete_org",
@@ -372,6 +391,7 @@ mod tests {
             Action::ViewAudit,
             Action::ManageSchedules,
             Action::ManageRetention,
+            Action::ViewBilling,
             Action::ManageBilling,
             Action::DeleteOrganisation,
         ];

@@ -421,6 +421,12 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
 /// trail.
 pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Schedule, Denied> {
     crate::exports::start_work_allowed(state, c).await?;
+    if let Err(limit) = pipeline::billing::Billing::new(&state.store)
+        .may_add_schedule(&c.org.id)
+        .await?
+    {
+        return Err(Denied::Conflict(limit.0));
+    }
     let s = state
         .store
         .create_schedule(

@@ -66,7 +66,11 @@ pub fn routes() -> Router<Shared> {
         )
         .route("/orgs/{org}/settings", get(settings))
         .route("/orgs/{org}/settings/retention", post(set_retention))
-        .route("/orgs/{org}/settings/billing", post(set_billing))
+        .route(
+            "/orgs/{org}/settings/billing/checkout",
+            post(billing_checkout),
+        )
+        .route("/orgs/{org}/settings/billing/portal", post(billing_portal))
         .route("/orgs/{org}/settings/delete", post(delete_org))
 }
 
@@ -1079,12 +1083,29 @@ async fn settings_page(state: &Shared, c: &OrgCtx, notice: Option<String>) -> Re
             .unwrap_or(None),
         audit_days: state.retention.audit_days,
     };
+    let b = match crate::billing::summary(state, &c.org.id, &c.org.billing_plan).await {
+        Ok(b) => b,
+        Err(d) => return refuse(d, Some(nav(c))),
+    };
+    let billing = pages::BillingFacts {
+        schedules: b["limits"]["schedules"].as_u64(),
+        exports_per_month: b["limits"]["exports_per_month"].as_u64(),
+        exports_this_month: b["usage"]["exports"].as_u64().unwrap_or(0),
+        subscription_status: b["subscription_status"].as_str().map(str::to_string),
+        on_sale: state
+            .stripe
+            .as_deref()
+            .map(crate::billing::Stripe::plans_on_sale)
+            .unwrap_or_default(),
+        has_customer: b["has_customer"].as_bool().unwrap_or(false),
+    };
     match state.store.aws_external_id(&c.org.id).await {
         Ok(external_id) => Html(pages::settings(
             nav(c),
             &c.org,
             c.role,
             facts,
+            &billing,
             &external_id,
             notice,
         ))
@@ -1148,38 +1169,33 @@ async fn set_retention(
     .await
 }
 
-#[derive(Deserialize)]
-struct BillingForm {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    plan: String,
-}
-
-async fn set_billing(
+/// Owners only: on to Stripe Checkout for a paid plan. The plan changes when Stripe's
+/// signed webhook says the subscription is active, never here.
+async fn billing_checkout(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(org): Path<String>,
-    Form(f): Form<BillingForm>,
+    Form(f): Form<crate::billing::PlanChoice>,
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageBilling);
-    csrf!(c, f.csrf.as_deref());
-    if !matches!(f.plan.as_str(), "trial" | "team" | "enterprise") {
-        return refuse(
-            Denied::Invalid("Choose the trial, team or enterprise plan.".into()),
-            Some(nav(&c)),
-        );
+    match crate::billing::web_checkout(&state, &c, &f).await {
+        Ok(r) => r,
+        Err(d) => refuse(d, Some(nav(&c))),
     }
-    if let Err(e) = state.accounts.set_billing_plan(&org, &f.plan).await {
-        return refuse(e.into(), Some(nav(&c)));
+}
+
+/// Owners only: on to Stripe's customer portal (change plan, cancel, invoices).
+async fn billing_portal(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageBilling);
+    match crate::billing::web_portal(&state, &c, f.csrf.as_deref()).await {
+        Ok(r) => r,
+        Err(d) => refuse(d, Some(nav(&c))),
     }
-    let _ = state
-        .accounts
-        .audit(&org, &c.session.user.email, "billing.changed", &f.plan)
-        .await;
-    let mut c = c;
-    c.org.billing_plan = f.plan.clone();
-    settings_page(&state, &c, Some(format!("Plan changed to {}.", f.plan))).await
 }
 
 #[derive(Deserialize)]
@@ -1204,12 +1220,25 @@ async fn delete_org(
             Some(nav(&c)),
         );
     }
-    let _ = state
-        .accounts
-        .audit(&org, &c.session.user.email, "org.deleted", &c.org.name)
-        .await;
-    match state.accounts.delete_org(&org).await {
+    match erase_org(&state, &org).await {
         Ok(()) => Redirect::to("/orgs").into_response(),
-        Err(e) => refuse(e.into(), Some(nav(&c))),
+        Err(d) => refuse(d, Some(nav(&c))),
     }
+}
+
+/// Deletes an organisation with everything it owns: its Stripe customer first (so its
+/// subscription ends), then its jobs' workers on this server and their queue messages,
+/// then every row (`Accounts::delete_org`). Its own audit trail goes with it, so the
+/// deletion is logged here, by id only.
+pub(crate) async fn erase_org(state: &Shared, org: &str) -> Result<(), Denied> {
+    if let Some(stripe) = state.stripe.as_deref() {
+        stripe.forget(state, org).await?;
+    }
+    for job in state.accounts.org_jobs(org).await? {
+        state.launcher.stop(&job);
+        pipeline::topology::purge_job(&state.js, &job).await?;
+    }
+    state.accounts.delete_org(org).await?;
+    tracing::info!(org, "organisation deleted with all its data");
+    Ok(())
 }
