@@ -210,7 +210,11 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     pipeline::signing::generate(&sk, &pk).unwrap();
 
     let log = h.tmp.path().join("scheduler.log");
-    let mut scheduler = std::process::Command::new(env!("CARGO_BIN_EXE_portshift"))
+    // `PORTSHIFT_TEST_BIN` when set (a copy kept apart from a shared target folder).
+    let exe: std::path::PathBuf = std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into());
+    let mut scheduler = std::process::Command::new(exe)
         .args([
             "scheduler",
             "--tick-secs",

@@ -21,7 +21,10 @@ async fn a_deleted_and_a_reprocessed_recording_are_stated_in_the_manifest() {
     let h = Harness::start(Harness::sim_config(5, 81)).await;
     let root = h.tmp.path().join("export");
     let job = h
-        .start_job(&format!("file://{}", root.display()), ExportKinds::default())
+        .start_job(
+            &format!("file://{}", root.display()),
+            ExportKinds::default(),
+        )
         .await;
     let started: DateTime<Utc> = Utc::now();
 
@@ -33,7 +36,12 @@ async fn a_deleted_and_a_reprocessed_recording_are_stated_in_the_manifest() {
         .await
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(ctx, options, WorkerCounters::default(), stop_rx));
+    let run = tokio::spawn(worker::run(
+        ctx,
+        options,
+        WorkerCounters::default(),
+        stop_rx,
+    ));
     tokio::time::timeout(Duration::from_secs(60), async {
         while !h.store.job(&job).await.unwrap().listing_complete {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -59,7 +67,10 @@ async fn a_deleted_and_a_reprocessed_recording_are_stated_in_the_manifest() {
         let new = data.utterances(r);
         (deleted, changed, old, new)
     };
-    assert_ne!(old_transcript, new_transcript, "re-processing changes the transcript");
+    assert_ne!(
+        old_transcript, new_transcript,
+        "re-processing changes the transcript"
+    );
 
     let (status, _) = h
         .run_worker_with(&job, fast_options(), Duration::from_secs(120), &creds)
@@ -115,9 +126,10 @@ async fn a_deleted_and_a_reprocessed_recording_are_stated_in_the_manifest() {
     );
     assert_eq!(transcript["sha256"], sha256_hex(&bytes).as_str());
     let metadata = mine.iter().find(|f| f["kind"] == "metadata").unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join(metadata["path"].as_str().unwrap())).unwrap())
-            .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(metadata["path"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
     assert_eq!(meta["attributes"]["_modified_at"], version, "{meta}");
     let recording = doc["recordings"]
         .as_array()

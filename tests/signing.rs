@@ -401,7 +401,10 @@ async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
 async fn a_key_made_by_debian_minisign_without_a_password_signs_exports() {
     let h = Harness::start(Harness::sim_config(3, 44)).await;
     let keys = tempfile::tempdir().unwrap();
-    let (sk, pk) = (keys.path().join("debian.key"), keys.path().join("debian.pub"));
+    let (sk, pk) = (
+        keys.path().join("debian.key"),
+        keys.path().join("debian.pub"),
+    );
     let made = Command::new(MINISIGN)
         .args(["-G", "-W", "-s"])
         .arg(&sk)
@@ -410,7 +413,11 @@ async fn a_key_made_by_debian_minisign_without_a_password_signs_exports() {
         .stdin(Stdio::null())
         .output()
         .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let printed = portshift()
         .args(["signing-key", "public", "--signing-key"])

@@ -239,7 +239,11 @@ async fn gcs_an_object_altered_after_upload_is_reported() {
 }
 
 /// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`: (passed, output).
-fn minisign_verify(dir: &std::path::Path, manifest: &str, public_key: &std::path::Path) -> (bool, String) {
+fn minisign_verify(
+    dir: &std::path::Path,
+    manifest: &str,
+    public_key: &std::path::Path,
+) -> (bool, String) {
     let out = std::process::Command::new("minisign")
         .arg("-Vm")
         .arg(manifest)

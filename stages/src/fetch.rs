@@ -51,7 +51,10 @@ enum Failure {
     /// Chorus will not give the recording (404, an unusable id, a refusal): skip it,
     /// permanently. `deleted` when Chorus answered 404 for a recording its listing
     /// returned: deleted (or made private) in Chorus during the export.
-    Gone { reason: String, deleted: bool },
+    Gone {
+        reason: String,
+        deleted: bool,
+    },
     Stage(StageError),
 }
 

@@ -585,9 +585,8 @@ impl StageHandler for ManifestStage {
             recordings: facts
                 .into_iter()
                 .map(|r| {
-                    let (source_modified_at, exported_ms) = per_recording
-                        .remove(&r.recording_id)
-                        .unwrap_or_default();
+                    let (source_modified_at, exported_ms) =
+                        per_recording.remove(&r.recording_id).unwrap_or_default();
                     ManifestRecording {
                         recorded_at: r.recorded_at.and_then(|s| DateTime::from_timestamp(s, 0)),
                         recording_id: r.recording_id,

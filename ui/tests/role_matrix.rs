@@ -1085,7 +1085,11 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     assert_eq!(status, StatusCode::CREATED, "{json}");
     assert_eq!(json["layout"], "bagit", "{json}");
     assert_eq!(json["verify_after"], true, "{json}");
-    let stored = w.store.schedule(json["id"].as_str().unwrap()).await.unwrap();
+    let stored = w
+        .store
+        .schedule(json["id"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored.template.options.layout, pipeline::Layout::Bagit);
     assert!(stored.template.options.verify_after);
 
@@ -1099,7 +1103,11 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
-    let stored = w.store.schedule(json["id"].as_str().unwrap()).await.unwrap();
+    let stored = w
+        .store
+        .schedule(json["id"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored.template.options, pipeline::ExportOptions::default());
 
     // The console form: the same checks, the same fields.

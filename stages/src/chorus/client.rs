@@ -31,8 +31,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-pub use super::model::{modified_at, parse_conversation};
 use super::model::{EngagementPage, kind, parse_engagement_page};
+pub use super::model::{modified_at, parse_conversation};
 use crate::http::{
     Egress, HttpSetupError, ca_file_from_env, egress_refusal, error_chain, guarded_client_builder,
 };
