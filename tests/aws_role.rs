@@ -4,6 +4,8 @@
 //! their organisation's ExternalId:
 //! - the schedule runs and exports, reading the token through the role; the schedule
 //!   row holds only ARNs, and neither the scheduler's nor the worker's log holds the token;
+//! - the run's manifest is signed with the operator's key (handed to the worker in the
+//!   role grant) and Debian's `minisign -Vm` accepts it;
 //! - another organisation naming the same role (the confused deputy) gets its own
 //!   ExternalId sent, is refused, and its run fails with a message saying what to fix.
 //!
@@ -202,8 +204,17 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
         schedules.push(s);
     }
 
+    // The operator's signing key: role runs sign their manifests like any other run.
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
+    pipeline::signing::generate(&sk, &pk).unwrap();
+
     let log = h.tmp.path().join("scheduler.log");
-    let mut scheduler = std::process::Command::new(env!("CARGO_BIN_EXE_portshift"))
+    // `PORTSHIFT_TEST_BIN` when set (a copy kept apart from a shared target folder).
+    let exe: std::path::PathBuf = std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into());
+    let mut scheduler = std::process::Command::new(exe)
         .args([
             "scheduler",
             "--tick-secs",
@@ -226,6 +237,8 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
         .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
         .arg("--data-dir")
         .arg(h.tmp.path())
+        .arg("--signing-key")
+        .arg(format!("file:{}", sk.display()))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("PORTSHIFT_LOG", "debug")
@@ -271,6 +284,26 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
+    );
+    // Signed with the operator's key, and Debian's minisign accepts it.
+    let manifest = format!("portshift-manifest-{acme_job}.txt");
+    assert!(
+        acme_out.path().join(format!("{manifest}.minisig")).exists(),
+        "the role run's manifest is unsigned"
+    );
+    let verified = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(&manifest)
+        .arg("-p")
+        .arg(&pk)
+        .current_dir(acme_out.path())
+        .output()
+        .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
     );
     // The deputy sent the customer's ExternalId for the customer's schedule, and the
     // other organisation's own ExternalId (never the customer's) for theirs.

@@ -392,3 +392,75 @@ async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
     let (code, _) = get("/.well-known/portshift-signing-keys/0000000000000000.pub".into()).await;
     assert_eq!(code, 404);
 }
+
+/// A key pair made by Debian's `minisign -G -W` (no password; minisign 0.11 leaves the
+/// key's checksum field empty, which the crate alone refuses as "Corrupted key") is
+/// usable as the operator's secret key: `signing-key public` prints the same public
+/// key, and an export signed with it verifies with Debian's `minisign -Vm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_made_by_debian_minisign_without_a_password_signs_exports() {
+    let h = Harness::start(Harness::sim_config(3, 44)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = (
+        keys.path().join("debian.key"),
+        keys.path().join("debian.pub"),
+    );
+    let made = Command::new(MINISIGN)
+        .args(["-G", "-W", "-s"])
+        .arg(&sk)
+        .arg("-p")
+        .arg(&pk)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let printed = portshift()
+        .args(["signing-key", "public", "--signing-key"])
+        .arg(format!("file:{}", sk.display()))
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let base64_line = |text: &str| text.lines().nth(1).unwrap().trim().to_string();
+    assert_eq!(
+        base64_line(&String::from_utf8(printed.stdout).unwrap()),
+        base64_line(&std::fs::read_to_string(&pk).unwrap()),
+        "the same public key as Debian's minisign wrote"
+    );
+
+    let root = h.tmp.path().join("export");
+    let out = portshift()
+        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
+        .arg("--dest")
+        .arg(format!("file://{}", root.display()))
+        .args(["--chorus-url", h.sim.api_url.as_str()])
+        .arg("--data-dir")
+        .arg(h.tmp.path().join("cli-data"))
+        .arg("--signing-key")
+        .arg(format!("file:{}", sk.display()))
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "export failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Signed: portshift-manifest.txt.minisig"),
+        "{stdout}"
+    );
+    sha256sum_check(&root);
+    let (ok, out) = minisign_verify(&root, "portshift-manifest.txt", &pk);
+    assert!(ok, "Debian's minisign rejected the export: {out}");
+}

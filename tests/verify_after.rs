@@ -237,3 +237,117 @@ async fn gcs_an_object_altered_after_upload_is_reported() {
     let status = finish(&h, &job, &creds).await;
     assert_reported(&h, &job, &victim, status).await;
 }
+
+/// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`: (passed, output).
+fn minisign_verify(
+    dir: &std::path::Path,
+    manifest: &str,
+    public_key: &std::path::Path,
+) -> (bool, String) {
+    let out = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(manifest)
+        .arg("-p")
+        .arg(public_key)
+        .current_dir(dir)
+        .output()
+        .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The whole loop within seconds, well inside JetStream's 2-minute duplicate window:
+/// read-back verification finds a file altered at the destination, the job finishes
+/// with that file's recording failed, `replay` uploads it again, and the manifest is
+/// written again (not dropped as a duplicate of the first request, whose content it
+/// repeats), the job finishes clean, and the export checks out with `sha256sum -c`
+/// and Debian's `minisign`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_after_a_failed_read_back_writes_the_manifest_again() {
+    let h = Harness::start(Harness::sim_config(4, 76)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
+    pipeline::signing::generate(&sk, &pk).unwrap();
+    let mut creds = credentials();
+    creds.signing_key = Some(
+        pipeline::signing::SigningKeyMaterial::load(&pipeline::signing::SigningKeyRef::File(sk))
+            .unwrap(),
+    );
+    let root = h.tmp.path().join("export");
+    let dest = format!("file://{}", root.display());
+    let job = start_verified_job(&h, &dest).await;
+    upload_only(&h, &job, &creds).await;
+    let victim = tamper(&h, &job, &dest, &creds).await;
+    let status = finish(&h, &job, &creds).await;
+    assert_reported(&h, &job, &victim, status).await;
+    let first_written = std::time::Instant::now();
+    let read_json = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join("portshift-manifest.json")).unwrap())
+            .unwrap()
+    };
+    let first = read_json();
+    let time = |v: &serde_json::Value| -> chrono::DateTime<chrono::Utc> {
+        v.as_str().unwrap().parse().unwrap()
+    };
+    let file_exported_at = |doc: &serde_json::Value| -> chrono::DateTime<chrono::Utc> {
+        doc["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == victim.as_str())
+            .unwrap_or_else(|| panic!("{victim} not in the manifest"))["exported_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first_victim_at = file_exported_at(&first);
+
+    let letters = pipeline::replay::dead_letters(&h.js, &job, None)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    pipeline::replay::replay(&h.js, &job, &letters[0])
+        .await
+        .unwrap();
+    h.store.reopen(&job).await.unwrap();
+    let (status, _) = h
+        .run_worker_with(&job, fast_options(), Duration::from_secs(60), &creds)
+        .await;
+    assert!(
+        first_written.elapsed() < Duration::from_secs(100),
+        "the replay must land inside the duplicate window to test it"
+    );
+    assert_eq!(
+        status,
+        JobStatus::Finished,
+        "{:?}",
+        h.store.problems(&job).await.unwrap()
+    );
+
+    // The manifest was written again: a later export time, the re-uploaded file's new
+    // time, no failures left; the export checks out with stock tools.
+    let again = read_json();
+    assert!(
+        time(&again["exported_at"]) > time(&first["exported_at"]),
+        "the manifest was not written again: {} vs {}",
+        again["exported_at"],
+        first["exported_at"]
+    );
+    assert!(file_exported_at(&again) > first_victim_at);
+    assert_eq!(again["failed"], serde_json::json!([]), "{again}");
+    sha256sum_check(&root);
+    let (ok, out) = minisign_verify(&root, "portshift-manifest.txt", &pk);
+    assert!(ok, "{out}");
+    let json_sha = sha256_hex(&std::fs::read(root.join("portshift-manifest.json")).unwrap());
+    assert!(
+        out.contains(&format!("manifest_json_sha256={json_sha}")),
+        "the signature is over the rewritten manifest: {out}"
+    );
+}

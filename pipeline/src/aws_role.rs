@@ -140,6 +140,10 @@ pub struct RoleGrant {
     pub webhook_secret_secret: Option<String>,
     #[serde(default)]
     pub s3: bool,
+    /// The operator's manifest signing key, when one is configured: a role run signs
+    /// its manifest like any other run (the key is the operator's, not the customer's).
+    #[serde(default)]
+    pub signing_key: Option<crate::signing::SigningKeyMaterial>,
 }
 
 impl std::fmt::Debug for RoleGrant {
@@ -160,7 +164,14 @@ impl RoleGrant {
         access_key_id: &str,
         secret_access_key: &str,
         session_token: &str,
+        signing_key: Option<&crate::signing::SigningKeyMaterial>,
     ) -> zeroize::Zeroizing<Vec<u8>> {
+        #[derive(serde::Serialize)]
+        struct Signing<'a> {
+            secret_key: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            password: Option<&'a str>,
+        }
         #[derive(serde::Serialize)]
         struct Doc<'a> {
             role_arn: &'a str,
@@ -171,6 +182,8 @@ impl RoleGrant {
             #[serde(skip_serializing_if = "Option::is_none")]
             webhook_secret_secret: Option<&'a str>,
             s3: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            signing_key: Option<Signing<'a>>,
         }
         let doc = Doc {
             role_arn: &plan.role_arn,
@@ -180,9 +193,17 @@ impl RoleGrant {
             chorus_token_secret: &plan.chorus_token_secret,
             webhook_secret_secret: plan.webhook_secret_secret.as_deref(),
             s3: plan.s3,
+            signing_key: signing_key.map(|k| Signing {
+                secret_key: k.secret_key.expose_secret(),
+                password: k.password.as_ref().map(|p| p.expose_secret()),
+            }),
         };
+        let key_len = doc
+            .signing_key
+            .as_ref()
+            .map_or(0, |k| k.secret_key.len() + k.password.map_or(0, str::len));
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
-            4096 + 2 * (secret_access_key.len() + session_token.len()),
+            4096 + 2 * (secret_access_key.len() + session_token.len() + key_len),
         ));
         let _ = serde_json::to_writer(&mut *out, &doc);
         out

@@ -153,6 +153,34 @@ impl SigningKeyMaterial {
     }
 }
 
+/// An unencrypted key as Debian's `minisign -G -W` (0.11) writes it: no KDF, and the
+/// checksum field left as zeros, which the reference tool never checks for such keys but
+/// the crate does ("Corrupted key"). Accepted only in exactly that shape (Ed25519, no
+/// KDF, all-zero checksum); the caller then proves the key by a sign/verify round trip.
+fn unencrypted_without_checksum(text: &str) -> Option<minisign::SecretKey> {
+    use base64::Engine;
+    // sig_alg (2) kdf_alg (2) chk_alg (2) salt (32) opslimit (8) memlimit (8)
+    // keynum (8) secret key (64) checksum (32).
+    const LEN: usize = 2 + 2 + 2 + 32 + 8 + 8 + 8 + 64 + 32;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))?;
+    let bytes = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .ok()?,
+    );
+    let shaped = bytes.len() == LEN
+        && &bytes[0..2] == b"Ed"
+        && bytes[2..4] == [0, 0]
+        && bytes[LEN - 32..].iter().all(|b| *b == 0);
+    if !shaped {
+        return None;
+    }
+    minisign::SecretKey::from_bytes(&bytes).ok()
+}
+
 /// A loaded secret key, ready to sign.
 pub struct SigningKey {
     sk: minisign::SecretKey,
@@ -180,12 +208,26 @@ impl SigningKey {
         // Never let the crate prompt for a password (a worker has no terminal).
         let sk = match &m.password {
             Some(p) => boxed.into_secret_key(Some(p.expose_secret().to_string())),
-            None => boxed.into_unencrypted_secret_key(),
+            None => boxed
+                .into_unencrypted_secret_key()
+                .or_else(|e| unencrypted_without_checksum(text).ok_or(e)),
         }
         .map_err(|e| SigningError::BadSecretKey(e.to_string()))?;
         let pk = minisign::PublicKey::from_secret_key(&sk)
             .map_err(|e| SigningError::BadSecretKey(e.to_string()))?;
-        Ok(Self { sk, pk })
+        let key = Self { sk, pk };
+        // The key must sign what its own public half verifies: catches a damaged key
+        // here, at start-up, rather than as signatures nobody can check.
+        let probe = key.sign(b"portshift key check", "portshift key check")?;
+        PublicKey { pk: key.pk.clone() }
+            .verify(b"portshift key check", &probe)
+            .map_err(|_| {
+                SigningError::BadSecretKey(
+                    "its signatures do not verify with its own public key (the key file is damaged)"
+                        .into(),
+                )
+            })?;
+        Ok(key)
     }
 
     pub fn key_id(&self) -> String {
@@ -406,6 +448,52 @@ mod tests {
         let key = SigningKey::from_material(&m).unwrap();
         let shown = format!("{m:?} {key:?}");
         assert!(!shown.contains(&secret_b64[..20]), "{shown}");
+    }
+
+    /// A crate-made unencrypted key re-shaped as Debian's `minisign -G -W` writes it
+    /// (checksum left as zeros), or with one checksum byte changed (a damaged key).
+    fn debian_shaped(damaged: bool) -> (String, String) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let text = pair.sk.to_box(None).unwrap().to_string();
+        let mut bytes = b64.decode(text.lines().nth(1).unwrap()).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[n - 32..] {
+            *b = 0;
+        }
+        if damaged {
+            bytes[n - 1] = 1;
+        }
+        (
+            format!(
+                "untrusted comment: minisign encrypted secret key\n{}\n",
+                b64.encode(&bytes)
+            ),
+            pair.pk.to_base64(),
+        )
+    }
+
+    #[test]
+    fn a_key_without_checksum_as_debian_minisign_writes_it_signs() {
+        let (text, pk_b64) = debian_shaped(false);
+        let m = SigningKeyMaterial {
+            secret_key: SecretString::from(text),
+            password: None,
+        };
+        let key = SigningKey::from_material(&m).unwrap();
+        let pk = PublicKey::parse(&pk_b64).unwrap();
+        assert_eq!(key.key_id(), pk.key_id());
+        let sig = key.sign(b"x", "portshift job=j").unwrap();
+        assert_eq!(pk.verify(b"x", &sig).unwrap(), "portshift job=j");
+        // A checksum that is neither right nor absent is a damaged key: refused.
+        let (damaged, _) = debian_shaped(true);
+        let err = SigningKey::from_material(&SigningKeyMaterial {
+            secret_key: SecretString::from(damaged),
+            password: None,
+        })
+        .unwrap_err();
+        assert!(matches!(err, SigningError::BadSecretKey(_)), "{err}");
     }
 
     #[test]

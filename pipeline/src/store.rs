@@ -126,7 +126,28 @@ pub struct Problem {
     pub recording_id: String,
     pub status: String,
     pub reason: String,
+    /// `deleted_in_source` for a skipped recording the listing returned and Chorus
+    /// answered 404 for afterwards; `None` otherwise.
+    pub source_state: Option<String>,
+    /// When the recording reached this state (epoch milliseconds).
+    pub at_ms: i64,
 }
+
+/// Which version of a written file the export holds, and when it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileVersion {
+    pub recording_id: String,
+    pub file: FileKind,
+    /// Chorus's `_modified_at` of the conversation as read when the file was fetched,
+    /// verbatim.
+    pub source_modified_at: Option<String>,
+    /// When these bytes were written at their key (epoch milliseconds); `None` for rows
+    /// written before portshift recorded it.
+    pub exported_ms: Option<i64>,
+}
+
+/// The state of a recording deleted in Chorus after the listing returned it.
+pub const DELETED_IN_SOURCE: &str = "deleted_in_source";
 
 #[derive(Clone, Debug)]
 pub struct JobStore {
@@ -413,10 +434,27 @@ impl JobStore {
     /// Upserts a file's progress row (keyed by job, recording, file: a redelivery
     /// overwrites, never duplicates).
     pub async fn record_file(&self, job: &JobId, f: &FileRow) -> Result<(), StoreError> {
+        self.record_file_version(job, f, None).await
+    }
+
+    /// [`Self::record_file`] with the Chorus version (`_modified_at`) the bytes came
+    /// from. The row's export time is kept when the same bytes are written again at the
+    /// same key (a redelivery), and set anew when they differ.
+    pub async fn record_file_version(
+        &self,
+        job: &JobId,
+        f: &FileRow,
+        source_modified_at: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
         sqlx::query(
-            "INSERT INTO files (job_id, recording_id, file, object_key, bytes, sha256, content_type, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (job_id, recording_id, file) DO UPDATE SET object_key = excluded.object_key, \
+            "INSERT INTO files (job_id, recording_id, file, object_key, bytes, sha256, content_type, updated_ms, source_modified_at, exported_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $8) \
+             ON CONFLICT (job_id, recording_id, file) DO UPDATE SET \
+             exported_ms = CASE WHEN files.sha256 = excluded.sha256 AND files.object_key = excluded.object_key \
+             THEN COALESCE(files.exported_ms, excluded.exported_ms) ELSE excluded.exported_ms END, \
+             source_modified_at = COALESCE(excluded.source_modified_at, files.source_modified_at), \
+             object_key = excluded.object_key, \
              bytes = excluded.bytes, sha256 = excluded.sha256, content_type = excluded.content_type, \
              updated_ms = excluded.updated_ms",
         )
@@ -427,10 +465,45 @@ impl JobStore {
         .bind(f.bytes as i64)
         .bind(&f.sha256)
         .bind(&f.content_type)
-        .bind(now_ms())
+        .bind(now)
+        .bind(source_modified_at)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Version and export time of every file written in this job.
+    pub async fn file_versions(&self, job: &JobId) -> Result<Vec<FileVersion>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, file, source_modified_at, exported_ms FROM files WHERE job_id = $1",
+        )
+        .bind(job.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let file: String = r.try_get(1)?;
+                Ok(FileVersion {
+                    recording_id: r.try_get(0)?,
+                    file: file
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("file kind {file:?}")))?,
+                    source_modified_at: r.try_get(2)?,
+                    exported_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many times read-back verification took files back out of this job (see
+    /// [`Self::mark_unverified`]); part of the manifest request's message id.
+    pub async fn manifest_generation(&self, job: &JobId) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT manifest_generation FROM jobs WHERE id = $1")
+            .bind(job.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NoSuchJob(job.clone()))?;
+        Ok(row.try_get(0)?)
     }
 
     /// Files of one recording already durably exported in this job.
@@ -479,6 +552,27 @@ impl JobStore {
         .await
     }
 
+    /// Marks a recording skipped because Chorus answered 404 for it after the listing
+    /// returned it: deleted (or made private) in Chorus during the export. The manifest
+    /// states it as `deleted_in_source`.
+    pub async fn mark_deleted_in_source(
+        &self,
+        job: &JobId,
+        recording_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.mark_skipped(job, recording_id, reason).await?;
+        sqlx::query(
+            "UPDATE recordings SET source_state = $1 WHERE job_id = $2 AND recording_id = $3 AND status = 'skipped'",
+        )
+        .bind(DELETED_IN_SOURCE)
+        .bind(job.as_str())
+        .bind(recording_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a recording dead (its message was dead-lettered). Never overrides an export
     /// that succeeded on another delivery.
     pub async fn mark_dead(
@@ -507,6 +601,16 @@ impl JobStore {
         .bind(job.as_str())
         .bind(recording_id)
         .bind(key)
+        .execute(&self.pool)
+        .await?;
+        // The manifest asked for after a replay may list exactly what the first one did
+        // (the same bytes uploaded again): a new generation keeps that request from
+        // being taken for a duplicate of the first.
+        sqlx::query(
+            "UPDATE jobs SET manifest_generation = manifest_generation + 1, updated_ms = $1 WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(job.as_str())
         .execute(&self.pool)
         .await?;
         self.set_recording(job, recording_id, "dead", Some(reason), &["exported"])
@@ -679,7 +783,7 @@ impl JobStore {
     /// Recordings that were skipped or died, with reasons, for the summary.
     pub async fn problems(&self, job: &JobId) -> Result<Vec<Problem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT recording_id, status, COALESCE(reason, '') FROM recordings \
+            "SELECT recording_id, status, COALESCE(reason, ''), source_state, updated_ms FROM recordings \
              WHERE job_id = $1 AND status IN ('skipped', 'dead') ORDER BY status, recording_id",
         )
         .bind(job.as_str())
@@ -691,6 +795,8 @@ impl JobStore {
                     recording_id: r.try_get(0)?,
                     status: r.try_get(1)?,
                     reason: r.try_get(2)?,
+                    source_state: r.try_get(3)?,
+                    at_ms: r.try_get(4)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -326,6 +326,78 @@ async fn a_repeated_continuation_key_is_reported_as_a_loop(store: JobStore) {
     assert_eq!(store.record_list_page(&other, "K1", 5).await.unwrap(), None);
 }
 
+async fn a_transcript(store: &JobStore, id: &JobId) -> pipeline::store::FileVersion {
+    store
+        .file_versions(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.recording_id == "A" && v.file == FileKind::Transcript)
+        .unwrap()
+}
+
+/// What the manifest says about versions and states (docs/manifest.md, "Deleted and
+/// changed recordings"): a redelivery of the same bytes keeps a file's export time and
+/// takes a version when one is given, different bytes get a new time; a 404 after
+/// listing is `deleted_in_source`; taking a file back out for a failed read-back moves
+/// the manifest generation on.
+async fn versions_states_and_the_manifest_generation(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B")])
+        .await
+        .unwrap();
+    let a = file("A", FileKind::Transcript, 'a');
+    store
+        .record_file_version(&id, &a, Some("2024-05-29T10:00:00Z"))
+        .await
+        .unwrap();
+    let first = a_transcript(&store, &id).await;
+    assert_eq!(
+        first.source_modified_at.as_deref(),
+        Some("2024-05-29T10:00:00Z")
+    );
+    let t0 = first.exported_ms.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    store.record_file(&id, &a).await.unwrap();
+    let again = a_transcript(&store, &id).await;
+    assert_eq!(again.exported_ms, Some(t0), "same bytes: first time kept");
+    assert_eq!(again.source_modified_at, first.source_modified_at);
+    let changed = file("A", FileKind::Transcript, 'b');
+    store
+        .record_file_version(&id, &changed, Some("2025-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    let newer = a_transcript(&store, &id).await;
+    assert!(newer.exported_ms.unwrap() > t0, "new bytes: new time");
+    assert_eq!(
+        newer.source_modified_at.as_deref(),
+        Some("2025-01-01T00:00:00Z")
+    );
+
+    store.mark_deleted_in_source(&id, "B", "404").await.unwrap();
+    let problems = store.problems(&id).await.unwrap();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        (
+            problems[0].status.as_str(),
+            problems[0].source_state.as_deref()
+        ),
+        ("skipped", Some(pipeline::store::DELETED_IN_SOURCE))
+    );
+    assert!(problems[0].at_ms > 0);
+
+    store.mark_exported(&id, "A").await.unwrap();
+    assert_eq!(store.manifest_generation(&id).await.unwrap(), 0);
+    store
+        .mark_unverified(&id, "A", &changed.key, "read-back")
+        .await
+        .unwrap();
+    assert_eq!(store.manifest_generation(&id).await.unwrap(), 1);
+    assert!(store.file_versions(&id).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -339,7 +411,8 @@ contract!(
     transitions_never_lose_a_success,
     final_jobs_are_never_overwritten,
     file_rows_are_idempotent,
-    a_repeated_continuation_key_is_reported_as_a_loop
+    a_repeated_continuation_key_is_reported_as_a_loop,
+    versions_states_and_the_manifest_generation
 );
 
 #[tokio::test]

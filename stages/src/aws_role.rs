@@ -50,12 +50,14 @@ pub enum RoleError {
 }
 
 /// Assumes the plan's role with the organisation's ExternalId using this process's own
-/// AWS identity (the operator's), and returns the worker's grant document.
+/// AWS identity (the operator's), and returns the worker's grant document (with the
+/// operator's signing key, if any, so the run's manifest is signed like any other).
 pub async fn assume(
     plan: &RolePlan,
     external_id: &str,
     session_name: &str,
     options: &AwsRoleOptions,
+    signing_key: Option<&pipeline::signing::SigningKeyMaterial>,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>, RoleError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(
         options
@@ -89,6 +91,7 @@ pub async fn assume(
         creds.access_key_id(),
         creds.secret_access_key(),
         creds.session_token(),
+        signing_key,
     ))
 }
 
@@ -100,6 +103,7 @@ pub async fn credentials_from_grant(
 ) -> Result<Credentials, RoleError> {
     let chorus = read_secret(grant, &grant.chorus_token_secret, options).await?;
     let mut creds = Credentials::new(chorus);
+    creds.signing_key = grant.signing_key.clone();
     if let Some(secret) = &grant.webhook_secret_secret {
         creds.webhook_secret = Some(read_secret(grant, secret, options).await?);
     }

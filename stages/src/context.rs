@@ -130,7 +130,8 @@ impl JobContext {
 
 impl JobContext {
     /// A short digest of the manifest's content: final states of the recordings and the
-    /// key and SHA-256 of every file (not the export time, which changes every write).
+    /// key and SHA-256 of every file (not the export time, which changes every write),
+    /// and the job's manifest generation (see `JobStore::mark_unverified`).
     pub async fn manifest_signature(&self) -> Result<String, StageError> {
         use sha2::{Digest, Sha256};
         let p = self.store.progress(&self.job).await.map_err(store_err)?;
@@ -140,8 +141,20 @@ impl JobContext {
             .await
             .map_err(store_err)?;
         let problems = self.store.problems(&self.job).await.map_err(store_err)?;
+        let generation = self
+            .store
+            .manifest_generation(&self.job)
+            .await
+            .map_err(store_err)?;
         let mut h = Sha256::new();
-        h.update(format!("{}-{}-{}\n", p.exported, p.skipped, p.dead));
+        // The generation first: after read-back verification took a file out, the
+        // replayed upload can restore exactly the first manifest's content, and that
+        // manifest must still be written again (and the job finished) at once, not only
+        // after JetStream's duplicate window.
+        h.update(format!(
+            "g{generation}\n{}-{}-{}\n",
+            p.exported, p.skipped, p.dead
+        ));
         for f in &files {
             h.update(format!(
                 "{}\0{}\0{}\0{}\n",
@@ -152,7 +165,12 @@ impl JobContext {
             ));
         }
         for pr in &problems {
-            h.update(format!("{}\0{}\n", pr.recording_id, pr.status));
+            h.update(format!(
+                "{}\0{}\0{}\n",
+                pr.recording_id,
+                pr.status,
+                pr.source_state.as_deref().unwrap_or_default()
+            ));
         }
         Ok(format!(
             "{}-{}-{}-{}",

@@ -35,15 +35,23 @@ const FILE_RETRIES: RetryPolicy = RetryPolicy {
 pub struct FetchStage(pub Arc<JobContext>);
 
 enum Failure {
-    /// The recording is gone (404): skip it, permanently.
-    Gone(String),
+    /// Chorus will not give the recording (404, an unusable id, a refusal): skip it,
+    /// permanently. `deleted` when Chorus answered 404 for a recording its listing
+    /// returned: deleted (or made private) in Chorus during the export.
+    Gone {
+        reason: String,
+        deleted: bool,
+    },
     Stage(StageError),
 }
 
 impl FetchStage {
     async fn chorus(&self, e: ChorusError) -> Failure {
         if e.is_permanent() {
-            Failure::Gone(e.to_string())
+            Failure::Gone {
+                deleted: matches!(e, ChorusError::NotFound { .. }),
+                reason: e.to_string(),
+            }
         } else {
             Failure::Stage(self.0.chorus_error(e).await)
         }
@@ -59,13 +67,22 @@ impl FetchStage {
         let recorded_at = task
             .recorded_at
             .and_then(|s| DateTime::from_timestamp(s, 0));
+        // Which Chorus version the bytes are: the details call's `_modified_at` for the
+        // metadata and the media, the transcript call's own for the transcript (Chorus
+        // may re-process a transcript between the two calls).
+        let mut version = crate::chorus::client::modified_at(metadata);
         let (body, expected, content_type, extension): (ByteStream, Option<u64>, String, &str) =
             match kind {
                 FileKind::Metadata => json_body(metadata),
-                FileKind::Transcript => match ctx.chorus.transcript(&task.recording_id).await {
-                    Ok(t) => json_body(&t),
-                    Err(e) => return Err(self.chorus(e).await),
-                },
+                FileKind::Transcript => {
+                    match ctx.chorus.transcript_version(&task.recording_id).await {
+                        Ok((t, modified)) => {
+                            version = modified.or(version);
+                            json_body(&t)
+                        }
+                        Err(e) => return Err(self.chorus(e).await),
+                    }
+                }
                 FileKind::Media => match ctx.chorus.media(&task.recording_id).await {
                     Ok(m) => (m.body, m.content_length, m.content_type, m.extension),
                     Err(e) => return Err(self.chorus(e).await),
@@ -107,7 +124,7 @@ impl FetchStage {
             content_type,
         };
         ctx.store
-            .record_file(&ctx.job, &row)
+            .record_file_version(&ctx.job, &row, version.as_deref())
             .await
             .map_err(|e| Failure::Stage(store_err(e)))?;
         self.publish_records(task, kind, &row, &written.key, started.elapsed())
@@ -162,12 +179,21 @@ impl FetchStage {
         }
     }
 
-    async fn skip(&self, task: &FetchTask, reason: &str) -> Result<(), StageError> {
+    /// Skips the recording for good. One Chorus answered 404 for after listing it is
+    /// recorded as deleted in the source (the manifest says so); files of it written
+    /// before the 404 stay exported and listed.
+    async fn skip(&self, task: &FetchTask, reason: &str, deleted: bool) -> Result<(), StageError> {
         let ctx = &self.0;
-        ctx.store
-            .mark_skipped(&ctx.job, &task.recording_id, reason)
-            .await
-            .map_err(store_err)?;
+        if deleted {
+            ctx.store
+                .mark_deleted_in_source(&ctx.job, &task.recording_id, reason)
+                .await
+        } else {
+            ctx.store
+                .mark_skipped(&ctx.job, &task.recording_id, reason)
+                .await
+        }
+        .map_err(store_err)?;
         ctx.maybe_request_manifest().await
     }
 }
@@ -224,7 +250,9 @@ impl StageHandler for FetchStage {
                 Ok(m) => m,
                 Err(e) => {
                     return match self.chorus(e).await {
-                        Failure::Gone(reason) => self.skip(&task, &reason).await,
+                        Failure::Gone { reason, deleted } => {
+                            self.skip(&task, &reason, deleted).await
+                        }
                         Failure::Stage(e) => Err(e),
                     };
                 }
@@ -258,7 +286,9 @@ impl StageHandler for FetchStage {
                     Ok(()) => {}
                     Err(GaveUp::Failed(failure) | GaveUp::Exhausted { last: failure, .. }) => {
                         return match failure {
-                            Failure::Gone(reason) => self.skip(&task, &reason).await,
+                            Failure::Gone { reason, deleted } => {
+                                self.skip(&task, &reason, deleted).await
+                            }
                             Failure::Stage(e) => Err(e),
                         };
                     }

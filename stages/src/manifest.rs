@@ -136,6 +136,17 @@ pub struct ManifestFile {
     pub recording_id: String,
     pub kind: FileKind,
     pub content_type: String,
+    /// Which version of the recording this file is: Chorus's `_modified_at` as read
+    /// when the file was fetched (verbatim). A transcript re-processed in Chorus gets a
+    /// later `_modified_at`; `null` when Chorus did not give one (or for files written
+    /// before portshift recorded it).
+    #[serde(default)]
+    pub source_modified_at: Option<String>,
+    /// When these bytes were written at `path` in this job. A redelivery that wrote the
+    /// same bytes again keeps the first time; a replay that wrote different bytes (a
+    /// newer version) sets a new one.
+    #[serde(default)]
+    pub exported_at: Option<DateTime<Utc>>,
 }
 
 /// The recording's metadata as the manifest keeps it: facts only, no personal data
@@ -146,12 +157,73 @@ pub struct ManifestRecording {
     pub recorded_at: Option<DateTime<Utc>>,
     pub duration_s: Option<f64>,
     pub engagement_type: Option<String>,
+    /// The newest Chorus `_modified_at` among the recording's files (each file's own is
+    /// in `files`: they differ when Chorus re-processed the recording between the calls).
+    #[serde(default)]
+    pub source_modified_at: Option<String>,
+    /// When the last of its files was written.
+    #[serde(default)]
+    pub exported_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ManifestProblem {
     pub recording_id: String,
     pub reason: String,
+    /// What happened, in one word (absent in manifests written before it existed).
+    #[serde(default)]
+    pub state: Option<ProblemState>,
+    /// When portshift found it out.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Why a recording is in `skipped` or `failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemState {
+    /// The listing returned it, then Chorus answered 404: deleted in Chorus (or made
+    /// private) during the export. Files of it written before that stay in `files`.
+    DeletedInSource,
+    /// Not exported on purpose for another permanent reason (e.g. no media, an id
+    /// that cannot be requested); `reason` says which.
+    Skipped,
+    /// Failed after every retry, or its file read back different (`--verify-after`):
+    /// replayable (docs/replay.md).
+    Failed,
+}
+
+fn problem(p: pipeline::store::Problem) -> ManifestProblem {
+    let state = match (p.status.as_str(), p.source_state.as_deref()) {
+        (_, Some(pipeline::store::DELETED_IN_SOURCE)) => ProblemState::DeletedInSource,
+        ("skipped", _) => ProblemState::Skipped,
+        _ => ProblemState::Failed,
+    };
+    ManifestProblem {
+        recording_id: p.recording_id,
+        reason: p.reason,
+        state: Some(state),
+        at: DateTime::from_timestamp_millis(p.at_ms),
+    }
+}
+
+/// The later of two Chorus `_modified_at` values (compared as times when both parse,
+/// else as text).
+fn newest(a: Option<String>, b: Option<&String>) -> Option<String> {
+    match (a, b) {
+        (None, b) => b.cloned(),
+        (a, None) => a,
+        (Some(a), Some(b)) => {
+            let later = match (
+                DateTime::parse_from_rfc3339(&a),
+                DateTime::parse_from_rfc3339(b),
+            ) {
+                (Ok(x), Ok(y)) => y > x,
+                _ => b.as_str() > a.as_str(),
+            };
+            Some(if later { b.clone() } else { a })
+        }
+    }
 }
 
 /// The last run of the same schedule that wrote a manifest to the same destination,
@@ -448,6 +520,25 @@ impl StageHandler for ManifestStage {
             .await
             .map_err(store_err)?;
         let problems = ctx.store.problems(&ctx.job).await.map_err(store_err)?;
+        let versions: std::collections::HashMap<(String, FileKind), pipeline::store::FileVersion> =
+            ctx.store
+                .file_versions(&ctx.job)
+                .await
+                .map_err(store_err)?
+                .into_iter()
+                .map(|v| ((v.recording_id.clone(), v.file), v))
+                .collect();
+        let version_of = |f: &FileRow| versions.get(&(f.recording_id.clone(), f.file));
+        // Per recording: the newest version and the last write among its listed files.
+        let mut per_recording: std::collections::HashMap<String, (Option<String>, Option<i64>)> =
+            std::collections::HashMap::new();
+        for f in &files {
+            if let Some(v) = version_of(f) {
+                let entry = per_recording.entry(f.recording_id.clone()).or_default();
+                entry.0 = newest(entry.0.take(), v.source_modified_at.as_ref());
+                entry.1 = entry.1.max(v.exported_ms);
+            }
+        }
         let previous = previous_run_manifest(&ctx.store, &ctx.spec, &ctx.job)
             .await
             .map_err(store_err)?;
@@ -484,31 +575,29 @@ impl StageHandler for ManifestStage {
                     recording_id: f.recording_id.clone(),
                     kind: f.file,
                     content_type: f.content_type.clone(),
+                    source_modified_at: version_of(f).and_then(|v| v.source_modified_at.clone()),
+                    exported_at: version_of(f)
+                        .and_then(|v| v.exported_ms)
+                        .and_then(DateTime::from_timestamp_millis),
                 })
                 .collect(),
             recordings: facts
                 .into_iter()
-                .map(|r| ManifestRecording {
-                    recorded_at: r.recorded_at.and_then(|s| DateTime::from_timestamp(s, 0)),
-                    recording_id: r.recording_id,
-                    duration_s: r.duration_s,
-                    engagement_type: r.engagement_type,
+                .map(|r| {
+                    let (source_modified_at, exported_ms) =
+                        per_recording.remove(&r.recording_id).unwrap_or_default();
+                    ManifestRecording {
+                        recorded_at: r.recorded_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+                        recording_id: r.recording_id,
+                        duration_s: r.duration_s,
+                        engagement_type: r.engagement_type,
+                        source_modified_at,
+                        exported_at: exported_ms.and_then(DateTime::from_timestamp_millis),
+                    }
                 })
                 .collect(),
-            skipped: skipped
-                .into_iter()
-                .map(|p| ManifestProblem {
-                    recording_id: p.recording_id,
-                    reason: p.reason,
-                })
-                .collect(),
-            failed: failed
-                .into_iter()
-                .map(|p| ManifestProblem {
-                    recording_id: p.recording_id,
-                    reason: p.reason,
-                })
-                .collect(),
+            skipped: skipped.into_iter().map(problem).collect(),
+            failed: failed.into_iter().map(problem).collect(),
             signature: ManifestSignature::unsigned(),
             previous_manifest: previous,
             layout: ctx.spec.options.layout,

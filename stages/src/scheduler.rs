@@ -177,7 +177,15 @@ impl Scheduler {
                     .await
                     .map_err(|e| e.to_string())?;
                 let session = format!("portshift-{}", schedule.id);
-                match crate::aws_role::assume(&plan, &external_id, &session, &self.aws).await {
+                match crate::aws_role::assume(
+                    &plan,
+                    &external_id,
+                    &session,
+                    &self.aws,
+                    self.signing_key.as_ref(),
+                )
+                .await
+                {
                     Ok(grant) => (WorkerSecrets::AWS_ROLE, grant),
                     Err(e) => return fail(e.to_string()).await,
                 }

@@ -689,6 +689,13 @@ pub fn schedules(
                 {field_error(errors, "webhook_url")}
                 <label>"Webhook secret reference" <input type="text" name="webhook_secret_ref"/></label>
                 {field_error(errors, "webhook_secret_ref")}
+                <label><input type="checkbox" name="verify_after" value="true" checked=v.verify_after/>" read every file back after each run's manifest (needs read permission)"</label>
+                {field_error(errors, "verify_after")}
+                <label>"Layout" <select name="layout">
+                    <option value="plain" selected={v.layout != "bagit"}>"plain"</option>
+                    <option value="bagit" selected={v.layout == "bagit"}>"BagIt bag per run (payload under data/)"</option>
+                </select></label>
+                {field_error(errors, "layout")}
                 <button class="primary" type="submit" id="create-schedule">"Create schedule"</button>
             </form>
         },

@@ -127,6 +127,8 @@ pub fn schedule_json(l: &Listed) -> Value {
         "paused": s.paused,
         "next_run_ms": next_run_ms(s),
         "destination": s.template.destination,
+        "layout": s.template.options.layout,
+        "verify_after": s.template.options.verify_after,
         "last_run_status": l.runs.first().map(|r| r.status.as_str()),
         "runs": l.runs.iter().map(run_json).collect::<Vec<_>>(),
     })
@@ -159,6 +161,33 @@ pub struct NewSchedule {
     pub webhook_secret_ref: Option<String>,
     /// Days before the watermark each run looks again; default 7.
     pub lookback_days: Option<i64>,
+    /// `plain` (the default) or `bagit`: each run writes its own BagIt bag.
+    pub layout: Option<String>,
+    /// Each run reads every file back after its manifest (needs read permission): a
+    /// JSON boolean, or from the form `true`/`on`/`1` and `false`/`off`/`0`.
+    pub verify_after: Option<FlagValue>,
+}
+
+/// A yes/no field as JSON (`true`) or a form (`"on"`) gives it; anything else is
+/// reported against its field rather than guessed.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum FlagValue {
+    Bool(bool),
+    Text(String),
+}
+
+impl FlagValue {
+    fn get(&self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(*b),
+            Self::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "on" | "1" | "yes" => Some(true),
+                "" | "false" | "off" | "0" | "no" => Some(false),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// The console's form for a new schedule: the same fields as [`NewSchedule`], with
@@ -197,6 +226,12 @@ pub struct NewScheduleForm {
     pub webhook_url: String,
     #[serde(default)]
     pub webhook_secret_ref: String,
+    /// `plain` (default) or `bagit`.
+    #[serde(default)]
+    pub layout: String,
+    /// The checkbox: `true` when checked, absent when not.
+    #[serde(default)]
+    pub verify_after: String,
 }
 
 impl NewScheduleForm {
@@ -219,6 +254,8 @@ impl NewScheduleForm {
             webhook_url: opt(&self.webhook_url),
             webhook_secret_ref: opt(&self.webhook_secret_ref),
             lookback_days: None,
+            layout: opt(&self.layout),
+            verify_after: Some(FlagValue::Text(self.verify_after.clone())),
         }
     }
 
@@ -235,6 +272,10 @@ impl NewScheduleForm {
             media: self.media,
             transcript: self.transcript,
             metadata: self.metadata,
+            layout: self.layout.trim().to_owned(),
+            verify_after: FlagValue::Text(self.verify_after.clone())
+                .get()
+                .unwrap_or(false),
         }
     }
 }
@@ -251,6 +292,9 @@ pub struct ScheduleValues {
     pub media: bool,
     pub transcript: bool,
     pub metadata: bool,
+    /// As typed (`plain`, `bagit`; anything else was refused).
+    pub layout: String,
+    pub verify_after: bool,
 }
 
 impl Default for ScheduleValues {
@@ -265,6 +309,8 @@ impl Default for ScheduleValues {
             media: true,
             transcript: true,
             metadata: true,
+            layout: "plain".into(),
+            verify_after: false,
         }
     }
 }
@@ -356,6 +402,27 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
             );
         }
     }
+    let layout = match f.layout.as_deref().map(str::trim) {
+        None | Some("") => pipeline::Layout::Plain,
+        Some(other) => other.parse().unwrap_or_else(|msg: String| {
+            e.insert("layout", msg);
+            pipeline::Layout::Plain
+        }),
+    };
+    let verify_after = match &f.verify_after {
+        None => false,
+        Some(v) => v.get().unwrap_or_else(|| {
+            e.insert(
+                "verify_after",
+                "Use true or false (read every file back after each run's manifest).".into(),
+            );
+            false
+        }),
+    };
+    let options = pipeline::ExportOptions {
+        verify_after,
+        layout,
+    };
     let lookback_days = f.lookback_days.unwrap_or(7);
     if !(0..=365).contains(&lookback_days) {
         e.insert("lookback_days", "Look back between 0 and 365 days.".into());
@@ -408,7 +475,7 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
                 destination,
                 webhook_url,
                 lookback_s: lookback_days * 24 * 3600,
-                options: Default::default(),
+                options,
             },
             refs,
             start,

@@ -1026,3 +1026,137 @@ async fn the_new_schedule_form_creates_one_or_shows_the_field_errors() {
     let (_, html, _) = page(&w.state, "GET", &path, Some(&admin), None).await;
     assert!(html.contains("id=\"new-schedule\""));
 }
+
+/// A tenant's valid schedule body (the Chorus token and the S3 writes through the
+/// customer's own role), with `extra` fields merged in.
+fn role_schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "name": name, "cron": "0 2 * * *", "start": "2024-01-01",
+        "destination": "s3://tenant-bucket/calls?region=eu-west-1",
+        "chorus_token_ref": "aws-role:arn:aws:iam::123456789012:role/portshift-export?secret=arn:aws:secretsmanager:eu-west-1:123456789012:secret:chorus-AbC",
+        "s3_ref": "aws-role:arn:aws:iam::123456789012:role/portshift-export",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// The schedule's layout and read-back verification, through the JSON API and the
+/// console form (one model): bad values are reported against their fields and nothing
+/// is stored; good ones are stored in the schedule's run template, which every run
+/// copies; leaving them out means plain and no verification.
+#[tokio::test]
+async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
+    let w = world().await;
+    let c = cell(&w, 0).await;
+    let admin = c.sessions[1].1.clone().unwrap();
+    let api = format!("/api/v1/orgs/{}/schedules", c.org);
+    let before = w.store.schedules_of(&c.org).await.unwrap().len();
+
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &api,
+        Some(&admin),
+        true,
+        Some(role_schedule(
+            "bad",
+            serde_json::json!({"layout": "zip", "verify_after": "perhaps"}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    let fields = &json["error"]["fields"];
+    assert!(
+        fields["layout"].as_str().unwrap().contains("bagit"),
+        "{json}"
+    );
+    assert!(fields["verify_after"].is_string(), "{json}");
+    assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
+
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &api,
+        Some(&admin),
+        true,
+        Some(role_schedule(
+            "bagged",
+            serde_json::json!({"layout": "bagit", "verify_after": true}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    assert_eq!(json["layout"], "bagit", "{json}");
+    assert_eq!(json["verify_after"], true, "{json}");
+    let stored = w
+        .store
+        .schedule(json["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.template.options.layout, pipeline::Layout::Bagit);
+    assert!(stored.template.options.verify_after);
+
+    let (status, json, _) = call(
+        &w.state,
+        "POST",
+        &api,
+        Some(&admin),
+        true,
+        Some(role_schedule("defaults", serde_json::json!({}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+    let stored = w
+        .store
+        .schedule(json["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.template.options, pipeline::ExportOptions::default());
+
+    // The console form: the same checks, the same fields.
+    let path = format!("/orgs/{}/schedules", c.org);
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let body = role_schedule("form", serde_json::json!({}));
+    let form = |extra: &str| {
+        let mut f = format!("csrf={}", admin.1);
+        for (k, v) in body.as_object().unwrap() {
+            f.push_str(&format!("&{k}={}", enc(v.as_str().unwrap())));
+        }
+        f.push_str("&media=true&transcript=true&metadata=true");
+        f.push_str(extra);
+        f
+    };
+    let count = w.store.schedules_of(&c.org).await.unwrap().len();
+    let (status, html, _) = page(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        Some(form("&layout=tarball&verify_after=sometimes")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{html}");
+    assert!(html.contains("id=\"error-layout\""), "{html}");
+    assert!(html.contains("id=\"error-verify_after\""), "{html}");
+    assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), count);
+    // The page offers both fields.
+    assert!(html.contains("name=\"layout\"") && html.contains("name=\"verify_after\""));
+
+    let (status, _, headers) = page(
+        &w.state,
+        "POST",
+        &path,
+        Some(&admin),
+        Some(form("&layout=bagit&verify_after=true")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], path.as_str());
+    let all = w.store.schedules_of(&c.org).await.unwrap();
+    assert_eq!(all.len(), count + 1);
+    let made = all.iter().find(|s| s.name == "form").unwrap();
+    assert_eq!(made.template.options.layout, pipeline::Layout::Bagit);
+    assert!(made.template.options.verify_after);
+}

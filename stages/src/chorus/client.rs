@@ -32,8 +32,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-pub use super::model::parse_conversation;
 use super::model::{EngagementPage, kind, parse_engagement_page};
+pub use super::model::{modified_at, parse_conversation};
 use crate::http::{
     Egress, HttpSetupError, ca_file_from_env, egress_refusal, error_chain, guarded_client_builder,
 };
@@ -410,9 +410,21 @@ impl ChorusClient {
 
     /// The transcript: the `recording.utterances` array of the conversation.
     pub async fn transcript(&self, id: &str) -> Result<Value, ChorusError> {
-        let mut data = self.conversation(id, &["recording.utterances"]).await?;
+        Ok(self.transcript_version(id).await?.0)
+    }
+
+    /// The transcript and the conversation's `_modified_at` read in the same call (the
+    /// version the transcript belongs to; `None` when Chorus leaves it out).
+    pub async fn transcript_version(
+        &self,
+        id: &str,
+    ) -> Result<(Value, Option<String>), ChorusError> {
+        let mut data = self
+            .conversation(id, &["recording.utterances", "_modified_at"])
+            .await?;
+        let modified = modified_at(&data);
         match data.pointer_mut("/attributes/recording/utterances") {
-            Some(utterances @ Value::Array(_)) => Ok(utterances.take()),
+            Some(utterances @ Value::Array(_)) => Ok((utterances.take(), modified)),
             Some(other) => Err(ChorusError::Malformed {
                 what: format!("transcript of {id}"),
                 detail: format!(

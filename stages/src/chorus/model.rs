@@ -185,6 +185,14 @@ pub fn parse_engagement_page(body: &[u8]) -> Result<EngagementPage, String> {
     })
 }
 
+/// A conversation's `_modified_at` (its `data` member, as `parse_conversation` returns
+/// it), verbatim and at most 64 characters; `None` when absent or not a string.
+pub fn modified_at(data: &Value) -> Option<String> {
+    data.pointer("/attributes/_modified_at")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(64).collect())
+}
+
 /// Checks a `GET /api/v1/conversations/{id}` answer and returns its `data` object: the
 /// body must be a JSON:API document (an object) whose `data` is an object with `id`
 /// equal to `expected_id` and an `attributes` object. The error says what is wrong

@@ -100,6 +100,12 @@ pub struct SynthRecording {
     pub engagement_type: &'static str,
     /// `(name, e-mail)`; the first one is the owner (the rep).
     pub participants: Vec<(String, String)>,
+    /// How often Chorus re-processed it (test knob, see [`Dataset::reprocess`]): each
+    /// time the transcript changes and `_modified_at` moves on. 0 = as recorded.
+    pub revision: u32,
+    /// `_modified_at` after the last re-processing (epoch seconds); `None` = the end
+    /// of the call.
+    pub modified_at: Option<i64>,
 }
 
 impl SynthRecording {
@@ -206,6 +212,31 @@ impl Dataset {
 
     pub fn get(&self, id: &str) -> Option<&SynthRecording> {
         self.by_id.get(id).map(|&i| &self.recordings[i])
+    }
+
+    /// Test knob: Chorus deletes recording `id` (like the knob's deleted recordings it
+    /// stays listed, but details and media answer 404 from now on). `false` when there
+    /// is no such recording. A later `set_knobs` recomputes deletions from the
+    /// knobs and undoes this.
+    pub fn delete(&mut self, id: &str) -> bool {
+        match self.by_id.get(id) {
+            Some(&i) => {
+                self.recordings[i].deleted = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Test knob: Chorus re-processes recording `id` at `at`: its transcript becomes a
+    /// new one and `_modified_at` becomes `at`. Returns the new revision, `None` when
+    /// there is no such recording.
+    pub fn reprocess(&mut self, id: &str, at: DateTime<Utc>) -> Option<u32> {
+        let &i = self.by_id.get(id)?;
+        let r = &mut self.recordings[i];
+        r.revision += 1;
+        r.modified_at = Some(at.timestamp());
+        Some(r.revision)
     }
 
     /// Adds `n` recordings dated `at` (for incremental-sync tests); returns their ids.
@@ -414,7 +445,11 @@ impl Dataset {
             attributes.insert("_created_at".into(), json!(rfc3339(start)));
         }
         if want("_modified_at") {
-            attributes.insert("_modified_at".into(), json!(rfc3339(end)));
+            let modified = r
+                .modified_at
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .unwrap_or(end);
+            attributes.insert("_modified_at".into(), json!(rfc3339(modified)));
         }
         let mut recording = Map::new();
         if r.has_media() {
@@ -450,7 +485,8 @@ impl Dataset {
 
     /// The transcript: 3 to 20 synthetic utterances, in the spec's utterance shape.
     pub fn utterances(&self, r: &SynthRecording) -> Value {
-        let mut rng = self.rng_for(&r.id, 2);
+        // Revision 0 keeps the original stream, so unchanged datasets stay as they were.
+        let mut rng = self.rng_for(&r.id, 2 + 0x1_0000 * u64::from(r.revision));
         let count = 3 + rng.below(18) as usize;
         let start = DateTime::from_timestamp(r.date_time, 0).unwrap_or(self.from);
         let slot = r.duration.max(1.0) / count as f64;
@@ -558,6 +594,8 @@ impl Dataset {
             deleted,
             engagement_type,
             participants,
+            revision: 0,
+            modified_at: None,
         };
         self.by_id.insert(id.clone(), self.recordings.len());
         self.recordings.push(recording);
