@@ -563,6 +563,11 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         for w in workers.iter_mut() {
             if let Ok(Some(code)) = w.try_wait() {
                 unexpected_exits += 1;
+                assert!(
+                    unexpected_exits <= 6,
+                    "workers keep exiting ({code}); worker log:\n{}",
+                    tail(&log, 40)
+                );
                 eprintln!(
                     "cluster chaos: a worker exited on its own ({code}); log tail:\n{}",
                     tail(&log, 30)
