@@ -491,10 +491,10 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
             panic!(
                 "the cluster chaos run stalled: nothing settled for 2 minutes: {last_progress:?}\n\
                  pending recordings: {:?}\nfetch consumer: {}\nworker log:\n{}",
-                store.pending_recordings(&job).await.map(|r| r
-                    .into_iter()
-                    .map(|r| r.recording_id)
-                    .collect::<Vec<_>>()),
+                store
+                    .pending_recordings(&job)
+                    .await
+                    .map(|r| r.into_iter().map(|r| r.recording_id).collect::<Vec<_>>()),
                 consumer_state(&js, &job).await,
                 tail(&log, 60)
             );
@@ -511,7 +511,9 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
             break;
         }
         let settled = p.exported + p.skipped + p.dead;
-        if last_progress.as_ref().map(|l: &pipeline::store::Progress| l.exported + l.skipped + l.dead)
+        if last_progress
+            .as_ref()
+            .map(|l: &pipeline::store::Progress| l.exported + l.skipped + l.dead)
             != Some(settled)
         {
             moved_at = Instant::now();
@@ -531,7 +533,9 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
                     let leader = stream_leader(&js).await;
                     cluster.kill(&leader);
                     killed_node = Some((leader.clone(), Instant::now()));
-                    format!("NATS node {leader} (leader of {WORK_STREAM}) SIGKILLed at {settled} settled")
+                    format!(
+                        "NATS node {leader} (leader of {WORK_STREAM}) SIGKILLed at {settled} settled"
+                    )
                 }
                 Disruption::RestartPostgres => {
                     let t = Instant::now();
@@ -619,10 +623,9 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         assert_eq!(&sha256_hex(&bytes), sha, "{path}");
         sizes.insert(path, bytes.len());
     }
-    let manifest = String::from_utf8(
-        get_object(&s3, &bucket, "cluster/portshift-manifest.txt").await,
-    )
-    .unwrap();
+    let manifest =
+        String::from_utf8(get_object(&s3, &bucket, "cluster/portshift-manifest.txt").await)
+            .unwrap();
     let lines: Vec<&str> = manifest.lines().collect();
     let unique: BTreeSet<&str> = lines.iter().map(|l| &l[66..]).collect();
     let files = keys.len() - 2;

@@ -70,8 +70,8 @@ fn portshift(h: &Harness, args: &[&str]) -> std::process::Output {
 /// The commands of docs/replay.md's "With the stock `nats` CLI" section, as written
 /// there: each `sh` block of that section, in order.
 fn documented_recipe() -> Vec<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/replay.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/replay.md")).unwrap();
     let section = doc
         .split("## With the stock `nats` CLI")
         .nth(1)
@@ -208,10 +208,7 @@ async fn nats(h: &Harness, line: &str) -> String {
         // nats stream get STREAM SEQ: one message, headers and payload.
         ["stream", "get", stream, seq] => {
             let stream = h.js.get_stream(*stream).await.unwrap();
-            let m = stream
-                .get_raw_message(seq.parse().unwrap())
-                .await
-                .unwrap();
+            let m = stream.get_raw_message(seq.parse().unwrap()).await.unwrap();
             let mut out = format!(
                 "Item: {}#{} received {} on Subject {}\n\nHeaders:\n",
                 stream.cached_info().config.name,
@@ -242,7 +239,9 @@ async fn nats(h: &Harness, line: &str) -> String {
                         let (name, value) = h.split_once(':').expect("-H takes NAME:VALUE");
                         headers.append(name, value);
                     }
-                    a if a.starts_with('-') => panic!("nats pub flag {a} is not reproduced here: {line}"),
+                    a if a.starts_with('-') => {
+                        panic!("nats pub flag {a} is not reproduced here: {line}")
+                    }
                     a => positional.push(a),
                 }
             }
@@ -258,15 +257,22 @@ async fn nats(h: &Harness, line: &str) -> String {
             let payload = bytes::Bytes::from(body.to_string());
             if jetstream {
                 // -J: publish through JetStream and wait for the stream's acknowledgement.
-                let ack = h
-                    .js
-                    .publish_with_headers(subject.to_string(), headers, payload)
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-                assert!(!ack.duplicate, "the replay was dropped as a duplicate: {line}");
-                format!("Published {} bytes to \"{subject}\"\nStored in Stream: {} Sequence: {}\n", body.len(), ack.stream, ack.sequence)
+                let ack =
+                    h.js.publish_with_headers(subject.to_string(), headers, payload)
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                assert!(
+                    !ack.duplicate,
+                    "the replay was dropped as a duplicate: {line}"
+                );
+                format!(
+                    "Published {} bytes to \"{subject}\"\nStored in Stream: {} Sequence: {}\n",
+                    body.len(),
+                    ack.stream,
+                    ack.sequence
+                )
             } else {
                 h.client
                     .publish_with_headers(subject.to_string(), headers, payload)
@@ -309,7 +315,10 @@ async fn the_documented_nats_cli_recipe_completes_the_job() {
     };
     assert!(view.starts_with("nats stream view"), "{view}");
     assert!(get.starts_with("nats stream get"), "{get}");
-    assert!(publish.starts_with("nats pub -J --no-templates"), "{publish}");
+    assert!(
+        publish.starts_with("nats pub -J --no-templates"),
+        "{publish}"
+    );
     assert!(rmm.starts_with("nats stream rmm"), "{rmm}");
     assert!(resume.contains("portshift resume"), "{resume}");
 
@@ -317,7 +326,11 @@ async fn the_documented_nats_cli_recipe_completes_the_job() {
     let listed = nats(&h, &fill(view, &[("<job>", job.as_str())])).await;
     let seqs: Vec<String> = listed
         .lines()
-        .filter_map(|l| l.strip_prefix('[')?.split_once(']').map(|(s, _)| s.to_string()))
+        .filter_map(|l| {
+            l.strip_prefix('[')?
+                .split_once(']')
+                .map(|(s, _)| s.to_string())
+        })
         .collect();
     assert_eq!(seqs.len(), 6, "{listed}");
     for seq in &seqs {
@@ -339,8 +352,14 @@ async fn the_documented_nats_cli_recipe_completes_the_job() {
             &fill(
                 publish,
                 &[
-                    ("<Portshift-Original-Subject>", &header("Portshift-Original-Subject")),
-                    ("<Portshift-Original-Msg-Id>", &header("Portshift-Original-Msg-Id")),
+                    (
+                        "<Portshift-Original-Subject>",
+                        &header("Portshift-Original-Subject"),
+                    ),
+                    (
+                        "<Portshift-Original-Msg-Id>",
+                        &header("Portshift-Original-Msg-Id"),
+                    ),
                     ("<seq>", seq),
                     ("<payload>", &payload),
                 ],
@@ -350,15 +369,30 @@ async fn the_documented_nats_cli_recipe_completes_the_job() {
         assert!(sent.contains("Stored in Stream: PORTSHIFT_WORK"), "{sent}");
         nats(&h, &fill(rmm, &[("<seq>", seq)])).await;
     }
-    assert!(nats(&h, &fill(view, &[("<job>", job.as_str())])).await.is_empty());
+    assert!(
+        nats(&h, &fill(view, &[("<job>", job.as_str())]))
+            .await
+            .is_empty()
+    );
 
     // 5. portshift resume <job>, through a shell, as written (the token placeholder `...`
     // filled in); the services come from the environment, as an operator's would.
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_portshift")).parent().unwrap();
-    let line = fill(resume, &[("<job>", job.as_str()), ("CHORUS_API_TOKEN=...", &format!("CHORUS_API_TOKEN={TOKEN}"))]);
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_portshift"))
+        .parent()
+        .unwrap();
+    let line = fill(
+        resume,
+        &[
+            ("<job>", job.as_str()),
+            ("CHORUS_API_TOKEN=...", &format!("CHORUS_API_TOKEN={TOKEN}")),
+        ],
+    );
     let resumed = Command::new("bash")
         .args(["-c", &line])
-        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
         .env("PORTSHIFT_NATS_URL", h.nats.as_ref().unwrap().url())
         .env(
             "PORTSHIFT_DATABASE_URL",

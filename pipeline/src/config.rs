@@ -107,11 +107,14 @@ pub async fn connect_nats(
     if let Some(ca) = ca_file {
         options = options.add_root_certificates(ca.to_path_buf());
     }
-    options.connect(servers.as_slice()).await.map_err(|e| ServicesError::Nats {
-        url: url.to_string(),
-        hint: nats_hint(&e.to_string(), ca_file),
-        source: Box::new(e),
-    })
+    options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| ServicesError::Nats {
+            url: url.to_string(),
+            hint: nats_hint(&e.to_string(), ca_file),
+            source: Box::new(e),
+        })
 }
 
 /// What to do about a failed NATS connection, beyond checking the URL.
