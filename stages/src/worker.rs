@@ -339,7 +339,7 @@ pub async fn run(
             }
             Err(e) => {
                 let since = *store_down_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= STORE_OUTAGE_LIMIT {
+                if !e.is_unavailable() || since.elapsed() >= STORE_OUTAGE_LIMIT {
                     return Err(e.into());
                 }
                 tracing::warn!(job = %ctx.job, error = %e, "job store unreachable; asking again");
