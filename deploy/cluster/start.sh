@@ -11,6 +11,10 @@
 #
 # Usage: deploy/cluster/start.sh [CLUSTER_DIR]   (default .data/cluster)
 # Stop:  deploy/cluster/stop.sh [CLUSTER_DIR]
+# PORTSHIFT_CLUSTER_PORT_OFFSET=N moves every port up by N, so a test or a benchmark
+# can run its own cluster beside another (default 0: clients 14241-14243).
+# Running it again on the same CLUSTER_DIR starts the nodes that are not running (a
+# node that was killed rejoins with its store) and leaves the others alone.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=deploy/local/lib.sh
@@ -37,15 +41,17 @@ if [[ ! -f $CLUSTER_DIR/tls/server.pem ]]; then
     )
 fi
 
+OFFSET=${PORTSHIFT_CLUSTER_PORT_OFFSET:-0}
+[[ $OFFSET =~ ^[0-9]+$ && $OFFSET -lt 1000 ]] || die "PORTSHIFT_CLUSTER_PORT_OFFSET must be a whole number below 1000"
 urls=()
 for n in 1 2 3; do
-    client=$((14240 + n)) cluster=$((16240 + n)) monitor=$((18240 + n))
+    client=$((14240 + OFFSET + n)) cluster=$((16240 + OFFSET + n)) monitor=$((18240 + OFFSET + n))
     urls+=("tls://127.0.0.1:$client")
     sed -e "s#@NAME@#n$n#g" -e "s#@HOST@#127.0.0.1#g" \
         -e "s#@CLIENT_PORT@#$client#g" -e "s#@CLUSTER_PORT@#$cluster#g" \
         -e "s#@MONITOR_PORT@#$monitor#g" -e "s#@STORE@#$CLUSTER_DIR/n$n#g" \
         -e "s#@TLS_DIR@#$CLUSTER_DIR/tls#g" \
-        -e "s#@ROUTES@#nats-route://127.0.0.1:16241, nats-route://127.0.0.1:16242, nats-route://127.0.0.1:16243#g" \
+        -e "s#@ROUTES@#nats-route://127.0.0.1:$((16241 + OFFSET)), nats-route://127.0.0.1:$((16242 + OFFSET)), nats-route://127.0.0.1:$((16243 + OFFSET))#g" \
         "$HERE/nats.conf.template" >"$CLUSTER_DIR/n$n.conf"
     pidf=$CLUSTER_DIR/n$n.pid
     if [[ -f $pidf ]] && pid_alive "$(cat "$pidf")" nats-server; then
@@ -59,7 +65,7 @@ done
 # Ready when node 1 reports a meta leader and a cluster of three (healthz alone is
 # not enough to create replicated streams).
 t=$(now)
-until curl -sf http://127.0.0.1:18241/jsz 2>/dev/null |
+until curl -sf "http://127.0.0.1:$((18241 + OFFSET))/jsz" 2>/dev/null |
     python3 -c 'import json,sys; m=json.load(sys.stdin).get("meta_cluster",{}); sys.exit(0 if m.get("leader") and m.get("cluster_size")==3 else 1)'; do
     if awk -v s="$t" -v e="$(now)" 'BEGIN{exit !(e-s>30)}'; then
         tail -n 20 "$CLUSTER_DIR"/n*.log >&2

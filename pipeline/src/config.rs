@@ -84,17 +84,28 @@ pub async fn connect_nats(
         .connection_timeout(Duration::from_secs(10))
         // Keep reconnecting: a restarted nats-server must not end the job.
         .max_reconnects(None);
-    if url.starts_with("tls://") {
+    // A cluster is given as a comma-separated list (`tls://n1:4222,tls://n2:4222`): the
+    // client connects to one and fails over to the others (and to the nodes the cluster
+    // announces). async-nats parses a single string as one URL, so split it here.
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.iter().any(|s| s.starts_with("tls://")) {
         options = options.require_tls(true);
     }
     if let Some(ca) = ca_file {
         options = options.add_root_certificates(ca.to_path_buf());
     }
-    options.connect(url).await.map_err(|e| ServicesError::Nats {
-        url: url.to_string(),
-        hint: nats_hint(&e.to_string(), ca_file),
-        source: Box::new(e),
-    })
+    options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| ServicesError::Nats {
+            url: url.to_string(),
+            hint: nats_hint(&e.to_string(), ca_file),
+            source: Box::new(e),
+        })
 }
 
 /// What to do about a failed NATS connection, beyond checking the URL.

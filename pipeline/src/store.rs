@@ -46,6 +46,29 @@ pub enum StoreError {
     UnverifiedTls { mode: String },
 }
 
+impl StoreError {
+    /// The database is away for now (connection lost, server shutting down or starting
+    /// up, no connection free in time), not wrong about the job or the query: worth
+    /// asking again shortly. A deleted job or a bad record is not.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Query(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // PostgreSQL's classes 08 (connection exception) and 57P (shutting down,
+            // starting up).
+            StoreError::Query(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 /// Refuses PostgreSQL TLS modes that skip certificate validation when asked for by
 /// name (`require`, `prefer`, `allow`): portshift never turns validation off, so a URL
 /// that asks for it is a configuration mistake, reported before connecting.
@@ -1140,5 +1163,22 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_worth_asking_again_a_deleted_job_is_not() {
+        let lost = StoreError::Query(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(lost.is_unavailable());
+        assert!(StoreError::Query(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::NoSuchJob(JobId::new()).is_unavailable());
+        assert!(!StoreError::Query(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!StoreError::Corrupt("bad row".into()).is_unavailable());
     }
 }

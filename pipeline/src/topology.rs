@@ -10,6 +10,41 @@ use serde::Serialize;
 
 use crate::JobId;
 
+/// How long a JetStream management request (make a stream or a consumer) is tried again
+/// while a cluster elects a leader, after a node was lost or while one rejoins. Meant for
+/// answers that say "not now" (a timeout, "temporarily unavailable"); a server without
+/// JetStream answers "no responders" at once, and that error is reported at once.
+pub const CLUSTER_SETTLE: Duration = Duration::from_secs(60);
+
+/// Runs `op` until it succeeds, fails with an error that is not "not now", or
+/// [`CLUSTER_SETTLE`] has passed.
+async fn while_settling<T, E, F, Fut>(what: &str, mut op: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match op().await {
+            Err(e) if is_not_now(&e.to_string()) && started.elapsed() < CLUSTER_SETTLE => {
+                tracing::warn!(what, error = %e, "JetStream did not answer (a leader election?); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An answer that means "not now" from a JetStream cluster that is electing a leader.
+fn is_not_now(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("timed out")
+        || e.contains("temporarily unavailable")
+        || e.contains("no suitable peers")
+        || e.contains("insufficient resources")
+}
+
 /// Work stream: list, fetch, manifest and notify tasks. Work-queue retention: a task is
 /// gone once acked.
 pub const WORK_STREAM: &str = "PORTSHIFT_WORK";
@@ -184,24 +219,21 @@ pub async fn ensure_streams_replicated(
             _ => DLQ_STREAM,
         };
         let limits = (config.max_age, config.max_bytes, config.discard);
-        let mut stream =
-            js.get_or_create_stream(config)
-                .await
-                .map_err(|e| TopologyError::Stream {
-                    stream: name,
-                    source: Box::new(e),
-                })?;
-        // A work stream made by an older portshift has no limits: add them, keeping
-        // everything else (e.g. the replicas an operator chose).
-        if name == WORK_STREAM {
-            let current = stream.info().await.map_err(|e| TopologyError::Stream {
+        let stream = while_settling(name, || js.get_or_create_stream(config.clone()))
+            .await
+            .map_err(|e| TopologyError::Stream {
                 stream: name,
                 source: Box::new(e),
             })?;
-            if current.config.max_age.is_zero() {
-                let mut updated = current.config.clone();
+        // A work stream made by an older portshift has no limits: add them, keeping
+        // everything else (e.g. the replicas an operator chose).
+        if name == WORK_STREAM {
+            // The stream as the server has it (get-or-create returns its current info).
+            let current = stream.cached_info().config.clone();
+            if current.max_age.is_zero() {
+                let mut updated = current;
                 (updated.max_age, updated.max_bytes, updated.discard) = limits;
-                js.update_stream(updated)
+                while_settling(name, || js.update_stream(updated.clone()))
                     .await
                     .map_err(|e| TopologyError::Stream {
                         stream: name,
@@ -223,15 +255,14 @@ pub async fn stage_consumer(
     max_ack_pending: i64,
 ) -> Result<consumer::PullConsumer, TopologyError> {
     let name = stage.consumer_name(job);
-    let stream = js
-        .get_stream(WORK_STREAM)
+    let stream = while_settling(&name, || js.get_stream(WORK_STREAM))
         .await
         .map_err(|e| TopologyError::Consumer {
             name: name.clone(),
             source: Box::new(e),
         })?;
-    stream
-        .get_or_create_consumer(
+    while_settling(&name, || {
+        stream.get_or_create_consumer(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
@@ -246,11 +277,12 @@ pub async fn stage_consumer(
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| TopologyError::Consumer {
-            name,
-            source: Box::new(e),
-        })
+    })
+    .await
+    .map_err(|e| TopologyError::Consumer {
+        name,
+        source: Box::new(e),
+    })
 }
 
 /// Publishes a JSON message with `Nats-Msg-Id` and waits for JetStream's ack, so the

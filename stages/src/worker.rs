@@ -28,6 +28,10 @@ use crate::notify::NotifyStage;
 
 /// How often a worker stamps its job as alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+
+/// How long the job store may be unreachable before a worker gives up (a PostgreSQL
+/// restart takes seconds; a failover to a standby well under a minute).
+pub const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(120);
 pub use pipeline::worker_process::WORKER_GONE_AFTER;
 
 #[derive(Clone)]
@@ -300,6 +304,7 @@ pub async fn run(
     let mut last_activity = counters.activity();
     let mut quiet_since = std::time::Instant::now();
     let mut drained = false;
+    let mut store_down_since: Option<std::time::Instant> = None;
     let status = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -316,11 +321,31 @@ pub async fn run(
                 };
             }
         }
-        if last_beat.elapsed() >= HEARTBEAT_EVERY {
-            ctx.store.heartbeat(&ctx.job).await?;
-            last_beat = std::time::Instant::now();
+        // The job store may be away for a moment (a PostgreSQL restart or failover):
+        // the stages retry their own writes, and this loop asks again on the next tick.
+        // Only an outage longer than STORE_OUTAGE_LIMIT ends the worker.
+        let checked = async {
+            if last_beat.elapsed() >= HEARTBEAT_EVERY {
+                ctx.store.heartbeat(&ctx.job).await?;
+                last_beat = std::time::Instant::now();
+            }
+            ctx.store.job(&ctx.job).await
         }
-        let status = ctx.store.job(&ctx.job).await?.status;
+        .await;
+        let status = match checked {
+            Ok(job) => {
+                store_down_since = None;
+                job.status
+            }
+            Err(e) => {
+                let since = *store_down_since.get_or_insert_with(std::time::Instant::now);
+                if !e.is_unavailable() || since.elapsed() >= STORE_OUTAGE_LIMIT {
+                    return Err(e.into());
+                }
+                tracing::warn!(job = %ctx.job, error = %e, "job store unreachable; asking again");
+                continue;
+            }
+        };
         if status == JobStatus::NeedsCredentials || status == JobStatus::Cancelled || *stop.borrow()
         {
             break status;
