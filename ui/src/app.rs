@@ -275,6 +275,8 @@ pub struct AppState {
     /// The operator's SMTP relay; without it nobody can sign up (nothing could prove
     /// an address).
     pub mail: Option<Arc<crate::mail::Mailer>>,
+    /// What this server's supervisor did (for `/metrics`).
+    pub supervisor: Arc<pipeline::leases::SupervisorCounters>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -326,6 +328,7 @@ impl AppState {
             purge: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
             mail: None,
+            supervisor: Arc::default(),
         }))
     }
 }
@@ -440,6 +443,10 @@ pub struct ServeOptions {
     pub max_workers_per_org: u64,
     /// Outgoing e-mail (sign-up links, invitations, password reset).
     pub mail: Option<crate::mail::MailConfig>,
+    /// How often the supervisor looks for abandoned jobs; `None`: no supervisor here.
+    pub supervise: Option<std::time::Duration>,
+    /// Workers' lease duration (how stale an abandoned job's heartbeat must be).
+    pub lease: std::time::Duration,
 }
 
 /// Runs the console until Ctrl-C.
@@ -515,6 +522,20 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         s.mail = mailer;
     }
     let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
+    // The supervisor: one-shot jobs whose workers all died wait for `portshift resume`
+    // (or Retry) instead of looking "running" forever. Schedule runs are the
+    // scheduler's, which resolves their references again.
+    let supervisor = o.supervise.map(|every| {
+        tokio::spawn(
+            pipeline::leases::Supervisor {
+                store: services.store.clone(),
+                lease: o.lease,
+                every,
+                counters: state.supervisor.clone(),
+            }
+            .run(purge_stopped.clone()),
+        )
+    });
     let purge_loop = tokio::spawn(purger.run(purge_stopped));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
@@ -570,6 +591,9 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     launcher.stop_all(std::time::Duration::from_secs(60)).await;
     let _ = stop_purge.send(true);
     let _ = purge_loop.await;
+    if let Some(task) = supervisor {
+        let _ = task.await;
+    }
     services.stop().await;
     Ok(())
 }
