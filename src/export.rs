@@ -87,7 +87,12 @@ pub struct TuningArgs {
     ack_wait_secs: u64,
     /// Seconds this worker's lease on the job lasts without renewal (renewed every 3 s;
     /// at least 6). Once every lease of a running job ran out, a supervisor acts on it.
-    #[arg(long, default_value_t = 15, env = "PORTSHIFT_LEASE_SECS", value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 15,
+        env = "PORTSHIFT_LEASE_SECS",
+        value_name = "SECS"
+    )]
     lease_secs: u64,
     #[command(flatten)]
     budget: BudgetArgs,

@@ -73,7 +73,12 @@ impl SigningArgs {
 pub struct SuperviseArgs {
     /// Seconds between the supervisor's looks for abandoned jobs: running jobs none of
     /// whose workers holds a live lease any more.
-    #[arg(long, default_value_t = 5, env = "PORTSHIFT_SUPERVISE_SECS", value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 5,
+        env = "PORTSHIFT_SUPERVISE_SECS",
+        value_name = "SECS"
+    )]
     pub supervise_secs: u64,
     /// Run no supervisor in this process (another `serve` or `scheduler` on the same job
     /// store does).
@@ -82,7 +87,12 @@ pub struct SuperviseArgs {
     /// Seconds a worker's lease on its job lasts without renewal (workers renew it every
     /// 3 s; at least 6). Given to the workers this process starts; a job's heartbeat
     /// must be this old before the supervisor counts the job as abandoned.
-    #[arg(long, default_value_t = 15, env = "PORTSHIFT_LEASE_SECS", value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 15,
+        env = "PORTSHIFT_LEASE_SECS",
+        value_name = "SECS"
+    )]
     pub lease_secs: u64,
 }
 

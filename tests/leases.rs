@@ -5,6 +5,8 @@
 //!   within lease + one supervisor interval), and `portshift resume` finishes it;
 //! - a scheduled run whose scheduler and worker were SIGKILLed is picked up by a new
 //!   scheduler (references resolved again), and the schedule's later slots run;
+//! - a run whose scheduler died while its worker finished the job is settled (history,
+//!   watermark) by the next scheduler;
 //! - several supervisors at once: each abandoned job is acted on exactly once;
 //! - a worker's `/metrics` shows its lease, redeliveries and dead letters.
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pipeline::leases::{Supervisor, SupervisorCounters};
-use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
+use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
 use pipeline::store::JobStore;
 use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
 use stages::chorus::Faults;
@@ -215,7 +217,14 @@ async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resu
     // Resume with the credentials: it finishes, every file checks out.
     h.sim.set_faults(Faults::default());
     let resumed = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args(["resume", job.as_str(), "--nats-url", &nats, "--database-url", &db])
+        .args([
+            "resume",
+            job.as_str(),
+            "--nats-url",
+            &nats,
+            "--database-url",
+            &db,
+        ])
         .args(["--ack-wait-secs", "3"])
         .args(TEST_BUDGET_ARGS)
         .env("CHORUS_API_TOKEN", TOKEN)
@@ -251,55 +260,9 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
     let nats = h.nats.as_ref().unwrap().url();
     let out = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
-    let token = secrets.path().join("chorus");
-    std::fs::write(&token, TOKEN).unwrap();
-    let schedule = h
-        .store
-        .create_schedule(
-            "local",
-            "every ten seconds",
-            "*/10 * * * * *",
-            "UTC",
-            &ScheduleTemplate {
-                chorus_url: h.sim.api_url.to_string(),
-                kinds: Default::default(),
-                destination: format!("file://{}", out.path().display()),
-                webhook_url: None,
-                lookback_s: 7 * 24 * 3600,
-                options: Default::default(),
-            },
-            &CredentialRefs {
-                chorus_token: format!("file:{}", token.display()),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Operator,
-        )
-        .await
-        .unwrap();
-
-    let scheduler = |data: &Path, metrics_port: u16| {
-        Command::new(env!("CARGO_BIN_EXE_portshift"))
-            .args(["scheduler", "--tick-secs", "1"])
-            .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
-            .args(["--lease-secs", &LEASE_SECS.to_string()])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--nats-url", &nats, "--database-url", &db])
-            .arg("--data-dir")
-            .arg(data)
-            .args(TEST_BUDGET_ARGS)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .env("PORTSHIFT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(&data.join("scheduler.log")))
-            .spawn()
-            .unwrap()
-    };
+    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let scheduler =
+        |data: &Path, metrics_port: u16| start_scheduler(&nats, &db, data, metrics_port);
     let data_a = tempfile::tempdir().unwrap();
     let mut first = scheduler(data_a.path(), free_port());
 
@@ -434,6 +397,146 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
     stop_gracefully(&mut second);
 }
 
+/// A schedule every ten seconds exporting into `out`, its Chorus token behind a
+/// `file:` reference in `secrets`.
+async fn every_ten_seconds(h: &Harness, out: &Path, secrets: &Path) -> Schedule {
+    let token = secrets.join("chorus");
+    std::fs::write(&token, TOKEN).unwrap();
+    h.store
+        .create_schedule(
+            "local",
+            "every ten seconds",
+            "*/10 * * * * *",
+            "UTC",
+            &ScheduleTemplate {
+                chorus_url: h.sim.api_url.to_string(),
+                kinds: Default::default(),
+                destination: format!("file://{}", out.display()),
+                webhook_url: None,
+                lookback_s: 7 * 24 * 3600,
+                options: Default::default(),
+            },
+            &CredentialRefs {
+                chorus_token: format!("file:{}", token.display()),
+                s3: None,
+                webhook_secret: None,
+                azure: None,
+                gcs: None,
+            },
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
+        )
+        .await
+        .unwrap()
+}
+
+/// `portshift scheduler` with a short lease and supervisor interval, its metrics on
+/// `metrics_port`, its log in `data/scheduler.log`.
+fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_portshift"))
+        .args(["scheduler", "--tick-secs", "1"])
+        .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
+        .args(["--lease-secs", &LEASE_SECS.to_string()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--nats-url", nats, "--database-url", db])
+        .arg("--data-dir")
+        .arg(data)
+        .args(TEST_BUDGET_ARGS)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("PORTSHIFT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&data.join("scheduler.log")))
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_next_scheduler() {
+    let recordings = 8;
+    let mut sim = Harness::sim_config(recordings, 74);
+    sim.sizes.min = 512 * 1024;
+    sim.sizes.max = 512 * 1024;
+    sim.faults = Faults {
+        slow_media_bytes_per_sec: 512 * 1024,
+        ..Faults::default()
+    };
+    let h = Harness::start(sim).await;
+    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let nats = h.nats.as_ref().unwrap().url();
+    let out = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let data_a = tempfile::tempdir().unwrap();
+    let mut first = start_scheduler(&nats, &db, data_a.path(), free_port());
+    let (slot, job) = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 10).await.unwrap();
+            if let Some(run) = runs.iter().find(|r| r.status == "running")
+                && let Some(job) = run.job_id.as_deref()
+            {
+                let job: JobId = job.parse().unwrap();
+                if !live_leases(&h.store.leases_of(&job).await.unwrap()).is_empty() {
+                    return (run.slot_ms, job);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first run starts");
+    // Only the scheduler dies; its worker finishes the job on its own.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let metrics_port = free_port();
+    let data_b = tempfile::tempdir().unwrap();
+    let mut second = start_scheduler(&nats, &db, data_b.path(), metrics_port);
+    let run = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 50).await.unwrap();
+            let run = runs.into_iter().find(|r| r.slot_ms == slot).unwrap();
+            if run.status != "running" {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the dead scheduler's run stayed running; log:\n{}",
+            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(run.status, "finished", "{run:?}");
+    assert_eq!(run.files, Some(recordings as i64 * 3));
+    let record = h.store.job(&job).await.unwrap();
+    assert_eq!(record.status, JobStatus::Finished);
+    // The watermark moved to the end of the run's window: the next runs are incremental.
+    assert_eq!(
+        h.store.schedule(&schedule.id).await.unwrap().watermark_s,
+        Some(record.spec.to.timestamp())
+    );
+    let metrics = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "portshift_supervisor_runs_settled_total"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "portshift_supervisor_abandoned_jobs_total{action=\"restarted\"}"
+        ),
+        Some(0),
+        "a job that ended is not restarted"
+    );
+    stop_gracefully(&mut second);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_supervisors_at_once_act_on_each_abandoned_job_exactly_once() {
     let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
@@ -495,9 +598,12 @@ async fn several_supervisors_at_once_act_on_each_abandoned_job_exactly_once() {
             counters: Arc::new(SupervisorCounters::default()),
         });
     }
-    let results =
-        futures::future::join_all(supervisors.iter().map(|s| async { s.pass().await.unwrap() }))
-            .await;
+    let results = futures::future::join_all(
+        supervisors
+            .iter()
+            .map(|s| async { s.pass().await.unwrap() }),
+    )
+    .await;
     let mut acted: Vec<String> = results.iter().flatten().map(JobId::to_string).collect();
     let total = acted.len();
     acted.sort();
@@ -602,15 +708,11 @@ async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
     assert_eq!(sample(&text, "portshift_worker_lease_taken_total"), Some(1));
     assert!(sample(&text, "portshift_worker_lease_renewals_total").unwrap() >= 1);
     assert_eq!(sample(&text, "portshift_worker_lease_lost_total"), Some(0));
-    let redelivered = sample(
-        &text,
-        "portshift_stage_redeliveries_total{stage=\"fetch\"}",
-    )
-    .unwrap();
+    let redelivered = sample(&text, "portshift_stage_redeliveries_total{stage=\"fetch\"}").unwrap();
     let retried = sample(&text, "portshift_stage_retries_total{stage=\"fetch\"}").unwrap();
     // One worker and no ack-wait expiry: every redelivery follows a retry it asked for.
     assert!(
-        redelivered >= 1 && redelivered <= retried,
+        (1..=retried).contains(&redelivered),
         "redeliveries {redelivered}, retries {retried}"
     );
     assert_eq!(

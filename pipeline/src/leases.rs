@@ -193,10 +193,11 @@ impl JobStore {
 
     /// Live leases in the whole store (a gauge for `/metrics`).
     pub async fn live_lease_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM worker_leases WHERE expires_ms >= $1")
-            .bind(now_ms())
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM worker_leases WHERE expires_ms >= $1")
+                .bind(now_ms())
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n.max(0) as u64)
     }
 

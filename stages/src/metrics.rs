@@ -14,7 +14,9 @@ use tokio::sync::watch;
 pub type Render = Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not listen for /metrics on {addr}: {source}. Choose another address with --metrics-addr")]
+#[error(
+    "could not listen for /metrics on {addr}: {source}. Choose another address with --metrics-addr"
+)]
 pub struct MetricsError {
     addr: SocketAddr,
     source: std::io::Error,

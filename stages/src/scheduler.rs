@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
+use pipeline::leases::{OrphanedRun, SupervisorCounters, abandoned_reason};
 use pipeline::messages::ListTask;
 use pipeline::schedules::{CronSchedule, Schedule};
-use pipeline::leases::{OrphanedRun, SupervisorCounters, abandoned_reason};
 use pipeline::store::{JobStore, StoreError};
 use pipeline::tenancy::{Allowances, Trust};
 use pipeline::topology::{self, Stage};
@@ -365,9 +365,8 @@ impl Scheduler {
                 // Not the lease our own (killed) child left behind.
                 let now = Utc::now().timestamp_millis();
                 let host = pipeline::leases::host_name();
-                l.iter().any(|l| {
-                    l.expires_ms >= now && !(Some(l.pid) == child_pid && l.host == host)
-                })
+                l.iter()
+                    .any(|l| l.expires_ms >= now && !(Some(l.pid) == child_pid && l.host == host))
             })
             .unwrap_or(false);
         if status == JobStatus::Running && others {
@@ -500,7 +499,10 @@ impl Scheduler {
             }
             Ok(())
         };
-        let schedule = match store.schedule(&record.spec.schedule.clone().unwrap_or_default()).await {
+        let schedule = match store
+            .schedule(&record.spec.schedule.clone().unwrap_or_default())
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 return fail(
