@@ -732,8 +732,7 @@ impl JobStore {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'needs_credentials', updated_ms = $1, \
              status_reason = 'its worker stopped (no heartbeat); resume the job with its credentials' \
-             WHERE status = 'running' AND COALESCE(heartbeat_ms, created_ms) < $2 \
-             AND NOT EXISTS (SELECT 1 FROM worker_leases l WHERE l.job_id = jobs.id AND l.expires_ms >= $1)",
+             WHERE status = 'running' AND COALESCE(heartbeat_ms, created_ms) < $2",
         )
         .bind(now_ms())
         .bind(cutoff)

@@ -99,6 +99,7 @@ impl Scheduler {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut supervised: Option<std::time::Instant> = None;
+        let mut looked: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -107,6 +108,7 @@ impl Scheduler {
             if *stop.borrow() {
                 break;
             }
+            let woke = std::time::Instant::now();
             while runs.try_join_next().is_some() {}
             if let Some(sup) = &supervision
                 && supervised.is_none_or(|t| t.elapsed() >= sup.every)
@@ -117,6 +119,13 @@ impl Scheduler {
                     tracing::warn!(error = %e, "supervisor pass failed; will retry");
                 }
             }
+            // Due schedules every `tick`, even when the supervisor wakes the loop more often.
+            if looked
+                .is_some_and(|t| woke.duration_since(t) + Duration::from_millis(100) < self.tick)
+            {
+                continue;
+            }
+            looked = Some(woke);
             let now = Utc::now();
             let due = match self.store.due_schedules(now.timestamp_millis()).await {
                 Ok(d) => d,
