@@ -85,6 +85,15 @@ pub struct TuningArgs {
     /// Seconds before a message whose worker went silent is delivered again.
     #[arg(long, default_value_t = 30)]
     ack_wait_secs: u64,
+    /// Seconds this worker's lease on the job lasts without renewal (renewed every 3 s;
+    /// at least 6). Once every lease of a running job ran out, a supervisor acts on it.
+    #[arg(
+        long,
+        default_value_t = 15,
+        env = "PORTSHIFT_LEASE_SECS",
+        value_name = "SECS"
+    )]
+    lease_secs: u64,
     #[command(flatten)]
     budget: BudgetArgs,
 }
@@ -129,6 +138,7 @@ impl TuningArgs {
             ..WorkerOptions::default()
         };
         options.runner.ack_wait = Duration::from_secs(self.ack_wait_secs.max(3));
+        options.lease = pipeline::leases::lease_from_secs(self.lease_secs);
         options.chorus_budget = self.budget.config()?;
         Ok(options)
     }
@@ -183,6 +193,10 @@ pub struct WorkerArgs {
     /// cross-account role (an emulator; AWS's own when unset).
     #[arg(long, env = "PORTSHIFT_AWS_ENDPOINT_URL")]
     aws_endpoint_url: Option<String>,
+    /// Serve Prometheus metrics (lease, redeliveries, dead letters per stage) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464. Off unless given.
+    #[arg(long, env = "PORTSHIFT_WORKER_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(flatten)]
@@ -518,7 +532,37 @@ pub async fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             bail!("{reason}");
         }
     };
-    let code = drive_prepared(&services, &job, ctx, options, false).await;
+    let counters = WorkerCounters::default();
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let metrics = match a.metrics_addr {
+        Some(addr) => {
+            let c = counters.clone();
+            let id = job.clone();
+            let render: stages::metrics::Render = std::sync::Arc::new(move || {
+                let mut out = format!(
+                    "# HELP portshift_worker_info The job this worker serves.\n# TYPE portshift_worker_info gauge\nportshift_worker_info{{job=\"{id}\"}} 1\n"
+                );
+                c.render_metrics(&mut out);
+                Box::pin(std::future::ready(out))
+            });
+            match stages::metrics::serve(addr, render, metrics_stopped).await {
+                Ok((bound, task)) => {
+                    tracing::info!(%bound, "serving /metrics");
+                    Some(task)
+                }
+                Err(e) => {
+                    services.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
+    let code = drive_prepared(&services, &job, ctx, options, counters, false).await;
+    let _ = stop_metrics.send(true);
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
     services.stop().await;
     code
 }
@@ -545,7 +589,15 @@ async fn drive(
     )
     .await?;
     drop(creds);
-    drive_prepared(services, job, ctx, options, interactive).await
+    drive_prepared(
+        services,
+        job,
+        ctx,
+        options,
+        WorkerCounters::default(),
+        interactive,
+    )
+    .await
 }
 
 async fn drive_prepared(
@@ -553,6 +605,7 @@ async fn drive_prepared(
     job: &JobId,
     ctx: std::sync::Arc<stages::context::JobContext>,
     options: WorkerOptions,
+    counters: WorkerCounters,
     interactive: bool,
 ) -> anyhow::Result<ExitCode> {
     // SIGINT (Ctrl-C) and SIGTERM alike: the first stops taking work and lets the
@@ -573,7 +626,6 @@ async fn drive_prepared(
     let budget = ctx.chorus.budget().cloned();
     let progress =
         interactive.then(|| spawn_progress(services.store.clone(), job.clone(), started, budget));
-    let counters = WorkerCounters::default();
     let status = tokio::select! {
         s = worker::run(ctx.clone(), options, counters.clone(), stop_rx) => s,
         _ = abort_rx => {

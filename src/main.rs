@@ -67,6 +67,51 @@ impl SigningArgs {
     }
 }
 
+/// The supervisor loop of `serve` and `scheduler`, and the lease of the workers they
+/// start (docs/operations.md: Worker leases and the supervisor).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SuperviseArgs {
+    /// Seconds between the supervisor's looks for abandoned jobs: running jobs none of
+    /// whose workers holds a live lease any more.
+    #[arg(
+        long,
+        default_value_t = 5,
+        env = "PORTSHIFT_SUPERVISE_SECS",
+        value_name = "SECS"
+    )]
+    pub supervise_secs: u64,
+    /// Run no supervisor in this process (another `serve` or `scheduler` on the same job
+    /// store does).
+    #[arg(long)]
+    pub no_supervise: bool,
+    /// Seconds a worker's lease on its job lasts without renewal (workers renew it every
+    /// 3 s; at least 6). Given to the workers this process starts; a job's heartbeat
+    /// must be this old before the supervisor counts the job as abandoned.
+    #[arg(
+        long,
+        default_value_t = 15,
+        env = "PORTSHIFT_LEASE_SECS",
+        value_name = "SECS"
+    )]
+    pub lease_secs: u64,
+}
+
+impl SuperviseArgs {
+    pub fn lease(&self) -> std::time::Duration {
+        pipeline::leases::lease_from_secs(self.lease_secs)
+    }
+
+    /// How often to supervise, or `None` with `--no-supervise`.
+    pub fn every(&self) -> Option<std::time::Duration> {
+        (!self.no_supervise).then(|| std::time::Duration::from_secs(self.supervise_secs.max(1)))
+    }
+
+    /// `--lease-secs N` for the `portshift worker` command lines this process runs.
+    pub fn worker_args(&self) -> Vec<String> {
+        vec!["--lease-secs".into(), self.lease().as_secs().to_string()]
+    }
+}
+
 /// What the operator opens for console users' (tenants') jobs; nothing by default.
 /// See docs/security.md.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -163,6 +208,7 @@ struct ServeArgs {
     mail: MailArgs,
     #[command(flatten)]
     billing: BillingArgs,
+    supervise: SuperviseArgs,
     #[command(flatten)]
     state: StateArgs,
 }
@@ -256,7 +302,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             Some(p) => pipeline::signing::read_public_keys(p)?,
             None => Vec::new(),
         },
-        worker_args: a.budget.worker_args(),
+        worker_args: a
+            .budget
+            .worker_args()
+            .into_iter()
+            .chain(a.supervise.worker_args())
+            .collect(),
+        supervise: a.supervise.every(),
+        lease: a.supervise.lease(),
         retention: a.retention.options(),
         max_workers_per_org: a.max_workers_per_org,
         stripe: a.billing.config(a.mail.public_url.clone()),

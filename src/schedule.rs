@@ -143,6 +143,12 @@ pub struct SchedulerArgs {
     #[command(flatten)]
     retention: crate::keep::RetentionArgs,
     #[command(flatten)]
+    supervise: crate::SuperviseArgs,
+    /// Serve Prometheus metrics (supervisor actions, live worker leases) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9465. Off unless given.
+    #[arg(long, env = "PORTSHIFT_SCHEDULER_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
     state: StateArgs,
 }
 
@@ -292,6 +298,7 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         data_dir.clone(),
     );
     worker.extra_args.extend(a.budget.worker_args());
+    worker.extra_args.extend(a.supervise.worker_args());
     if let Some(endpoint) = &a.aws_endpoint_url {
         worker
             .extra_args
@@ -325,9 +332,48 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<ExitCode> {
         a.retention.options(),
     );
     let purge_loop = tokio::spawn(purger.run(rx.clone()));
+    let counters = std::sync::Arc::new(pipeline::leases::SupervisorCounters::default());
+    let metrics = match a.metrics_addr {
+        Some(addr) => {
+            let c = counters.clone();
+            let store = services.store.clone();
+            let render: stages::metrics::Render = std::sync::Arc::new(move || {
+                let c = c.clone();
+                let store = store.clone();
+                Box::pin(async move {
+                    let mut out = String::new();
+                    c.render(&mut out, store.live_lease_count().await.ok());
+                    out
+                })
+            });
+            match stages::metrics::serve(addr, render, rx.clone()).await {
+                Ok((bound, task)) => {
+                    eprintln!("scheduler metrics on http://{bound}/metrics");
+                    Some(task)
+                }
+                Err(e) => {
+                    purge_loop.abort();
+                    services.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
+    let supervision = a
+        .supervise
+        .every()
+        .map(|every| stages::scheduler::Supervision {
+            lease: a.supervise.lease(),
+            every,
+            counters,
+        });
     eprintln!("scheduler running; Ctrl-C (or SIGTERM) stops it after the runs in progress");
-    scheduler.run(rx).await;
+    scheduler.run_supervised(supervision, rx).await;
     let _ = purge_loop.await;
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
     services.stop().await;
     Ok(ExitCode::SUCCESS)
 }

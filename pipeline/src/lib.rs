@@ -15,6 +15,7 @@ pub mod destination_url;
 pub mod embedded_nats;
 pub mod job;
 pub mod keys;
+pub mod leases;
 pub mod memory;
 pub mod messages;
 pub mod rate_budget;

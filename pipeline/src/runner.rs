@@ -211,6 +211,9 @@ pub struct StageCounters {
     pub processed: AtomicU64,
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Deliveries of a message JetStream had delivered before (count above 1): a retry
+    /// after a nak, or a redelivery after a worker went silent or died.
+    pub redelivered: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +398,9 @@ async fn process<H: StageHandler>(
         .info()
         .map(|i| i.delivered.max(1) as u64)
         .unwrap_or(1);
+    if delivered > 1 {
+        counters.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
     let what = format!("{} task", stage.as_str());
     let task: H::Task = match decode(&what, job, &guarded.msg().payload) {
         Ok(t) => t,

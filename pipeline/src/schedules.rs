@@ -782,7 +782,11 @@ impl JobStore {
         schedule_id: &str,
         watermark_s: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE schedules SET watermark_s = $1 WHERE id = $2")
+        // Only forward: a run settled late (its scheduler died) must not move the
+        // watermark back behind a later run's.
+        sqlx::query(
+            "UPDATE schedules SET watermark_s = $1 WHERE id = $2 AND (watermark_s IS NULL OR watermark_s < $1)",
+        )
             .bind(watermark_s)
             .bind(schedule_id)
             .execute(&self.pool)

@@ -304,7 +304,8 @@ impl JobStore {
         // backends, so a writer that read an older status cannot overwrite a newer one.
         let done = sqlx::query(&format!(
             "UPDATE jobs SET status = $1, status_reason = $2, updated_ms = $3, \
-             finished_ms = COALESCE(CASE WHEN status = $1 THEN finished_ms END, $4) \
+             finished_ms = COALESCE(CASE WHEN status = $1 THEN finished_ms END, $4), \
+             heartbeat_ms = CASE WHEN $1 = 'running' THEN $3 ELSE heartbeat_ms END \
              WHERE id = $5 AND status IN ({})",
             status_list(&JobStatus::sources_of(status))
         ))
@@ -914,7 +915,13 @@ impl JobStore {
     /// `worker_process::delete_job`, which also removes the worker log.
     pub async fn delete_job(&self, job: &JobId) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in ["files", "recordings", "list_pages", "open_uploads"] {
+        for table in [
+            "files",
+            "recordings",
+            "list_pages",
+            "open_uploads",
+            "worker_leases",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
                 .bind(job.as_str())
                 .execute(&mut *tx)
@@ -1059,6 +1066,12 @@ impl JobStore {
     /// table (another purger may still hold some of its rows): true if this call
     /// deleted it, so each purged job is counted by exactly one purger.
     pub async fn delete_job_if_bare(&self, job: &JobId) -> Result<bool, StoreError> {
+        // A job past its retention period has no live worker; the lease rows its
+        // killed workers left (kept a day for operators) go with it.
+        sqlx::query("DELETE FROM worker_leases WHERE job_id = $1")
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await?;
         let done = sqlx::query(
             "DELETE FROM jobs WHERE id = $1 \
              AND NOT EXISTS (SELECT 1 FROM recordings WHERE job_id = $1) \
@@ -1097,6 +1110,7 @@ impl JobStore {
             ("files", "job_id"),
             ("list_pages", "job_id"),
             ("open_uploads", "job_id"),
+            ("worker_leases", "job_id"),
             ("schedule_runs", "job_id"),
             ("schedule_exported", "job_id"),
         ] {

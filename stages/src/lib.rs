@@ -10,7 +10,8 @@
 //! - `http`: the one place outbound HTTP clients are built (rustls, validation on);
 //! - `upload_journal`: the job store noting open multipart uploads (killed workers');
 //! - `scheduler`: due schedule runs, each in its own `portshift worker` process;
-//! - `aws_role`: STS AssumeRole and Secrets Manager reads for cross-account roles.
+//! - `aws_role`: STS AssumeRole and Secrets Manager reads for cross-account roles;
+//! - `metrics`: `/metrics` for workers and the scheduler (`--metrics-addr`).
 
 pub mod aws_role;
 pub mod bigquery;
@@ -23,6 +24,7 @@ pub mod hash;
 pub mod http;
 pub mod list;
 pub mod manifest;
+pub mod metrics;
 pub mod notify;
 pub mod scheduler;
 pub mod upload_journal;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use pipeline::leases::{Lease, LeaseCounters};
 use pipeline::rate_budget::{BudgetConfig, RequestBudget};
 use pipeline::runner::{self, RunnerConfig, RunnerError, StageCounters};
 use pipeline::secrets::Credentials;
@@ -26,8 +27,8 @@ use crate::list::ListStage;
 use crate::manifest::ManifestStage;
 use crate::notify::NotifyStage;
 
-/// How often a worker stamps its job as alive.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+/// How often a worker renews its lease and stamps its job as alive.
+pub use pipeline::leases::HEARTBEAT_EVERY;
 
 /// How long the job store may be unreachable before a worker gives up (a PostgreSQL
 /// restart takes seconds; a failover to a standby well under a minute).
@@ -50,6 +51,10 @@ pub struct WorkerOptions {
     /// The Chorus request budget (rate and burst), shared through JetStream by every
     /// worker of every job on the same Chorus account.
     pub chorus_budget: BudgetConfig,
+    /// How long this worker's lease on its job lasts without renewal (renewed every
+    /// [`HEARTBEAT_EVERY`]); once every lease of a running job has run out, a supervisor
+    /// acts on it.
+    pub lease: Duration,
 }
 
 impl std::fmt::Debug for WorkerOptions {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for WorkerOptions {
             .field("extra_ca_file", &self.extra_ca_file)
             .field("resolver", &self.resolver.as_ref().map(|_| "injected"))
             .field("chorus_budget", &self.chorus_budget)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -76,6 +82,7 @@ impl Default for WorkerOptions {
             extra_ca_file: std::env::var_os("PORTSHIFT_CA_FILE").map(Into::into),
             resolver: None,
             chorus_budget: BudgetConfig::default(),
+            lease: pipeline::leases::DEFAULT_LEASE,
         }
     }
 }
@@ -214,10 +221,57 @@ pub struct WorkerCounters {
     pub fetch: Arc<StageCounters>,
     pub manifest: Arc<StageCounters>,
     pub notify: Arc<StageCounters>,
+    /// This worker's lease on its job.
+    pub lease: Arc<LeaseCounters>,
 }
 
 impl WorkerCounters {
     /// Messages settled so far, all stages (any change means the worker made progress).
+    /// Each stage's name with its counters.
+    pub fn stages(&self) -> [(&'static str, &StageCounters); 4] {
+        [
+            ("list", &self.list),
+            ("fetch", &self.fetch),
+            ("manifest", &self.manifest),
+            ("notify", &self.notify),
+        ]
+    }
+
+    /// Prometheus text of this worker: its lease, and per stage the messages processed,
+    /// retried, redelivered and dead-lettered.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lease.render(out);
+        for (name, help, pick) in [
+            (
+                "portshift_stage_processed_total",
+                "Messages this worker settled (acked) per stage.",
+                (|c: &StageCounters| c.processed.load(Relaxed)) as fn(&StageCounters) -> u64,
+            ),
+            (
+                "portshift_stage_retries_total",
+                "Messages this worker nakked for a retry after a transient failure.",
+                |c| c.retried.load(Relaxed),
+            ),
+            (
+                "portshift_stage_redeliveries_total",
+                "Deliveries to this worker of a message delivered before (delivery count above 1).",
+                |c| c.redelivered.load(Relaxed),
+            ),
+            (
+                "portshift_stage_dead_letters_total",
+                "Messages this worker moved to the dead-letter stream.",
+                |c| c.dead_lettered.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (stage, c) in self.stages() {
+                let _ = writeln!(out, "{name}{{stage=\"{stage}\"}} {}", pick(c));
+            }
+        }
+    }
+
     fn activity(&self) -> u64 {
         use std::sync::atomic::Ordering::Relaxed;
         [&self.list, &self.fetch, &self.manifest, &self.notify]
@@ -234,12 +288,34 @@ impl WorkerCounters {
 pub const FINAL_DRAIN_QUIET: Duration = Duration::from_secs(30);
 
 /// Runs the job's stages until the job is final, needs credentials, or `stop` turns
-/// true. Returns the job's status at that point.
+/// true. Returns the job's status at that point. The worker holds a lease on the job
+/// for as long as it runs (renewed every [`HEARTBEAT_EVERY`], released when it returns).
 pub async fn run(
     ctx: Arc<JobContext>,
     options: WorkerOptions,
     counters: WorkerCounters,
+    stop: watch::Receiver<bool>,
+) -> Result<JobStatus, WorkerError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let lease = Lease::new(&ctx.job, options.lease);
+    ctx.store.take_lease(&lease).await?;
+    counters.lease.taken.fetch_add(1, Relaxed);
+    counters.lease.held.store(1, Relaxed);
+    tracing::info!(job = %ctx.job, worker = %lease.worker_id, lease_ms = lease.duration.as_millis() as u64, "lease taken");
+    let result = run_leased(ctx.clone(), options, counters.clone(), stop, &lease).await;
+    counters.lease.held.store(0, Relaxed);
+    if let Err(e) = ctx.store.release_lease(&lease).await {
+        tracing::warn!(job = %ctx.job, error = %e, "could not release the lease; it runs out by itself");
+    }
+    result
+}
+
+async fn run_leased(
+    ctx: Arc<JobContext>,
+    options: WorkerOptions,
+    counters: WorkerCounters,
     mut stop: watch::Receiver<bool>,
+    lease: &Lease,
 ) -> Result<JobStatus, WorkerError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -323,10 +399,25 @@ pub async fn run(
         }
         // The job store may be away for a moment (a PostgreSQL restart or failover):
         // the stages retry their own writes, and this loop asks again on the next tick.
-        // Only an outage longer than STORE_OUTAGE_LIMIT ends the worker.
+        // Only an outage longer than STORE_OUTAGE_LIMIT ends the worker; the lease runs
+        // out only if renewals fail for its length.
         let checked = async {
             if last_beat.elapsed() >= HEARTBEAT_EVERY {
-                ctx.store.heartbeat(&ctx.job).await?;
+                use std::sync::atomic::Ordering::Relaxed;
+                match ctx.store.renew_lease(lease).await {
+                    Ok(true) => {
+                        counters.lease.renewed.fetch_add(1, Relaxed);
+                    }
+                    Ok(false) => {
+                        counters.lease.lost.fetch_add(1, Relaxed);
+                        counters.lease.taken.fetch_add(1, Relaxed);
+                        tracing::warn!(job = %ctx.job, worker = %lease.worker_id, "lease had run out; taken again");
+                    }
+                    Err(e) => {
+                        counters.lease.renew_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(job = %ctx.job, error = %e, "could not renew the lease; will retry");
+                    }
+                }
                 last_beat = std::time::Instant::now();
             }
             ctx.store.job(&ctx.job).await

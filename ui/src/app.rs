@@ -282,6 +282,8 @@ pub struct AppState {
     /// The operator's Stripe billing; without it no plan is on sale and every
     /// organisation stays on the trial.
     pub stripe: Option<Arc<crate::billing::Stripe>>,
+    /// What this server's supervisor did (for `/metrics`).
+    pub supervisor: Arc<pipeline::leases::SupervisorCounters>,
 }
 
 /// The public side of manifest signing: the current key (if the operator configured
@@ -334,6 +336,7 @@ impl AppState {
             start_lock: tokio::sync::Mutex::new(()),
             mail: None,
             stripe: None,
+            supervisor: Arc::default(),
         }))
     }
 }
@@ -468,6 +471,10 @@ pub struct ServeOptions {
     pub mail: Option<crate::mail::MailConfig>,
     /// Stripe billing (owners subscribe through Stripe's hosted pages).
     pub stripe: Option<crate::billing::StripeConfig>,
+    /// How often the supervisor looks for abandoned jobs; `None`: no supervisor here.
+    pub supervise: Option<std::time::Duration>,
+    /// Workers' lease duration (how stale an abandoned job's heartbeat must be).
+    pub lease: std::time::Duration,
 }
 
 /// Runs the console until Ctrl-C.
@@ -548,6 +555,20 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
         s.stripe = stripe;
     }
     let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
+    // The supervisor: one-shot jobs whose workers all died wait for `portshift resume`
+    // (or Retry) instead of looking "running" forever. Schedule runs are the
+    // scheduler's, which resolves their references again.
+    let supervisor = o.supervise.map(|every| {
+        tokio::spawn(
+            pipeline::leases::Supervisor {
+                store: services.store.clone(),
+                lease: o.lease,
+                every,
+                counters: state.supervisor.clone(),
+            }
+            .run(purge_stopped.clone()),
+        )
+    });
     let purge_loop = tokio::spawn(purger.run(purge_stopped));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
@@ -603,6 +624,9 @@ pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
     launcher.stop_all(std::time::Duration::from_secs(60)).await;
     let _ = stop_purge.send(true);
     let _ = purge_loop.await;
+    if let Some(task) = supervisor {
+        let _ = task.await;
+    }
     services.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Operations endpoints and static files: `/healthz` (store and NATS reachable),
 //! `/metrics` (Prometheus text: requests, sign-ins, rate-limit refusals, jobs by status,
-//! per-stage counters, what the retention purge deleted), the console's one script and
+//! per-stage counters, what the retention purge deleted, the supervisor's actions and
+//! live worker leases), the console's one script and
 //! one stylesheet, and the public keys that verify manifest signatures
 //! (`/.well-known/portshift-signing-key.pub` and, by key id,
 //! `/.well-known/portshift-signing-keys/<KEY ID>.pub`).
@@ -201,6 +202,9 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    state
+        .supervisor
+        .render(&mut out, state.store.live_lease_count().await.ok());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -1,0 +1,733 @@
+//! Many workers, one job, and what happens when they all die. Real `portshift worker`,
+//! `serve` and `scheduler` processes against one NATS server and one job store:
+//! - every worker of a running job is SIGKILLed: the supervisor of a running `serve`
+//!   moves the job to needs_credentials once the last lease ran out (not before, and
+//!   within lease + one supervisor interval), and `portshift resume` finishes it;
+//! - a scheduled run whose scheduler and worker were SIGKILLed is picked up by a new
+//!   scheduler (references resolved again), and the schedule's later slots run;
+//! - a run whose scheduler died while its worker finished the job is settled (history,
+//!   watermark) by the next scheduler;
+//! - several supervisors at once: each abandoned job is acted on exactly once;
+//! - a worker's `/metrics` shows its lease, redeliveries and dead letters.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pipeline::leases::{Supervisor, SupervisorCounters};
+use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
+use pipeline::store::JobStore;
+use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use stages::chorus::Faults;
+
+/// The lease the tests' processes use (the shortest allowed), and how often their
+/// supervisors look.
+const LEASE_SECS: u64 = 6;
+const SUPERVISE_SECS: u64 = 1;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+fn sigkill(pid: i64) {
+    // SAFETY: a signal to a worker process this test started (directly or through
+    // a scheduler it started).
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+/// GET a /metrics page; `None` while nothing listens.
+async fn scrape(url: &str) -> Option<String> {
+    let res = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    res.text().await.ok()
+}
+
+/// The value of one sample (`name` with its labels, exactly as rendered).
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn live_leases(leases: &[pipeline::leases::LeaseRow]) -> Vec<&pipeline::leases::LeaseRow> {
+    let now = now_ms();
+    leases.iter().filter(|l| l.expires_ms >= now).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resume_finishes_it() {
+    let recordings = 30;
+    let mut sim = Harness::sim_config(recordings, 71);
+    sim.sizes.min = 512 * 1024;
+    sim.sizes.max = 512 * 1024;
+    // Slow media, so the kills land mid-job.
+    sim.faults = Faults {
+        slow_media_bytes_per_sec: 1024 * 1024,
+        ..Faults::default()
+    };
+    let h = Harness::start(sim).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds::default(),
+        )
+        .await;
+    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let nats = h.nats.as_ref().unwrap().url();
+
+    // A console with its supervisor on, short intervals.
+    let console_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut console = Command::new(env!("CARGO_BIN_EXE_portshift"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(console_dir.path())
+        .args(["--nats-url", &nats, "--database-url", &db])
+        .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
+        .args(["--lease-secs", &LEASE_SECS.to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("PORTSHIFT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&console_dir.path().join("serve.log")))
+        .spawn()
+        .unwrap();
+
+    // Two workers share the job.
+    let log = h.tmp.path().join("workers.log");
+    let worker_args = [
+        "--concurrency",
+        "2",
+        "--ack-wait-secs",
+        "3",
+        "--lease-secs",
+        "6",
+    ];
+    let mut workers = [
+        spawn_worker(&h, &job, &db, &worker_args, &log),
+        spawn_worker(&h, &job, &db, &worker_args, &log),
+    ];
+    let pids: BTreeSet<i64> = workers.iter().map(|w| i64::from(w.id())).collect();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let leases = h.store.leases_of(&job).await.unwrap();
+            let holders: BTreeSet<i64> = live_leases(&leases).iter().map(|l| l.pid).collect();
+            if holders == pids && h.store.progress(&job).await.unwrap().exported >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both workers hold a lease and the export moves");
+    for w in &mut workers {
+        w.kill().unwrap(); // SIGKILL: the credentials die with them
+        w.wait().unwrap();
+    }
+    let killed = Instant::now();
+    let before = h.store.progress(&job).await.unwrap();
+    assert!(before.exported < recordings as u64, "killed mid-job");
+    let last_expiry = h
+        .store
+        .leases_of(&job)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.expires_ms)
+        .max()
+        .unwrap();
+
+    // Nobody runs `portshift jobs`: the console's supervisor notices by itself.
+    let bound = Duration::from_secs(LEASE_SECS + SUPERVISE_SECS + 2);
+    let record = loop {
+        let r = h.store.job(&job).await.unwrap();
+        if r.status != JobStatus::Running {
+            break r;
+        }
+        assert!(
+            killed.elapsed() < bound + Duration::from_secs(10),
+            "still running {:?} after the kills; console log:\n{}",
+            killed.elapsed(),
+            std::fs::read_to_string(console_dir.path().join("serve.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = killed.elapsed();
+    eprintln!("marked needs_credentials {took:?} after the last worker was killed");
+    assert_eq!(record.status, JobStatus::NeedsCredentials);
+    assert!(
+        took <= bound,
+        "the job waited {took:?}; lease {LEASE_SECS} s + supervisor {SUPERVISE_SECS} s + 2 s slack"
+    );
+    let marked_at: i64 = sqlx::query_scalar("SELECT updated_ms FROM jobs WHERE id = ?")
+        .bind(job.as_str())
+        .fetch_one(&sqlx::SqlitePool::connect(&db).await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        marked_at >= last_expiry,
+        "marked at {marked_at}, before the last lease ran out at {last_expiry}"
+    );
+    let reason = record.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains(&format!("portshift resume {job}")),
+        "{reason}"
+    );
+    let metrics = scrape(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("the console's /metrics answers");
+    assert_eq!(
+        sample(
+            &metrics,
+            "portshift_supervisor_abandoned_jobs_total{action=\"needs_credentials\"}"
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "portshift_worker_leases_live"), Some(0));
+
+    // Resume with the credentials: it finishes, every file checks out.
+    h.sim.set_faults(Faults::default());
+    let resumed = Command::new(env!("CARGO_BIN_EXE_portshift"))
+        .args([
+            "resume",
+            job.as_str(),
+            "--nats-url",
+            &nats,
+            "--database-url",
+            &db,
+        ])
+        .args(["--ack-wait-secs", "3"])
+        .args(TEST_BUDGET_ARGS)
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(h.store.job(&job).await.unwrap().status, JobStatus::Finished);
+    assert_eq!(sha256sum_check(out.path()), recordings * 3);
+    assert!(
+        live_leases(&h.store.leases_of(&job).await.unwrap()).is_empty(),
+        "resume released its lease"
+    );
+    stop_gracefully(&mut console);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_schedule_goes_on() {
+    let recordings = 12;
+    let mut sim = Harness::sim_config(recordings, 72);
+    sim.sizes.min = 512 * 1024;
+    sim.sizes.max = 512 * 1024;
+    sim.faults = Faults {
+        slow_media_bytes_per_sec: 256 * 1024,
+        ..Faults::default()
+    };
+    let h = Harness::start(sim).await;
+    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let nats = h.nats.as_ref().unwrap().url();
+    let out = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let scheduler =
+        |data: &Path, metrics_port: u16| start_scheduler(&nats, &db, data, metrics_port);
+    let data_a = tempfile::tempdir().unwrap();
+    let mut first = scheduler(data_a.path(), free_port());
+
+    // The first run works; then its scheduler and its worker die.
+    let (slot, job, worker_pids) = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 10).await.unwrap();
+            if let Some(run) = runs.iter().find(|r| r.status == "running")
+                && let Some(job) = run.job_id.as_deref()
+            {
+                let job: JobId = job.parse().unwrap();
+                let leases = h.store.leases_of(&job).await.unwrap();
+                let pids: Vec<i64> = live_leases(&leases).iter().map(|l| l.pid).collect();
+                if !pids.is_empty() && h.store.progress(&job).await.unwrap().exported >= 2 {
+                    return (run.slot_ms, job, pids);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first run starts and exports");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for pid in &worker_pids {
+        sigkill(*pid);
+    }
+    let killed = Instant::now();
+    assert!(
+        h.store.progress(&job).await.unwrap().exported < recordings as u64,
+        "killed mid-run"
+    );
+
+    // A new scheduler: it restarts the run with the references resolved again.
+    let data_b = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let mut second = scheduler(data_b.path(), metrics_port);
+    let restarted_by = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let leases = h.store.leases_of(&job).await.unwrap();
+            if let Some(l) = live_leases(&leases)
+                .into_iter()
+                .find(|l| !worker_pids.contains(&l.pid))
+            {
+                return l.pid;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no new worker for the abandoned run; scheduler log:\n{}",
+            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+        )
+    });
+    eprintln!(
+        "run restarted (worker pid {restarted_by}) {:?} after the kills",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() <= Duration::from_secs(LEASE_SECS + SUPERVISE_SECS + 8),
+        "restarted only after {:?}",
+        killed.elapsed()
+    );
+
+    // The run finishes (its in-flight messages come back after the ack wait), with
+    // every file, and its run row says so.
+    let finished = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 50).await.unwrap();
+            let killed_run = runs.iter().find(|r| r.slot_ms == slot).unwrap().clone();
+            let later = runs
+                .iter()
+                .find(|r| r.slot_ms > slot && r.status == "finished")
+                .cloned();
+            if killed_run.status != "running"
+                && killed_run.status != "starting"
+                && let Some(later) = later
+            {
+                return (killed_run, later);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let Ok((killed_run, later)) = finished else {
+        panic!(
+            "the schedule stopped: {:#?}\nscheduler log:\n{}",
+            h.store.schedule_runs(&schedule.id, 50).await,
+            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+        )
+    };
+    eprintln!(
+        "killed run {killed_run:?}; later run {later:?}; {:?} after the kills",
+        killed.elapsed()
+    );
+    assert_eq!(killed_run.status, "finished", "{killed_run:?}");
+    assert_eq!(killed_run.job_id.as_deref(), Some(job.as_str()));
+    assert_eq!(h.store.job(&job).await.unwrap().status, JobStatus::Finished);
+    let manifest = format!("portshift-manifest-{job}.txt");
+    let check = Command::new("sha256sum")
+        .args(["-c", "--strict", &manifest])
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let ok = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": OK"))
+        .count();
+    assert_eq!(ok, recordings * 3);
+    // The watermark moved with the restarted run, so later runs stay incremental.
+    let s = h.store.schedule(&schedule.id).await.unwrap();
+    assert!(s.watermark_s.is_some());
+
+    let metrics = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("the scheduler's /metrics answers");
+    assert_eq!(
+        sample(
+            &metrics,
+            "portshift_supervisor_abandoned_jobs_total{action=\"restarted\"}"
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    stop_gracefully(&mut second);
+}
+
+/// A schedule every ten seconds exporting into `out`, its Chorus token behind a
+/// `file:` reference in `secrets`.
+async fn every_ten_seconds(h: &Harness, out: &Path, secrets: &Path) -> Schedule {
+    let token = secrets.join("chorus");
+    std::fs::write(&token, TOKEN).unwrap();
+    h.store
+        .create_schedule(
+            "local",
+            "every ten seconds",
+            "*/10 * * * * *",
+            "UTC",
+            &ScheduleTemplate {
+                chorus_url: h.sim.api_url.to_string(),
+                kinds: Default::default(),
+                destination: format!("file://{}", out.display()),
+                webhook_url: None,
+                lookback_s: 7 * 24 * 3600,
+                options: Default::default(),
+            },
+            &CredentialRefs {
+                chorus_token: format!("file:{}", token.display()),
+                s3: None,
+                webhook_secret: None,
+                azure: None,
+                gcs: None,
+            },
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
+        )
+        .await
+        .unwrap()
+}
+
+/// `portshift scheduler` with a short lease and supervisor interval, its metrics on
+/// `metrics_port`, its log in `data/scheduler.log`.
+fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_portshift"))
+        .args(["scheduler", "--tick-secs", "1"])
+        .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
+        .args(["--lease-secs", &LEASE_SECS.to_string()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--nats-url", nats, "--database-url", db])
+        .arg("--data-dir")
+        .arg(data)
+        .args(TEST_BUDGET_ARGS)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("PORTSHIFT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&data.join("scheduler.log")))
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_next_scheduler() {
+    let recordings = 8;
+    let mut sim = Harness::sim_config(recordings, 74);
+    sim.sizes.min = 512 * 1024;
+    sim.sizes.max = 512 * 1024;
+    sim.faults = Faults {
+        slow_media_bytes_per_sec: 512 * 1024,
+        ..Faults::default()
+    };
+    let h = Harness::start(sim).await;
+    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let nats = h.nats.as_ref().unwrap().url();
+    let out = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let data_a = tempfile::tempdir().unwrap();
+    let mut first = start_scheduler(&nats, &db, data_a.path(), free_port());
+    let (slot, job) = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 10).await.unwrap();
+            if let Some(run) = runs.iter().find(|r| r.status == "running")
+                && let Some(job) = run.job_id.as_deref()
+            {
+                let job: JobId = job.parse().unwrap();
+                if !live_leases(&h.store.leases_of(&job).await.unwrap()).is_empty() {
+                    return (run.slot_ms, job);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first run starts");
+    // Only the scheduler dies; its worker finishes the job on its own.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let metrics_port = free_port();
+    let data_b = tempfile::tempdir().unwrap();
+    let mut second = start_scheduler(&nats, &db, data_b.path(), metrics_port);
+    let run = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let runs = h.store.schedule_runs(&schedule.id, 50).await.unwrap();
+            let run = runs.into_iter().find(|r| r.slot_ms == slot).unwrap();
+            if run.status != "running" {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the dead scheduler's run stayed running; log:\n{}",
+            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(run.status, "finished", "{run:?}");
+    assert_eq!(run.files, Some(recordings as i64 * 3));
+    let record = h.store.job(&job).await.unwrap();
+    assert_eq!(record.status, JobStatus::Finished);
+    // The watermark moved to the end of the run's window: the next runs are incremental.
+    assert_eq!(
+        h.store.schedule(&schedule.id).await.unwrap().watermark_s,
+        Some(record.spec.to.timestamp())
+    );
+    let metrics = scrape(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "portshift_supervisor_runs_settled_total"),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "portshift_supervisor_abandoned_jobs_total{action=\"restarted\"}"
+        ),
+        Some(0),
+        "a job that ended is not restarted"
+    );
+    stop_gracefully(&mut second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_supervisors_at_once_act_on_each_abandoned_job_exactly_once() {
+    let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let name = format!("leases_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let store = JobStore::connect(&url).await.unwrap();
+
+    let spec = JobSpec {
+        chorus_url: "https://chorus.example/".into(),
+        from: "2024-01-01T00:00:00Z".parse().unwrap(),
+        to: "2024-12-31T23:59:59Z".parse().unwrap(),
+        kinds: ExportKinds::default(),
+        destination: "file:///tmp/x".into(),
+        webhook_url: None,
+        schedule: None,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
+    };
+    let lease = Duration::from_secs(LEASE_SECS);
+    let mut abandoned = BTreeSet::new();
+    for _ in 0..30 {
+        let job = JobId::new();
+        store.create_job(&job, "org", "t", &spec).await.unwrap();
+        abandoned.insert(job.to_string());
+    }
+    // Negative controls: a job whose worker holds a live lease (its heartbeat stale
+    // all the same), and a job just created (its worker not started yet).
+    let held = JobId::new();
+    store.create_job(&held, "org", "t", &spec).await.unwrap();
+    let young = JobId::new();
+    store.create_job(&young, "org", "t", &spec).await.unwrap();
+    sqlx::query("UPDATE jobs SET created_ms = 0, heartbeat_ms = 0 WHERE id <> $1")
+        .bind(young.as_str())
+        .execute(&admin_pool(&url).await)
+        .await
+        .unwrap();
+    let holder = pipeline::leases::Lease::new(&held, lease);
+    store.take_lease(&holder).await.unwrap();
+    sqlx::query("UPDATE jobs SET heartbeat_ms = 0 WHERE id = $1")
+        .bind(held.as_str())
+        .execute(&admin_pool(&url).await)
+        .await
+        .unwrap();
+
+    // Eight supervisors, each with its own connections, all at once.
+    let mut supervisors = Vec::new();
+    for _ in 0..8 {
+        supervisors.push(Supervisor {
+            store: JobStore::connect(&url).await.unwrap(),
+            lease,
+            every: Duration::from_secs(1),
+            counters: Arc::new(SupervisorCounters::default()),
+        });
+    }
+    let results = futures::future::join_all(
+        supervisors
+            .iter()
+            .map(|s| async { s.pass().await.unwrap() }),
+    )
+    .await;
+    let mut acted: Vec<String> = results.iter().flatten().map(JobId::to_string).collect();
+    let total = acted.len();
+    acted.sort();
+    acted.dedup();
+    assert_eq!(acted.len(), total, "a job was acted on twice: {results:?}");
+    // Positive control: every abandoned job was acted on (by one of them), and only those.
+    assert_eq!(acted.into_iter().collect::<BTreeSet<_>>(), abandoned);
+    let by_each: Vec<usize> = results.iter().map(Vec::len).collect();
+    eprintln!("jobs marked by each of 8 concurrent supervisors: {by_each:?}");
+    for job in &abandoned {
+        let r = store.job(&job.parse().unwrap()).await.unwrap();
+        assert_eq!(r.status, JobStatus::NeedsCredentials);
+    }
+    for job in [&held, &young] {
+        assert_eq!(store.job(job).await.unwrap().status, JobStatus::Running);
+    }
+
+    // The same for claims (a scheduler restarting a run): one winner per job.
+    let job = JobId::new();
+    store.create_job(&job, "org", "t", &spec).await.unwrap();
+    sqlx::query("UPDATE jobs SET heartbeat_ms = 0 WHERE id = $1")
+        .bind(job.as_str())
+        .execute(&admin_pool(&url).await)
+        .await
+        .unwrap();
+    let wins = futures::future::join_all(
+        supervisors
+            .iter()
+            .map(|s| async { s.store.claim_abandoned(&job, lease).await.unwrap() }),
+    )
+    .await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    store.release_lease(&holder).await.unwrap();
+}
+
+async fn admin_pool(url: &str) -> sqlx::PgPool {
+    sqlx::PgPool::connect(url).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
+    let recordings = 40;
+    let mut sim = Harness::sim_config(recordings, 73);
+    sim.sizes.min = 256 * 1024;
+    sim.sizes.max = 256 * 1024;
+    // Cut-short media bodies fail the fetch, which is retried: redelivered messages.
+    sim.faults = Faults {
+        rate_truncate: 0.3,
+        slow_media_bytes_per_sec: 1024 * 1024,
+        ..Faults::default()
+    };
+    let h = Harness::start(sim).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds::default(),
+        )
+        .await;
+    // A fetch task no worker can read: dead-lettered at once.
+    pipeline::topology::publish_raw(
+        &h.js,
+        pipeline::topology::Stage::Fetch.subject(&job),
+        async_nats::HeaderMap::new(),
+        bytes::Bytes::from_static(b"{not a fetch task"),
+    )
+    .await
+    .unwrap();
+    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut worker = spawn_worker(
+        &h,
+        &job,
+        &db,
+        &[
+            "--concurrency",
+            "2",
+            "--lease-secs",
+            "6",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &h.tmp.path().join("worker.log"),
+    );
+    let mut scrapes = 0;
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while worker.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        if let Some(text) = scrape(&url).await
+            && sample(&text, "portshift_worker_lease_held") == Some(1)
+        {
+            scrapes += 1;
+            last = Some(text);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = last.expect("the worker's /metrics answered while it ran");
+    eprintln!("{scrapes} scrapes; the last:\n{text}");
+    assert!(text.contains(&format!("portshift_worker_info{{job=\"{job}\"}} 1")));
+    assert_eq!(sample(&text, "portshift_worker_lease_taken_total"), Some(1));
+    assert!(sample(&text, "portshift_worker_lease_renewals_total").unwrap() >= 1);
+    assert_eq!(sample(&text, "portshift_worker_lease_lost_total"), Some(0));
+    let redelivered = sample(&text, "portshift_stage_redeliveries_total{stage=\"fetch\"}").unwrap();
+    let retried = sample(&text, "portshift_stage_retries_total{stage=\"fetch\"}").unwrap();
+    // One worker and no ack-wait expiry: every redelivery follows a retry it asked for.
+    assert!(
+        (1..=retried).contains(&redelivered),
+        "redeliveries {redelivered}, retries {retried}"
+    );
+    assert_eq!(
+        sample(&text, "portshift_stage_redeliveries_total{stage=\"list\"}"),
+        Some(0)
+    );
+    // The dead-letter counter matches the dead-letter stream.
+    let dead = sample(&text, "portshift_stage_dead_letters_total{stage=\"fetch\"}").unwrap();
+    let letters = pipeline::replay::dead_letters(&h.js, &job, None)
+        .await
+        .unwrap();
+    assert!(dead >= 1, "{text}");
+    assert_eq!(dead as usize, letters.len());
+    // Its lease went with it.
+    assert!(h.store.leases_of(&job).await.unwrap().is_empty());
+    let status = h.store.job(&job).await.unwrap().status;
+    assert!(status.is_final(), "{status}");
+}
