@@ -208,6 +208,7 @@ struct ServeArgs {
     mail: MailArgs,
     #[command(flatten)]
     billing: BillingArgs,
+    #[command(flatten)]
     supervise: SuperviseArgs,
     #[command(flatten)]
     state: StateArgs,
