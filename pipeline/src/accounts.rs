@@ -686,31 +686,17 @@ impl Accounts {
     /// worker logs of jobs that no longer exist are swept by the purge loop.
     pub async fn delete_org(&self, org_id: &str) -> Result<(), AccountsError> {
         let mut tx = self.pool.begin().await?;
-        let of_jobs = "(SELECT id FROM jobs WHERE organisation = $1)";
-        let of_schedules = "(SELECT id FROM schedules WHERE organisation = $1)";
-        let statements = [
-            format!("DELETE FROM recordings WHERE job_id IN {of_jobs}"),
-            format!("DELETE FROM files WHERE job_id IN {of_jobs}"),
-            format!("DELETE FROM list_pages WHERE job_id IN {of_jobs}"),
-            format!("DELETE FROM open_uploads WHERE job_id IN {of_jobs}"),
-            format!(
-                "DELETE FROM schedule_runs WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
-            ),
-            format!(
-                "DELETE FROM schedule_exported WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
-            ),
-            "DELETE FROM jobs WHERE organisation = $1".into(),
-            "DELETE FROM schedules WHERE organisation = $1".into(),
-            "DELETE FROM memberships WHERE org_id = $1".into(),
-            "DELETE FROM invitations WHERE org_id = $1".into(),
-            "DELETE FROM audit_events WHERE org_id = $1".into(),
-            "DELETE FROM billing_accounts WHERE org_id = $1".into(),
-            "DELETE FROM billing_events WHERE org_id = $1".into(),
-            "DELETE FROM billing_usage WHERE org_id = $1".into(),
-            "DELETE FROM console_settings WHERE name = 'aws_external_id:' || $1".into(),
-            "DELETE FROM organisations WHERE id = $1".into(),
-        ];
-        for sql in &statements {
+        // Each owner deletes its own rows; schedule runs name jobs, so they go first.
+        crate::schedules::delete_schedules_of_org(&mut tx, org_id).await?;
+        crate::store::delete_jobs_of_org(&mut tx, org_id).await?;
+        crate::billing::delete_billing_of_org(&mut tx, org_id).await?;
+        for sql in [
+            "DELETE FROM memberships WHERE org_id = $1",
+            "DELETE FROM invitations WHERE org_id = $1",
+            "DELETE FROM audit_events WHERE org_id = $1",
+            "DELETE FROM console_settings WHERE name = 'aws_external_id:' || $1",
+            "DELETE FROM organisations WHERE id = $1",
+        ] {
             sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
         }
         tx.commit().await?;

@@ -590,6 +590,22 @@ impl Billing {
     }
 }
 
+/// Deletes an organisation's billing rows (its Stripe link, applied events, usage), in
+/// the caller's transaction.
+pub async fn delete_billing_of_org(
+    tx: &mut sqlx::AnyConnection,
+    org_id: &str,
+) -> Result<(), sqlx::Error> {
+    for sql in [
+        "DELETE FROM billing_accounts WHERE org_id = $1",
+        "DELETE FROM billing_events WHERE org_id = $1",
+        "DELETE FROM billing_usage WHERE org_id = $1",
+    ] {
+        sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -731,6 +731,40 @@ impl JobStore {
             .map_err(StoreError::from)
     }
 
+    /// The newest `limit` runs of each of the organisation's schedules, in one query
+    /// (newest first per schedule), for lists that show every schedule with its runs.
+    pub async fn recent_runs_of_org(
+        &self,
+        organisation: &str,
+        limit: i64,
+    ) -> Result<std::collections::HashMap<String, Vec<ScheduleRun>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT schedule_id, slot_ms, job_id, status, reason, files, bytes FROM ( \
+               SELECT r.schedule_id, r.slot_ms, r.job_id, r.status, r.reason, r.files, r.bytes, \
+                 ROW_NUMBER() OVER (PARTITION BY r.schedule_id ORDER BY r.slot_ms DESC) AS nth \
+               FROM schedule_runs r JOIN schedules s ON s.id = r.schedule_id \
+               WHERE s.organisation = $1) recent \
+             WHERE nth <= $2 ORDER BY schedule_id, slot_ms DESC",
+        )
+        .bind(organisation)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs: std::collections::HashMap<String, Vec<ScheduleRun>> = Default::default();
+        for r in &rows {
+            let schedule: String = r.try_get(0)?;
+            runs.entry(schedule).or_default().push(ScheduleRun {
+                slot_ms: r.try_get(1)?,
+                job_id: r.try_get(2)?,
+                status: r.try_get(3)?,
+                reason: r.try_get(4)?,
+                files: r.try_get(5)?,
+                bytes: r.try_get(6)?,
+            });
+        }
+        Ok(runs)
+    }
+
     /// Remembers every recording `job` exported, for the schedule's later runs.
     pub async fn record_schedule_exports(
         &self,
@@ -839,6 +873,29 @@ impl JobStore {
         )
         .await?)
     }
+}
+
+/// Deletes an organisation's schedules with their runs and the memory of what they
+/// exported, in the caller's transaction (before the organisation's jobs, which runs
+/// name).
+pub async fn delete_schedules_of_org(
+    tx: &mut sqlx::AnyConnection,
+    org_id: &str,
+) -> Result<(), sqlx::Error> {
+    let of_jobs = "(SELECT id FROM jobs WHERE organisation = $1)";
+    let of_schedules = "(SELECT id FROM schedules WHERE organisation = $1)";
+    for sql in [
+        format!(
+            "DELETE FROM schedule_runs WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
+        ),
+        format!(
+            "DELETE FROM schedule_exported WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
+        ),
+        "DELETE FROM schedules WHERE organisation = $1".to_string(),
+    ] {
+        sqlx::query(&sql).bind(org_id).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -398,6 +398,67 @@ async fn versions_states_and_the_manifest_generation(store: JobStore) {
     assert!(store.file_versions(&id).await.unwrap().is_empty());
 }
 
+/// A schedule in `org` whose next run is at `first_slot_ms`.
+async fn a_schedule(store: &JobStore, org: &str) -> pipeline::schedules::Schedule {
+    store
+        .create_schedule(
+            org,
+            &format!("nightly-{}", uuid::Uuid::new_v4().simple()),
+            "0 2 * * *",
+            "UTC",
+            &pipeline::schedules::ScheduleTemplate {
+                chorus_url: "https://chorus.example/".into(),
+                kinds: Default::default(),
+                destination: "file:///tmp/x".into(),
+                webhook_url: None,
+                lookback_s: 0,
+                options: Default::default(),
+            },
+            &pipeline::schedules::CredentialRefs {
+                chorus_token: "env:CHORUS_API_TOKEN".into(),
+                s3: None,
+                webhook_secret: None,
+                azure: None,
+                gcs: None,
+            },
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Tenant,
+        )
+        .await
+        .unwrap()
+}
+
+async fn an_organisations_recent_runs_come_in_one_list(store: JobStore) {
+    let (a, b) = (
+        a_schedule(&store, "org-1").await,
+        a_schedule(&store, "org-1").await,
+    );
+    let other = a_schedule(&store, "org-2").await;
+    // Runs at slots 1..=n for each schedule (take_slot moves the next run along).
+    for (s, n) in [(&a, 5i64), (&b, 2), (&other, 3)] {
+        let mut next = s.next_run_ms;
+        for i in 1..=n {
+            assert!(store.take_slot(&s.id, next, i * 1000).await.unwrap());
+            store
+                .update_run(&s.id, next, "finished", None, None, Some((i as u64, 0)))
+                .await
+                .unwrap();
+            next = i * 1000;
+        }
+    }
+    let runs = store.recent_runs_of_org("org-1", 3).await.unwrap();
+    assert_eq!(runs.len(), 2, "only org-1's schedules: {:?}", runs.keys());
+    for s in [&a, &b] {
+        assert_eq!(
+            runs[&s.id],
+            store.schedule_runs(&s.id, 3).await.unwrap(),
+            "the same runs, newest first, as one schedule's own list"
+        );
+    }
+    assert_eq!(runs[&a.id].len(), 3, "at most the limit per schedule");
+    assert_eq!(runs[&b.id].len(), 2);
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -412,7 +473,8 @@ contract!(
     final_jobs_are_never_overwritten,
     file_rows_are_idempotent,
     a_repeated_continuation_key_is_reported_as_a_loop,
-    versions_states_and_the_manifest_generation
+    versions_states_and_the_manifest_generation,
+    an_organisations_recent_runs_come_in_one_list
 );
 
 #[tokio::test]

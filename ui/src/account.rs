@@ -239,7 +239,7 @@ pub(crate) async fn reset(
         "password.reset",
         "by e-mail link; all sessions ended",
     )
-    .await;
+    .await?;
     Ok(Ok(()))
 }
 
@@ -276,7 +276,7 @@ pub(crate) async fn change_password(
         .accounts
         .delete_other_sessions(&user.id, &keep)
         .await?;
-    audit_all(state, &user, "password.changed", "other sessions ended").await;
+    audit_all(state, &user, "password.changed", "other sessions ended").await?;
     Ok(Ok(ended))
 }
 
@@ -316,10 +316,7 @@ pub(crate) async fn accept(
     let s = ctx::verified_session(state, headers).await?;
     match state.accounts.accept_invitation(&s.user, org).await? {
         Some(role) => {
-            let _ = state
-                .accounts
-                .audit(org, &s.user.email, "member.joined", &format!("accepted the invitation; role {role}"))
-                .await;
+            state.accounts.audit(org, &s.user.email, "member.joined", &format!("accepted the invitation; role {role}")).await?;
             Ok(role)
         }
         None => Err(Denied::NotFound(
@@ -339,24 +336,28 @@ pub(crate) async fn decline(
         .decline_invitation(&s.user.email, org)
         .await?;
     if had {
-        let _ = state
+        state
             .accounts
             .audit(org, &s.user.email, "invitation.declined", "")
-            .await;
+            .await?;
     }
     Ok(had)
 }
 
 /// Records an event in the audit trail of every organisation of `user`.
-async fn audit_all(state: &AppState, user: &User, action: &str, detail: &str) {
-    if let Ok(orgs) = state.accounts.orgs_of(&user.id).await {
-        for (o, _) in orgs {
-            let _ = state
-                .accounts
-                .audit(&o.id, &user.email, action, detail)
-                .await;
-        }
+async fn audit_all(
+    state: &AppState,
+    user: &User,
+    action: &str,
+    detail: &str,
+) -> Result<(), Denied> {
+    for (o, _) in state.accounts.orgs_of(&user.id).await? {
+        state
+            .accounts
+            .audit(&o.id, &user.email, action, detail)
+            .await?;
     }
+    Ok(())
 }
 
 // --- pages -----------------------------------------------------------------------------

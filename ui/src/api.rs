@@ -287,10 +287,10 @@ async fn create_org(State(state): State<Shared>, headers: HeaderMap, raw: Bytes)
         .create_org(&name, &s.user)
         .await
         .map_err(Denied::from)?;
-    let _ = state
+    state
         .accounts
         .audit(&o.id, &s.user.email, "org.created", &name)
-        .await;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": o.id, "name": o.name, "role": "owner"})),
@@ -592,7 +592,7 @@ async fn set_retention(
         .set_retention(&org, days)
         .await
         .map_err(Denied::from)?;
-    let _ = state
+    state
         .accounts
         .audit(
             &org,
@@ -600,7 +600,8 @@ async fn set_retention(
             "retention.changed",
             &format!("{days} days"),
         )
-        .await;
+        .await
+        .map_err(Denied::from)?;
     Ok(Json(json!({"retention_days": days})).into_response())
 }
 

@@ -311,7 +311,7 @@ pub async fn web_checkout(state: &Shared, c: &OrgCtx, f: &PlanChoice) -> Result<
     crate::ctx::check_csrf(&c.session, f.csrf.as_deref())?;
     let plan = paid_plan(&f.plan)?;
     let url = stripe_of(state)?.checkout(state, c, plan).await?;
-    audit_opened(state, c, &format!("checkout for the {plan} plan")).await;
+    audit_opened(state, c, &format!("checkout for the {plan} plan")).await?;
     Ok(Redirect::to(&url).into_response())
 }
 
@@ -323,7 +323,7 @@ pub async fn web_portal(
 ) -> Result<Response, Denied> {
     crate::ctx::check_csrf(&c.session, csrf)?;
     let url = stripe_of(state)?.portal(state, c).await?;
-    audit_opened(state, c, "the customer portal").await;
+    audit_opened(state, c, "the customer portal").await?;
     Ok(Redirect::to(&url).into_response())
 }
 
@@ -331,27 +331,20 @@ pub async fn web_portal(
 pub async fn api_checkout(state: &Shared, c: &OrgCtx, plan: &str) -> Result<Response, Denied> {
     let plan = paid_plan(plan)?;
     let url = stripe_of(state)?.checkout(state, c, plan).await?;
-    audit_opened(state, c, &format!("checkout for the {plan} plan")).await;
+    audit_opened(state, c, &format!("checkout for the {plan} plan")).await?;
     Ok(Json(json!({"url": url})).into_response())
 }
 
 /// API: `POST /api/v1/orgs/{org}/billing/portal` → `{"url"}`.
 pub async fn api_portal(state: &Shared, c: &OrgCtx) -> Result<Response, Denied> {
     let url = stripe_of(state)?.portal(state, c).await?;
-    audit_opened(state, c, "the customer portal").await;
+    audit_opened(state, c, "the customer portal").await?;
     Ok(Json(json!({"url": url})).into_response())
 }
 
-async fn audit_opened(state: &Shared, c: &OrgCtx, what: &str) {
-    let _ = state
-        .accounts
-        .audit(
-            &c.org.id,
-            &c.session.user.email,
-            "billing.opened",
-            &format!("opened Stripe {what}"),
-        )
-        .await;
+async fn audit_opened(state: &Shared, c: &OrgCtx, what: &str) -> Result<(), Denied> {
+    c.audit(&state, "billing.opened", &format!("opened Stripe {what}"))
+        .await
 }
 
 // --- the webhook --------------------------------------------------------------------------

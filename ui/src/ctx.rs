@@ -46,6 +46,18 @@ pub struct OrgCtx {
     pub role: Role,
 }
 
+impl OrgCtx {
+    /// Records an action of this member in the organisation's audit trail. A failed write
+    /// fails the request: an action the trail cannot show is reported, never hidden.
+    pub async fn audit(&self, state: &AppState, action: &str, detail: &str) -> Result<(), Denied> {
+        state
+            .accounts
+            .audit(&self.org.id, &self.session.user.email, action, detail)
+            .await?;
+        Ok(())
+    }
+}
+
 /// What an account whose e-mail address is not yet confirmed gets from anything that
 /// acts in an organisation: the address grants nothing until its owner proved it.
 pub fn unverified(session: &Session) -> Denied {

@@ -33,6 +33,44 @@ pub(crate) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Er
     })
 }
 
+/// The credentials a job needs, as the export and retry forms (and their API bodies)
+/// take them: one set of fields for both. Zeroed on drop, never printed.
+#[derive(Deserialize, Default)]
+pub struct CredentialFields {
+    #[serde(default)]
+    pub chorus_token: String,
+    #[serde(default)]
+    pub s3_access_key_id: String,
+    #[serde(default)]
+    pub s3_secret_access_key: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+    /// For azure:// destinations: a SAS token with create + write on the container.
+    #[serde(default)]
+    pub azure_sas_token: String,
+    /// For gs:// destinations (and BigQuery): a service-account key file's JSON; empty
+    /// means the worker machine's own identity.
+    #[serde(default)]
+    pub gcs_service_account_json: String,
+}
+
+impl Drop for CredentialFields {
+    fn drop(&mut self) {
+        self.chorus_token.zeroize();
+        self.s3_access_key_id.zeroize();
+        self.s3_secret_access_key.zeroize();
+        self.webhook_secret.zeroize();
+        self.azure_sas_token.zeroize();
+        self.gcs_service_account_json.zeroize();
+    }
+}
+
+impl std::fmt::Debug for CredentialFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialFields([redacted])")
+    }
+}
+
 /// The export form (and the API's body: the same fields). Secrets are zeroed on drop
 /// and never printed.
 #[derive(Deserialize, Default)]
@@ -55,51 +93,15 @@ pub struct ExportForm {
     pub destination: String,
     #[serde(default)]
     pub webhook_url: String,
-    #[serde(default)]
-    pub chorus_token: String,
-    #[serde(default)]
-    pub s3_access_key_id: String,
-    #[serde(default)]
-    pub s3_secret_access_key: String,
-    #[serde(default)]
-    pub webhook_secret: String,
-    /// For azure:// destinations: a SAS token with create + write on the container.
-    #[serde(default)]
-    pub azure_sas_token: String,
-    /// For gs:// destinations (and BigQuery): a service-account key file's JSON; empty
-    /// means the worker machine's own identity.
-    #[serde(default)]
-    pub gcs_service_account_json: String,
+    /// The credentials, the same fields as the retry form's.
+    #[serde(flatten)]
+    pub credentials: CredentialFields,
     /// Read every file back after the manifest (needs read permission).
     #[serde(default, deserialize_with = "flag")]
     pub verify_after: bool,
     /// `plain` (default) or `bagit`.
     #[serde(default)]
     pub layout: String,
-}
-
-impl Drop for ExportForm {
-    fn drop(&mut self) {
-        self.chorus_token.zeroize();
-        self.s3_secret_access_key.zeroize();
-        self.webhook_secret.zeroize();
-        self.s3_access_key_id.zeroize();
-        self.azure_sas_token.zeroize();
-        self.gcs_service_account_json.zeroize();
-    }
-}
-
-impl ExportForm {
-    fn secrets(&self) -> FormSecrets<'_> {
-        FormSecrets {
-            chorus_token: &self.chorus_token,
-            s3_access_key_id: &self.s3_access_key_id,
-            s3_secret_access_key: &self.s3_secret_access_key,
-            webhook_secret: &self.webhook_secret,
-            azure_sas_token: &self.azure_sas_token,
-            gcs_service_account_json: &self.gcs_service_account_json,
-        }
-    }
 }
 
 impl std::fmt::Debug for ExportForm {
@@ -219,7 +221,7 @@ pub(crate) fn refused(e: &mut Errors, r: Result<(), Refusal>) {
 pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
     let mut e: Errors = BTreeMap::new();
     check_chorus_url(f.chorus_url.trim(), &mut e);
-    if f.chorus_token.trim().is_empty() {
+    if f.credentials.chorus_token.trim().is_empty() {
         e.insert(
             "chorus_token",
             "Paste your Chorus API token (Chorus: Settings > Personal settings > API access)."
@@ -261,8 +263,8 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
         }),
     };
     refused(&mut e, trust.check_destination(dest));
-    let has_key = !f.s3_access_key_id.trim().is_empty();
-    let has_secret = !f.s3_secret_access_key.is_empty();
+    let has_key = !f.credentials.s3_access_key_id.trim().is_empty();
+    let has_secret = !f.credentials.s3_secret_access_key.is_empty();
     if has_key != has_secret {
         e.insert(
             if has_key {
@@ -275,8 +277,8 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
     }
     check_cloud_secrets(
         parsed.as_ref(),
-        &f.azure_sas_token,
-        &f.gcs_service_account_json,
+        &f.credentials.azure_sas_token,
+        &f.credentials.gcs_service_account_json,
         &mut e,
     );
     refused(
@@ -285,8 +287,8 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
             dest,
             Supplied {
                 s3: has_key && has_secret,
-                azure: !f.azure_sas_token.trim().is_empty(),
-                gcs: !f.gcs_service_account_json.trim().is_empty(),
+                azure: !f.credentials.azure_sas_token.trim().is_empty(),
+                gcs: !f.credentials.gcs_service_account_json.trim().is_empty(),
                 bigquery: false,
             },
         ),
@@ -296,7 +298,7 @@ pub fn validate(f: &ExportForm, trust: &Trust) -> Result<JobSpec, Errors> {
         refused(&mut e, trust.check_webhook_url(webhook));
         match url::Url::parse(webhook) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                if f.webhook_secret.is_empty() {
+                if f.credentials.webhook_secret.is_empty() {
                     e.insert(
                         "webhook_secret",
                         "A webhook needs a signing secret so receivers can verify it.".into(),
@@ -379,19 +381,8 @@ fn check_cloud_secrets(
     }
 }
 
-/// The secrets typed into an export or retry form, borrowed for the moment they are
-/// turned into the worker's credentials document.
-pub struct FormSecrets<'a> {
-    pub chorus_token: &'a str,
-    pub s3_access_key_id: &'a str,
-    pub s3_secret_access_key: &'a str,
-    pub webhook_secret: &'a str,
-    pub azure_sas_token: &'a str,
-    pub gcs_service_account_json: &'a str,
-}
-
 /// The worker's credentials document (pipeline::secrets::Credentials), zeroed on drop.
-pub fn credentials_json(f: &FormSecrets<'_>) -> Zeroizing<Vec<u8>> {
+pub fn credentials_json(f: &CredentialFields) -> Zeroizing<Vec<u8>> {
     let mut doc = serde_json::Map::new();
     doc.insert("chorus_token".into(), f.chorus_token.trim().into());
     if !f.s3_access_key_id.trim().is_empty() {
@@ -401,7 +392,7 @@ pub fn credentials_json(f: &FormSecrets<'_>) -> Zeroizing<Vec<u8>> {
         );
     }
     if !f.webhook_secret.is_empty() {
-        doc.insert("webhook_secret".into(), f.webhook_secret.into());
+        doc.insert("webhook_secret".into(), f.webhook_secret.as_str().into());
     }
     if !f.azure_sas_token.trim().is_empty() {
         doc.insert(
@@ -519,7 +510,7 @@ async fn start_counted(
         },
     )
     .await?;
-    let creds = credentials_json(&form.secrets());
+    let creds = credentials_json(&form.credentials);
     if let Err(e) = state.launcher.launch(&job, creds).await {
         let reason = e.to_string();
         state
@@ -532,20 +523,17 @@ async fn start_counted(
         .counters
         .exports_started
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    state
-        .accounts
-        .audit(
-            &ctx.org.id,
-            &ctx.session.user.email,
-            "export.started",
-            &format!(
-                "job {job}: {} .. {} to {}",
-                spec.from.date_naive(),
-                spec.to.date_naive(),
-                spec.destination
-            ),
-        )
-        .await?;
+    ctx.audit(
+        &state,
+        "export.started",
+        &format!(
+            "job {job}: {} .. {} to {}",
+            spec.from.date_naive(),
+            spec.to.date_naive(),
+            spec.destination
+        ),
+    )
+    .await?;
     Ok(job)
 }
 
@@ -573,14 +561,7 @@ pub async fn cancel(state: &AppState, ctx: &OrgCtx, job: &JobId) -> Result<(), D
     state.launcher.stop(job);
     // Its consumers and unstarted tasks go now, whether a worker runs here or not.
     pipeline::topology::retire_job(&state.js, job).await;
-    state
-        .accounts
-        .audit(
-            &ctx.org.id,
-            &ctx.session.user.email,
-            "export.cancelled",
-            &format!("job {job}"),
-        )
+    ctx.audit(&state, "export.cancelled", &format!("job {job}"))
         .await?;
     Ok(())
 }
@@ -590,29 +571,8 @@ pub async fn cancel(state: &AppState, ctx: &OrgCtx, job: &JobId) -> Result<(), D
 pub struct RetryForm {
     #[serde(default)]
     pub csrf: Option<String>,
-    #[serde(default)]
-    pub chorus_token: String,
-    #[serde(default)]
-    pub s3_access_key_id: String,
-    #[serde(default)]
-    pub s3_secret_access_key: String,
-    #[serde(default)]
-    pub webhook_secret: String,
-    #[serde(default)]
-    pub azure_sas_token: String,
-    #[serde(default)]
-    pub gcs_service_account_json: String,
-}
-
-impl Drop for RetryForm {
-    fn drop(&mut self) {
-        self.chorus_token.zeroize();
-        self.s3_access_key_id.zeroize();
-        self.s3_secret_access_key.zeroize();
-        self.webhook_secret.zeroize();
-        self.azure_sas_token.zeroize();
-        self.gcs_service_account_json.zeroize();
-    }
+    #[serde(flatten)]
+    pub credentials: CredentialFields,
 }
 
 /// Replays the job's dead letters into their stages and starts a worker; returns how many
@@ -623,7 +583,7 @@ pub async fn retry(
     job: &JobId,
     form: &RetryForm,
 ) -> Result<usize, Denied> {
-    if form.chorus_token.trim().is_empty() {
+    if form.credentials.chorus_token.trim().is_empty() {
         return Err(Denied::Invalid(
             "Give the Chorus API token again: retrying starts a new worker, and portshift kept no credentials.".into(),
         ));
@@ -639,14 +599,7 @@ pub async fn retry(
         pipeline::replay::replay(&state.js, job, l).await?;
     }
     state.store.reopen(job).await?;
-    let creds = credentials_json(&FormSecrets {
-        chorus_token: &form.chorus_token,
-        s3_access_key_id: &form.s3_access_key_id,
-        s3_secret_access_key: &form.s3_secret_access_key,
-        webhook_secret: &form.webhook_secret,
-        azure_sas_token: &form.azure_sas_token,
-        gcs_service_account_json: &form.gcs_service_account_json,
-    });
+    let creds = credentials_json(&form.credentials);
     // Gracefully (SIGTERM): the worker drops its transfers, which removes their
     // partial files, and aborts the multipart uploads they left open.
     state.launcher.stop(job);
@@ -657,15 +610,12 @@ pub async fn retry(
         .launch(job, creds)
         .await
         .map_err(|e| Denied::Internal(e.to_string()))?;
-    state
-        .accounts
-        .audit(
-            &ctx.org.id,
-            &ctx.session.user.email,
-            "export.retried",
-            &format!("job {job}: {} dead letters replayed", letters.len()),
-        )
-        .await?;
+    ctx.audit(
+        &state,
+        "export.retried",
+        &format!("job {job}: {} dead letters replayed", letters.len()),
+    )
+    .await?;
     Ok(letters.len())
 }
 
@@ -680,9 +630,9 @@ mod tests {
         f.to = "2024-01-31".into();
         f.media = true;
         f.destination = "s3://bucket/prefix?region=eu-west-1".into();
-        f.chorus_token = "t".into();
-        f.s3_access_key_id = "AKIA".into();
-        f.s3_secret_access_key = "sec".into();
+        f.credentials.chorus_token = "t".into();
+        f.credentials.s3_access_key_id = "AKIA".into();
+        f.credentials.s3_secret_access_key = "sec".into();
         f
     }
 
@@ -698,7 +648,7 @@ mod tests {
         f.to = "2023-12-31".into();
         f.destination = "ftp://x".into();
         f.media = false;
-        f.s3_secret_access_key.clear();
+        f.credentials.s3_secret_access_key.clear();
         let e = validate(&f).unwrap_err();
         for k in ["to", "destination", "kinds", "s3_secret_access_key"] {
             assert!(e.contains_key(k), "{k} missing in {e:?}");
@@ -708,32 +658,32 @@ mod tests {
     #[test]
     fn credentials_document_matches_the_worker_format() {
         let mut f = form();
-        f.s3_access_key_id = "AKIA".into();
-        f.s3_secret_access_key = "sec".into();
-        let doc = credentials_json(&f.secrets());
+        f.credentials.s3_access_key_id = "AKIA".into();
+        f.credentials.s3_secret_access_key = "sec".into();
+        let doc = credentials_json(&f.credentials);
         let creds = pipeline::secrets::Credentials::from_json(&doc).unwrap();
         assert!(creds.s3.is_some());
         assert!(creds.webhook_secret.is_none() && creds.azure.is_none() && creds.gcs.is_none());
 
         let mut f = form();
-        f.s3_access_key_id.clear();
-        f.s3_secret_access_key.clear();
+        f.credentials.s3_access_key_id.clear();
+        f.credentials.s3_secret_access_key.clear();
         f.destination = "azure://acct/calls/chorus".into();
-        f.azure_sas_token = "?sv=2024&sp=cw&sig=x".into();
+        f.credentials.azure_sas_token = "?sv=2024&sp=cw&sig=x".into();
         assert!(validate(&f).is_ok());
         let creds =
-            pipeline::secrets::Credentials::from_json(&credentials_json(&f.secrets())).unwrap();
+            pipeline::secrets::Credentials::from_json(&credentials_json(&f.credentials)).unwrap();
         assert!(creds.azure.is_some() && creds.s3.is_none());
 
         let mut f = form();
-        f.s3_access_key_id.clear();
-        f.s3_secret_access_key.clear();
+        f.credentials.s3_access_key_id.clear();
+        f.credentials.s3_secret_access_key.clear();
         f.destination = "gs://bucket/chorus".into();
-        f.gcs_service_account_json =
+        f.credentials.gcs_service_account_json =
             r#"{"type":"service_account","client_email":"a@p.iam","private_key":"k"}"#.into();
         assert!(validate(&f).is_ok());
         let creds =
-            pipeline::secrets::Credentials::from_json(&credentials_json(&f.secrets())).unwrap();
+            pipeline::secrets::Credentials::from_json(&credentials_json(&f.credentials)).unwrap();
         assert!(creds.gcs.is_some());
     }
 
@@ -773,20 +723,20 @@ mod tests {
         assert!(e["azure_sas_token"].contains("SAS token"), "{e:?}");
 
         let mut f = form();
-        f.azure_sas_token = "sp=cw".into();
-        f.s3_access_key_id.clear();
+        f.credentials.azure_sas_token = "sp=cw".into();
+        f.credentials.s3_access_key_id.clear();
         assert!(validate(&f).unwrap_err().contains_key("azure_sas_token"));
 
         let mut f = form();
         f.destination = "gs://bucket/p".into();
-        f.gcs_service_account_json = "not json".into();
+        f.credentials.gcs_service_account_json = "not json".into();
         let e = validate(&f).unwrap_err();
         assert!(
             e["gcs_service_account_json"].contains("client_email"),
             "{e:?}"
         );
         // Keyless GCS would be the server's own identity: a tenant must bring a key.
-        f.gcs_service_account_json.clear();
+        f.credentials.gcs_service_account_json.clear();
         let e = validate(&f).unwrap_err();
         assert!(
             e["gcs_service_account_json"].contains("own Google identity"),
@@ -797,8 +747,8 @@ mod tests {
     #[test]
     fn tenants_are_refused_the_servers_disk_network_and_identity() {
         let mut f = form();
-        f.s3_access_key_id.clear();
-        f.s3_secret_access_key.clear();
+        f.credentials.s3_access_key_id.clear();
+        f.credentials.s3_secret_access_key.clear();
         let e = validate(&f).unwrap_err();
         assert!(e["s3_access_key_id"].contains("own AWS identity"), "{e:?}");
 
@@ -806,7 +756,7 @@ mod tests {
         f.destination = "file:///var/www/html".into();
         f.chorus_url = "http://169.254.169.254/".into();
         f.webhook_url = "https://127.0.0.1:22/".into();
-        f.webhook_secret = "s".into();
+        f.credentials.webhook_secret = "s".into();
         let e = validate(&f).unwrap_err();
         assert!(e["destination"].contains("s3://"), "{e:?}");
         assert!(e["chorus_url"].contains("https://"), "{e:?}");

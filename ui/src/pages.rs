@@ -665,6 +665,7 @@ pub fn schedules(
             <form class="card stack" method="post" action=base.clone() id="new-schedule" autocomplete="off">
                 <h2>"New schedule"</h2>
                 <input type="hidden" name="csrf" value=form_csrf/>
+                <input type="hidden" name="checkboxes" value="1"/>
                 <label>"Name" <input type="text" name="name" value=v.name required=true/></label>
                 {field_error(errors, "name")}
                 <label>"When (cron: minute hour day month weekday)" <input type="text" name="cron" value=v.cron required=true/></label>

@@ -33,12 +33,17 @@ pub struct Listed {
 
 /// The organisation's schedules, oldest first, each with its recent runs.
 pub async fn list(state: &AppState, org_id: &str) -> Result<Vec<Listed>, Denied> {
-    let mut listed = Vec::new();
-    for schedule in state.store.schedules_of(org_id).await? {
-        let runs = state.store.schedule_runs(&schedule.id, RECENT_RUNS).await?;
-        listed.push(Listed { schedule, runs });
-    }
-    Ok(listed)
+    let mut runs = state.store.recent_runs_of_org(org_id, RECENT_RUNS).await?;
+    Ok(state
+        .store
+        .schedules_of(org_id)
+        .await?
+        .into_iter()
+        .map(|schedule| {
+            let runs = runs.remove(&schedule.id).unwrap_or_default();
+            Listed { schedule, runs }
+        })
+        .collect())
 }
 
 /// A schedule checked a moment ago that has gone since (deleted concurrently) is not
@@ -68,19 +73,16 @@ pub async fn set_paused(
         .set_schedule_paused(&s.id, paused)
         .await
         .map_err(gone)?;
-    let _ = state
-        .accounts
-        .audit(
-            &c.org.id,
-            &c.session.user.email,
-            if paused {
-                "schedule.paused"
-            } else {
-                "schedule.resumed"
-            },
-            &audit_detail(&s),
-        )
-        .await;
+    c.audit(
+        &state,
+        if paused {
+            "schedule.paused"
+        } else {
+            "schedule.resumed"
+        },
+        &audit_detail(&s),
+    )
+    .await?;
     state.store.schedule(&s.id).await.map_err(gone)
 }
 
@@ -88,15 +90,8 @@ pub async fn set_paused(
 pub async fn delete(state: &AppState, c: &OrgCtx, id: &str) -> Result<Schedule, Denied> {
     let s = ctx::schedule_in_org(state, &c.org.id, id).await?;
     state.store.delete_schedule(&s.id).await.map_err(gone)?;
-    let _ = state
-        .accounts
-        .audit(
-            &c.org.id,
-            &c.session.user.email,
-            "schedule.deleted",
-            &audit_detail(&s),
-        )
-        .await;
+    c.audit(&state, "schedule.deleted", &audit_detail(&s))
+        .await?;
     Ok(s)
 }
 
@@ -134,11 +129,17 @@ pub fn schedule_json(l: &Listed) -> Value {
     })
 }
 
-/// A new schedule as the API receives it. Credentials are given as references
-/// (`env:NAME`, `file:/path`, `aws:default`, `gcp:workload-identity`), never values.
+/// A new schedule, as the API's JSON body and the console's form both send it (one model,
+/// one validation). Credentials are given as references (`env:NAME`, `file:/path`,
+/// `aws:default`, `gcp:workload-identity`), never values.
 #[derive(Deserialize, Default, Debug)]
 #[serde(default)]
 pub struct NewSchedule {
+    /// The console form's CSRF token (the API checks its header instead).
+    pub csrf: Option<String>,
+    /// Set by the console's form, whose unchecked checkboxes are simply absent: there an
+    /// absent yes/no field means no, where the API's default is yes.
+    pub checkboxes: Option<String>,
     pub name: String,
     /// Five cron fields, e.g. `0 2 * * *`.
     pub cron: String,
@@ -149,10 +150,10 @@ pub struct NewSchedule {
     pub destination: String,
     /// Empty means the public Chorus API.
     pub chorus_url: String,
-    /// What to export; each defaults to true.
-    pub media: Option<bool>,
-    pub transcript: Option<bool>,
-    pub metadata: Option<bool>,
+    /// What to export; each defaults to true (in the API).
+    pub media: Option<FlagValue>,
+    pub transcript: Option<FlagValue>,
+    pub metadata: Option<FlagValue>,
     pub chorus_token_ref: String,
     pub s3_ref: Option<String>,
     pub azure_ref: Option<String>,
@@ -190,73 +191,16 @@ impl FlagValue {
     }
 }
 
-/// The console's form for a new schedule: the same fields as [`NewSchedule`], with
-/// checkboxes (absent = unchecked) and a CSRF token.
-#[derive(Deserialize, Default)]
-pub struct NewScheduleForm {
-    #[serde(default)]
-    pub csrf: Option<String>,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub cron: String,
-    #[serde(default)]
-    pub timezone: String,
-    #[serde(default)]
-    pub start: String,
-    #[serde(default)]
-    pub destination: String,
-    #[serde(default)]
-    pub chorus_url: String,
-    #[serde(default, deserialize_with = "exports::flag")]
-    pub media: bool,
-    #[serde(default, deserialize_with = "exports::flag")]
-    pub transcript: bool,
-    #[serde(default, deserialize_with = "exports::flag")]
-    pub metadata: bool,
-    #[serde(default)]
-    pub chorus_token_ref: String,
-    #[serde(default)]
-    pub s3_ref: String,
-    #[serde(default)]
-    pub azure_ref: String,
-    #[serde(default)]
-    pub gcs_ref: String,
-    #[serde(default)]
-    pub webhook_url: String,
-    #[serde(default)]
-    pub webhook_secret_ref: String,
-    /// `plain` (default) or `bagit`.
-    #[serde(default)]
-    pub layout: String,
-    /// The checkbox: `true` when checked, absent when not.
-    #[serde(default)]
-    pub verify_after: String,
-}
+impl NewSchedule {
+    /// A yes/no field's value when it is absent: no from the console's form (an
+    /// unchecked box), yes from the API.
+    fn absent_means(&self) -> bool {
+        self.checkboxes.is_none()
+    }
 
-impl NewScheduleForm {
-    pub fn to_new(&self) -> NewSchedule {
-        let opt = |s: &str| (!s.trim().is_empty()).then(|| s.to_owned());
-        NewSchedule {
-            name: self.name.clone(),
-            cron: self.cron.clone(),
-            timezone: self.timezone.clone(),
-            start: self.start.clone(),
-            destination: self.destination.clone(),
-            chorus_url: self.chorus_url.clone(),
-            media: Some(self.media),
-            transcript: Some(self.transcript),
-            metadata: Some(self.metadata),
-            chorus_token_ref: self.chorus_token_ref.clone(),
-            s3_ref: opt(&self.s3_ref),
-            azure_ref: opt(&self.azure_ref),
-            gcs_ref: opt(&self.gcs_ref),
-            webhook_url: opt(&self.webhook_url),
-            webhook_secret_ref: opt(&self.webhook_secret_ref),
-            lookback_days: None,
-            layout: opt(&self.layout),
-            verify_after: Some(FlagValue::Text(self.verify_after.clone())),
-        }
+    fn yes(&self, v: &Option<FlagValue>) -> bool {
+        v.as_ref()
+            .map_or(self.absent_means(), |v| v.get().unwrap_or(false))
     }
 
     /// What the form shows again after an error. Reference fields are not echoed: a
@@ -269,12 +213,14 @@ impl NewScheduleForm {
             start: self.start.clone(),
             destination: self.destination.clone(),
             chorus_url: self.chorus_url.clone(),
-            media: self.media,
-            transcript: self.transcript,
-            metadata: self.metadata,
-            layout: self.layout.trim().to_owned(),
-            verify_after: FlagValue::Text(self.verify_after.clone())
-                .get()
+            media: self.yes(&self.media),
+            transcript: self.yes(&self.transcript),
+            metadata: self.yes(&self.metadata),
+            layout: self.layout.as_deref().unwrap_or_default().trim().to_owned(),
+            verify_after: self
+                .verify_after
+                .as_ref()
+                .and_then(FlagValue::get)
                 .unwrap_or(false),
         }
     }
@@ -380,10 +326,17 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
     };
     exports::check_chorus_url(chorus_url, &mut e);
     exports::refused(&mut e, trust.check_chorus_url(chorus_url));
+    let mut kind = |field: &'static str, v: &Option<FlagValue>| match v {
+        None => f.absent_means(),
+        Some(v) => v.get().unwrap_or_else(|| {
+            e.insert(field, "Use true or false.".into());
+            false
+        }),
+    };
     let kinds = ExportKinds {
-        media: f.media.unwrap_or(true),
-        transcript: f.transcript.unwrap_or(true),
-        metadata: f.metadata.unwrap_or(true),
+        media: kind("media", &f.media),
+        transcript: kind("transcript", &f.transcript),
+        metadata: kind("metadata", &f.metadata),
     };
     exports::check_kinds(&kinds, &mut e);
     let webhook_url = given(&f.webhook_url);
@@ -507,14 +460,11 @@ pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Sc
             TrustLevel::Tenant,
         )
         .await?;
-    let _ = state
-        .accounts
-        .audit(
-            &c.org.id,
-            &c.session.user.email,
-            "schedule.created",
-            &format!("{} ({}): {} {}", s.name, s.id, s.cron, s.timezone),
-        )
-        .await;
+    c.audit(
+        &state,
+        "schedule.created",
+        &format!("{} ({}): {} {}", s.name, s.id, s.cron, s.timezone),
+    )
+    .await?;
     Ok(s)
 }

@@ -517,10 +517,10 @@ async fn create_org(
     };
     match state.accounts.create_org(&name, &s.user).await {
         Ok(o) => {
-            let _ = state
+            state
                 .accounts
                 .audit(&o.id, &s.user.email, "org.created", &name)
-                .await;
+                .await?;
             Redirect::to(&format!("/orgs/{}/jobs", o.id)).into_response()
         }
         Err(e) => refuse(e.into(), None),
@@ -824,15 +824,8 @@ pub(crate) async fn do_invite(
             pipeline::accounts::INVITATION_DAYS,
         ),
     );
-    let _ = state
-        .accounts
-        .audit(
-            &c.org.id,
-            &c.session.user.email,
-            "member.invited",
-            &format!("{email} as {role}"),
-        )
-        .await;
+    c.audit(&state, "member.invited", &format!("{email} as {role}"))
+        .await?;
     Ok((email, role))
 }
 
@@ -892,26 +885,16 @@ pub(crate) async fn do_change(
     match new {
         Some(r) => {
             state.accounts.set_role(&c.org.id, user, r).await?;
-            state
-                .accounts
-                .audit(
-                    &c.org.id,
-                    &c.session.user.email,
-                    "member.role_changed",
-                    &format!("{email}: {now} → {r}"),
-                )
-                .await?;
+            c.audit(
+                &state,
+                "member.role_changed",
+                &format!("{email}: {now} → {r}"),
+            )
+            .await?;
         }
         None => {
             state.accounts.remove_member(&c.org.id, user).await?;
-            state
-                .accounts
-                .audit(
-                    &c.org.id,
-                    &c.session.user.email,
-                    "member.removed",
-                    &format!("{email} (was {now})"),
-                )
+            c.audit(&state, "member.removed", &format!("{email} (was {now})"))
                 .await?;
         }
     }
@@ -993,11 +976,11 @@ async fn create_schedule(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path(org): Path<String>,
-    Form(f): Form<schedules::NewScheduleForm>,
+    Form(f): Form<schedules::NewSchedule>,
 ) -> Response {
     let c = org_ctx!(state, headers, org, Action::ManageSchedules);
     csrf!(c, f.csrf.as_deref());
-    let result = match schedules::validate(&f.to_new(), &state.tenant_trust()) {
+    let result = match schedules::validate(&f, &state.tenant_trust()) {
         Ok(valid) => schedules::create(&state, &c, valid).await.map_err(Err),
         Err(errors) => Err(Ok(errors)),
     };
@@ -1150,7 +1133,7 @@ async fn set_retention(
     if let Err(e) = state.accounts.set_retention(&org, days).await {
         return refuse(e.into(), Some(nav(&c)));
     }
-    let _ = state
+    state
         .accounts
         .audit(
             &org,
@@ -1158,7 +1141,7 @@ async fn set_retention(
             "retention.changed",
             &format!("{days} days"),
         )
-        .await;
+        .await?;
     let mut c = c;
     c.org.retention_days = days;
     settings_page(

@@ -322,6 +322,9 @@ async fn populate(w: &World) -> Canaries {
         format!(
             "INSERT INTO schedule_exported (schedule_id, destination, recording_id, job_id) VALUES ('{schedule}', 'file:///tmp/x', 'rec-{tag}', '{job}')"
         ),
+        format!(
+            "INSERT INTO worker_leases (worker_id, job_id, host, pid, started_ms, renewed_ms, expires_ms) VALUES ('w-{tag}', '{job}', 'host-{tag}', 1, {now}, {now}, {now})"
+        ),
     ];
     exec(&w.db, &sql).await;
     w.store.aws_external_id(&org.id).await.unwrap();
