@@ -762,6 +762,9 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
             stripe.clone(),
             "--stripe-price-team".into(),
             price.clone(),
+            // Offered on the plan card; this test subscribes to team only.
+            "--stripe-price-enterprise".into(),
+            "price_enterprise_not_bought".into(),
         ],
         &[
             ("PORTSHIFT_STRIPE_SECRET_KEY", key.to_string()),

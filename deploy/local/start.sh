@@ -187,12 +187,17 @@ start_s3() {
     )
     t=$(now)
     # -ip/-ip.bind default to the public address / 0.0.0.0: always pass both.
+    # Every bucket is a collection with volumes of its own, and by default the number of
+    # volumes follows the free disk (1 GiB each): on a small disk it ran out within one
+    # test run (PutObject: 500 "no free volumes left"). Small volumes, many allowed;
+    # they take only the space written.
     (
         cd "$dir"
         exec nohup "$VENV_BIN/weed" mini -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
             -master.port="$S3_MASTER_PORT" -volume.port="$S3_VOLUME_PORT" \
             -filer.port="$S3_FILER_PORT" -s3.port="$S3_PORT" -s3.config="$dir/s3.json" \
             -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+            -master.volumeSizeLimitMB=64 -volume.max=2000 \
             -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock"
     ) </dev/null >>"$LOGS/s3.log" 2>&1 &
     pid=$!

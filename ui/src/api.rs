@@ -290,7 +290,8 @@ async fn create_org(State(state): State<Shared>, headers: HeaderMap, raw: Bytes)
     state
         .accounts
         .audit(&o.id, &s.user.email, "org.created", &name)
-        .await?;
+        .await
+        .map_err(Denied::from)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": o.id, "name": o.name, "role": "owner"})),

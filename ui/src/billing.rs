@@ -343,7 +343,7 @@ pub async fn api_portal(state: &Shared, c: &OrgCtx) -> Result<Response, Denied> 
 }
 
 async fn audit_opened(state: &Shared, c: &OrgCtx, what: &str) -> Result<(), Denied> {
-    c.audit(&state, "billing.opened", &format!("opened Stripe {what}"))
+    c.audit(state, "billing.opened", &format!("opened Stripe {what}"))
         .await
 }
 

@@ -524,7 +524,7 @@ async fn start_counted(
         .exports_started
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ctx.audit(
-        &state,
+        state,
         "export.started",
         &format!(
             "job {job}: {} .. {} to {}",
@@ -561,7 +561,7 @@ pub async fn cancel(state: &AppState, ctx: &OrgCtx, job: &JobId) -> Result<(), D
     state.launcher.stop(job);
     // Its consumers and unstarted tasks go now, whether a worker runs here or not.
     pipeline::topology::retire_job(&state.js, job).await;
-    ctx.audit(&state, "export.cancelled", &format!("job {job}"))
+    ctx.audit(state, "export.cancelled", &format!("job {job}"))
         .await?;
     Ok(())
 }
@@ -611,7 +611,7 @@ pub async fn retry(
         .await
         .map_err(|e| Denied::Internal(e.to_string()))?;
     ctx.audit(
-        &state,
+        state,
         "export.retried",
         &format!("job {job}: {} dead letters replayed", letters.len()),
     )
@@ -624,16 +624,19 @@ mod tests {
     use super::*;
 
     fn form() -> ExportForm {
-        let mut f = ExportForm::default();
-        f.chorus_url = "https://chorus.ai/".into();
-        f.from = "2024-01-01".into();
-        f.to = "2024-01-31".into();
-        f.media = true;
-        f.destination = "s3://bucket/prefix?region=eu-west-1".into();
-        f.credentials.chorus_token = "t".into();
-        f.credentials.s3_access_key_id = "AKIA".into();
-        f.credentials.s3_secret_access_key = "sec".into();
-        f
+        let mut credentials = CredentialFields::default();
+        credentials.chorus_token = "t".into();
+        credentials.s3_access_key_id = "AKIA".into();
+        credentials.s3_secret_access_key = "sec".into();
+        ExportForm {
+            chorus_url: "https://chorus.ai/".into(),
+            from: "2024-01-01".into(),
+            to: "2024-01-31".into(),
+            media: true,
+            destination: "s3://bucket/prefix?region=eu-west-1".into(),
+            credentials,
+            ..Default::default()
+        }
     }
 
     /// What `validate` gets in the console: a tenant's trust, nothing allowed.

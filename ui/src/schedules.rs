@@ -74,7 +74,7 @@ pub async fn set_paused(
         .await
         .map_err(gone)?;
     c.audit(
-        &state,
+        state,
         if paused {
             "schedule.paused"
         } else {
@@ -90,7 +90,7 @@ pub async fn set_paused(
 pub async fn delete(state: &AppState, c: &OrgCtx, id: &str) -> Result<Schedule, Denied> {
     let s = ctx::schedule_in_org(state, &c.org.id, id).await?;
     state.store.delete_schedule(&s.id).await.map_err(gone)?;
-    c.audit(&state, "schedule.deleted", &audit_detail(&s))
+    c.audit(state, "schedule.deleted", &audit_detail(&s))
         .await?;
     Ok(s)
 }
@@ -461,7 +461,7 @@ pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Sc
         )
         .await?;
     c.audit(
-        &state,
+        state,
         "schedule.created",
         &format!("{} ({}): {} {}", s.name, s.id, s.cron, s.timezone),
     )

@@ -517,10 +517,13 @@ async fn create_org(
     };
     match state.accounts.create_org(&name, &s.user).await {
         Ok(o) => {
-            state
+            if let Err(e) = state
                 .accounts
                 .audit(&o.id, &s.user.email, "org.created", &name)
-                .await?;
+                .await
+            {
+                return refuse(e.into(), None);
+            }
             Redirect::to(&format!("/orgs/{}/jobs", o.id)).into_response()
         }
         Err(e) => refuse(e.into(), None),
@@ -824,8 +827,17 @@ pub(crate) async fn do_invite(
             pipeline::accounts::INVITATION_DAYS,
         ),
     );
-    c.audit(&state, "member.invited", &format!("{email} as {role}"))
-        .await?;
+    if c.audit(state, "member.invited", &format!("{email} as {role}"))
+        .await
+        .is_err()
+    {
+        let mut e = Errors::new();
+        e.insert(
+            "email",
+            "The invitation was made, but the audit trail could not record it: try again in a moment, or tell your operator.".into(),
+        );
+        return Err(e);
+    }
     Ok((email, role))
 }
 
@@ -886,7 +898,7 @@ pub(crate) async fn do_change(
         Some(r) => {
             state.accounts.set_role(&c.org.id, user, r).await?;
             c.audit(
-                &state,
+                state,
                 "member.role_changed",
                 &format!("{email}: {now} → {r}"),
             )
@@ -894,7 +906,7 @@ pub(crate) async fn do_change(
         }
         None => {
             state.accounts.remove_member(&c.org.id, user).await?;
-            c.audit(&state, "member.removed", &format!("{email} (was {now})"))
+            c.audit(state, "member.removed", &format!("{email} (was {now})"))
                 .await?;
         }
     }
@@ -1133,7 +1145,7 @@ async fn set_retention(
     if let Err(e) = state.accounts.set_retention(&org, days).await {
         return refuse(e.into(), Some(nav(&c)));
     }
-    state
+    if let Err(e) = state
         .accounts
         .audit(
             &org,
@@ -1141,7 +1153,10 @@ async fn set_retention(
             "retention.changed",
             &format!("{days} days"),
         )
-        .await?;
+        .await
+    {
+        return refuse(e.into(), Some(nav(&c)));
+    }
     let mut c = c;
     c.org.retention_days = days;
     settings_page(
