@@ -112,10 +112,47 @@ async fn create_secret(moto: &str, name: &str, value: &str) -> String {
         .to_string()
 }
 
+/// A console organisation named `name` (its id returned), put on the team plan as
+/// Stripe's subscription webhook would.
+async fn team_org(store: &JobStore, name: &str) -> String {
+    use pipeline::billing::{Billing, Prices, StripeEvent};
+    let accounts = pipeline::accounts::Accounts::new(store);
+    let owner = accounts
+        .create_user(
+            &format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple()),
+            "x",
+        )
+        .await
+        .unwrap();
+    let org = accounts.create_org(name, &owner).await.unwrap().id;
+    let billing = Billing::new(store);
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    billing.link_customer(&org, &customer).await.unwrap();
+    let event = serde_json::json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "type": "customer.subscription.created",
+        "created": chrono::Utc::now().timestamp(),
+        "data": {"object": {"id": format!("sub_{customer}"), "customer": customer,
+            "status": "active", "items": {"data": [{"price": {"id": "price_team"}}]}}}
+    });
+    let event = StripeEvent::parse(event.to_string().as_bytes()).unwrap();
+    let prices = Prices {
+        team: Some("price_team".into()),
+        enterprise: None,
+    };
+    billing.apply(&event, &prices).await.unwrap();
+    assert_eq!(
+        billing.plan_of(&org).await.unwrap(),
+        pipeline::billing::Plan::Team
+    );
+    org
+}
+
 async fn first_final_run(store: &JobStore, schedule: &str) -> ScheduleRun {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let runs = store.schedule_runs(schedule, 100).await.unwrap();
+        let seen = format!("{runs:?}");
         if let Some(r) = runs
             .into_iter()
             .rev()
@@ -126,7 +163,7 @@ async fn first_final_run(store: &JobStore, schedule: &str) -> ScheduleRun {
         }
         assert!(
             Instant::now() < deadline,
-            "no run of {schedule} ended in 60 s"
+            "no run of {schedule} ended in 60 s: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -153,14 +190,19 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     .await;
 
     // The customer's organisation and its ExternalId, which their trust policy names.
-    let acme_id = h.store.aws_external_id("acme").await.unwrap();
-    let mallory_id = h.store.aws_external_id("mallory").await.unwrap();
+    // Two organisations of the console, on the team plan (a trial has no schedules).
+    let (acme, mallory) = (
+        team_org(&h.store, "acme").await,
+        team_org(&h.store, "mallory").await,
+    );
+    let acme_id = h.store.aws_external_id(&acme).await.unwrap();
+    let mallory_id = h.store.aws_external_id(&mallory).await.unwrap();
     assert_ne!(
         acme_id, mallory_id,
         "each organisation has its own ExternalId"
     );
     assert_eq!(
-        h.store.aws_external_id("acme").await.unwrap(),
+        h.store.aws_external_id(&acme).await.unwrap(),
         acme_id,
         "and it is stable"
     );
@@ -178,7 +220,7 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     let acme_out = tempfile::tempdir().unwrap();
     let mallory_out = tempfile::tempdir().unwrap();
     let mut schedules = vec![];
-    for (org, out) in [("acme", &acme_out), ("mallory", &mallory_out)] {
+    for (org, out) in [(acme.as_str(), &acme_out), (mallory.as_str(), &mallory_out)] {
         let s = h
             .store
             .create_schedule(
