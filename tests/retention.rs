@@ -211,6 +211,10 @@ async fn all_there(
             assert_eq!(n, 0, "a finished job's listing pages are purged");
             continue;
         }
+        if table == "worker_leases" {
+            // Released when the worker exits; none is left to purge (or to miss).
+            continue;
+        }
         assert!(n > 0, "{table} holds no row of job {job}");
     }
     let subjects = subjects_with_messages(js, job).await;

@@ -743,11 +743,11 @@ fn nothing_in_the_source_can_switch_certificate_validation_off() {
                 }
             }
         }
-        // Outbound HTTP clients are built in one place (stages/src/http.rs), which sets
+        // Outbound HTTP clients are built in one place (pipeline/src/http_client.rs), which sets
         // the TLS rules; library code elsewhere must go through it (unit tests may not
         // need to).
         let in_library = path.components().any(|c| c.as_os_str() == "src")
-            && !path.ends_with("stages/src/http.rs");
+            && !path.ends_with("pipeline/src/http_client.rs");
         if in_library {
             let code = text.split("#[cfg(test)]").next().unwrap_or_default();
             for needle in [
@@ -772,9 +772,10 @@ fn nothing_in_the_source_can_switch_certificate_validation_off() {
         outside_http.join("\n")
     );
     // And the one place keeps its rules.
-    let http =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("stages/src/http.rs"))
-            .unwrap();
+    let http = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/src/http_client.rs"),
+    )
+    .unwrap();
     assert!(http.contains("min_tls_version(reqwest::tls::Version::TLS_1_2)"));
     assert!(http.contains("use_rustls_tls()"));
     eprintln!(

@@ -13,6 +13,7 @@ pub mod billing;
 pub mod config;
 pub mod destination_url;
 pub mod embedded_nats;
+pub mod http_client;
 pub mod job;
 pub mod keys;
 pub mod leases;

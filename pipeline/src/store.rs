@@ -227,7 +227,20 @@ impl JobStore {
                 url: redact_url(url),
                 source,
             })?;
-        MIGRATOR.run(&pool).await?;
+        // Two processes opening one SQLite store at once (serve and scheduler on one data
+        // folder) may both apply a migration; the loser fails on what the winner made
+        // (an ALTER TABLE is not idempotent) and, asked again, finds it applied.
+        let mut tries = 0;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if tries < 4 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Self { pool })
     }
 

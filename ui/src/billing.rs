@@ -52,6 +52,8 @@ pub enum BillingSetupError {
     Missing(&'static str),
     #[error("could not build the HTTP client for Stripe: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("could not set up the HTTP client for Stripe: {0}")]
+    Setup(#[from] pipeline::http_client::HttpSetupError),
 }
 
 /// The console's Stripe client.
@@ -88,11 +90,14 @@ impl Stripe {
                 "--public-url (Stripe sends the browser back there)",
             ));
         }
-        // TLS validation stays on (rustls, the system's roots); no redirects to follow.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        // The shared builder: TLS validation always on, the operator's extra CA if any;
+        // no redirects to follow.
+        let http = pipeline::http_client::client_builder(
+            pipeline::http_client::ca_file_from_env().as_deref(),
+        )?
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
         Ok(Self { config, http })
     }
 

@@ -1050,6 +1050,8 @@ fn role_schedule(name: &str, extra: serde_json::Value) -> serde_json::Value {
 async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     let w = world().await;
     let c = cell(&w, 0).await;
+    // A trial has no schedules (docs/billing.md).
+    on_team_plan(&w.store, &c.org).await;
     let admin = c.sessions[1].1.clone().unwrap();
     let api = format!("/api/v1/orgs/{}/schedules", c.org);
     let before = w.store.schedules_of(&c.org).await.unwrap().len();
@@ -1159,4 +1161,26 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     let made = all.iter().find(|s| s.name == "form").unwrap();
     assert_eq!(made.template.options.layout, pipeline::Layout::Bagit);
     assert!(made.template.options.verify_after);
+}
+
+/// Puts `org` on the team plan, as Stripe's subscription webhook would.
+async fn on_team_plan(store: &pipeline::store::JobStore, org: &str) {
+    use pipeline::billing::{Billing, Plan, Prices, StripeEvent};
+    let billing = Billing::new(store);
+    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    billing.link_customer(org, &customer).await.unwrap();
+    let event = serde_json::json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "type": "customer.subscription.created",
+        "created": chrono::Utc::now().timestamp(),
+        "data": {"object": {"id": format!("sub_{customer}"), "customer": customer,
+            "status": "active", "items": {"data": [{"price": {"id": "price_team"}}]}}}
+    });
+    let event = StripeEvent::parse(event.to_string().as_bytes()).unwrap();
+    let prices = Prices {
+        team: Some("price_team".into()),
+        enterprise: None,
+    };
+    billing.apply(&event, &prices).await.unwrap();
+    assert_eq!(billing.plan_of(org).await.unwrap(), Plan::Team);
 }
