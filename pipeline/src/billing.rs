@@ -596,14 +596,16 @@ pub async fn delete_billing_of_org(
     tx: &mut sqlx::AnyConnection,
     org_id: &str,
 ) -> Result<(), sqlx::Error> {
-    for sql in [
-        "DELETE FROM billing_accounts WHERE org_id = $1",
-        "DELETE FROM billing_events WHERE org_id = $1",
-        "DELETE FROM billing_usage WHERE org_id = $1",
-    ] {
-        sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
-    }
-    Ok(())
+    crate::store::delete_with_org(
+        tx,
+        org_id,
+        &[
+            "DELETE FROM billing_accounts WHERE org_id = $1",
+            "DELETE FROM billing_events WHERE org_id = $1",
+            "DELETE FROM billing_usage WHERE org_id = $1",
+        ],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -882,20 +882,18 @@ pub async fn delete_schedules_of_org(
     tx: &mut sqlx::AnyConnection,
     org_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let of_jobs = "(SELECT id FROM jobs WHERE organisation = $1)";
-    let of_schedules = "(SELECT id FROM schedules WHERE organisation = $1)";
-    for sql in [
-        format!(
-            "DELETE FROM schedule_runs WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
-        ),
-        format!(
-            "DELETE FROM schedule_exported WHERE schedule_id IN {of_schedules} OR job_id IN {of_jobs}"
-        ),
-        "DELETE FROM schedules WHERE organisation = $1".to_string(),
-    ] {
-        sqlx::query(&sql).bind(org_id).execute(&mut *tx).await?;
-    }
-    Ok(())
+    crate::store::delete_with_org(
+        tx,
+        org_id,
+        &[
+            "DELETE FROM schedule_runs WHERE schedule_id IN (SELECT id FROM schedules WHERE organisation = $1) \
+             OR job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM schedule_exported WHERE schedule_id IN (SELECT id FROM schedules WHERE organisation = $1) \
+             OR job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM schedules WHERE organisation = $1",
+        ],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -1195,10 +1195,10 @@ pub fn redact_url(url: &str) -> String {
 
 /// Runs `statements`, each binding `$1` to `org_id`, in the caller's transaction: how the
 /// owners of an organisation's rows delete them when the organisation is deleted.
-async fn delete_with_org(
+pub(crate) async fn delete_with_org(
     tx: &mut sqlx::AnyConnection,
     org_id: &str,
-    statements: &[String],
+    statements: &[&str],
 ) -> Result<(), sqlx::Error> {
     for sql in statements {
         sqlx::query(sql).bind(org_id).execute(&mut *tx).await?;
@@ -1213,16 +1213,19 @@ pub async fn delete_jobs_of_org(
     tx: &mut sqlx::AnyConnection,
     org_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let of_jobs = "(SELECT id FROM jobs WHERE organisation = $1)";
-    let statements = [
-        format!("DELETE FROM recordings WHERE job_id IN {of_jobs}"),
-        format!("DELETE FROM files WHERE job_id IN {of_jobs}"),
-        format!("DELETE FROM list_pages WHERE job_id IN {of_jobs}"),
-        format!("DELETE FROM open_uploads WHERE job_id IN {of_jobs}"),
-        format!("DELETE FROM worker_leases WHERE job_id IN {of_jobs}"),
-        "DELETE FROM jobs WHERE organisation = $1".to_string(),
-    ];
-    delete_with_org(tx, org_id, &statements).await
+    delete_with_org(
+        tx,
+        org_id,
+        &[
+            "DELETE FROM recordings WHERE job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM files WHERE job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM list_pages WHERE job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM open_uploads WHERE job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM worker_leases WHERE job_id IN (SELECT id FROM jobs WHERE organisation = $1)",
+            "DELETE FROM jobs WHERE organisation = $1",
+        ],
+    )
+    .await
 }
 
 #[cfg(test)]
