@@ -45,6 +45,10 @@ pub const HDR_PAYLOAD_BYTES: &str = "Portshift-Payload-Bytes";
 /// How long one idle pull waits for a message before asking again (short, so a stopping
 /// worker leaves no pull request behind for long).
 const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// How long a no-wait fetch may take to answer. async-nats gives a `fetch()` batch no
+/// timeout of its own, so a request lost with the node it went to (a SIGKILLed NATS
+/// server) would otherwise leave the pull loop waiting forever, every slot idle.
+const FETCH_REPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a handler could not finish a message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -290,7 +294,15 @@ pub async fn run<H: StageHandler>(
             Ok(mut batch) => loop {
                 let next = tokio::select! {
                     _ = shutdown.changed() => break 'pull,
-                    n = batch.next() => n,
+                    n = tokio::time::timeout(FETCH_REPLY_WAIT, batch.next()) => match n {
+                        Ok(n) => n,
+                        Err(_) => {
+                            // Anything delivered later to the abandoned inbox is
+                            // redelivered after ack_wait.
+                            tracing::info!(stage = stage.as_str(), "no answer to a fetch; pulling again");
+                            None
+                        }
+                    },
                 };
                 match next {
                     Some(Ok(msg)) => {
