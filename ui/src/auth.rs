@@ -209,6 +209,12 @@ pub fn client_key(salt: &str, ip: Option<IpAddr>) -> String {
     sha256_hex(format!("{salt}|{ip}").as_bytes())
 }
 
+/// The rate-limit key of one user's work-starting requests (a salted hash of their id;
+/// deleted with the account).
+pub fn user_rate_key(salt: &str, user_id: &str) -> String {
+    sha256_hex(format!("{salt}|user|{user_id}").as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

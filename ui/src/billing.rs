@@ -7,258 +7,35 @@
 //!
 //! The plan state and its rules (limits, signature check, replay guard) are
 //! `pipeline::billing`; this module is the HTTP side: the Stripe client, the owner-only
-//! routes, and the webhook endpoint.
-
-use std::time::Duration;
+//! routes (page forms and JSON), the billing card of the settings page, and the webhook
+//! endpoint. The Stripe client itself sits lower, in `stripe` (the shared state holds
+//! it); its public names are re-exported here.
 
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use pipeline::billing::{Applied, Billing, Plan, Prices, StripeEvent, WebhookError};
-use secrecy::{ExposeSecret, SecretString};
+use axum::routing::post;
+use leptos::prelude::*;
+use pipeline::accounts::{Organisation, Role};
+use pipeline::billing::{Applied, Billing, Plan, StripeEvent, WebhookError};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::Shared;
-use crate::ctx::{Denied, OrgCtx};
+pub use crate::stripe::{BillingSetupError, STRIPE_API, Stripe, StripeConfig};
 
-/// Stripe's API.
-pub const STRIPE_API: &str = "https://api.stripe.com";
+use crate::ctx::{self, OrgCtx, org_ctx};
+use crate::respond::{ApiResult, CsrfOnly, Denied, body, refuse};
+use crate::roles::Action;
+use crate::state::Shared;
 
-/// The operator's Stripe settings.
-#[derive(Clone, Debug)]
-pub struct StripeConfig {
-    /// Stripe's API base URL (`--stripe-api-url`; a local Stripe in tests).
-    pub api_url: String,
-    /// The secret API key (`PORTSHIFT_STRIPE_SECRET_KEY`, environment only).
-    pub secret_key: SecretString,
-    /// The webhook endpoint's signing secret (`PORTSHIFT_STRIPE_WEBHOOK_SECRET`).
-    pub webhook_secret: SecretString,
-    /// The Stripe price of each paid plan.
-    pub prices: Prices,
-    /// Where users reach the console (Stripe sends the browser back here).
-    pub public_url: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BillingSetupError {
-    #[error(
-        "the Stripe API URL {0:?} is not https:// (plain http:// is allowed only to 127.0.0.1 or localhost, for a local Stripe)"
-    )]
-    Insecure(String),
-    #[error("billing needs {0}")]
-    Missing(&'static str),
-    #[error("could not build the HTTP client for Stripe: {0}")]
-    Client(#[from] reqwest::Error),
-    #[error("could not set up the HTTP client for Stripe: {0}")]
-    Setup(#[from] pipeline::http_client::HttpSetupError),
-}
-
-/// The console's Stripe client.
-pub struct Stripe {
-    pub config: StripeConfig,
-    http: reqwest::Client,
-}
-
-impl Stripe {
-    pub fn new(config: StripeConfig) -> Result<Self, BillingSetupError> {
-        let url = url::Url::parse(&config.api_url)
-            .map_err(|_| BillingSetupError::Insecure(config.api_url.clone()))?;
-        let local = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-        if url.scheme() != "https" && !(url.scheme() == "http" && local) {
-            return Err(BillingSetupError::Insecure(config.api_url.clone()));
-        }
-        if config.secret_key.expose_secret().is_empty() {
-            return Err(BillingSetupError::Missing(
-                "PORTSHIFT_STRIPE_SECRET_KEY (the secret API key)",
-            ));
-        }
-        if config.webhook_secret.expose_secret().is_empty() {
-            return Err(BillingSetupError::Missing(
-                "PORTSHIFT_STRIPE_WEBHOOK_SECRET (the webhook endpoint's signing secret)",
-            ));
-        }
-        if config.prices.team.is_none() && config.prices.enterprise.is_none() {
-            return Err(BillingSetupError::Missing(
-                "--stripe-price-team or --stripe-price-enterprise",
-            ));
-        }
-        if config.public_url.is_empty() {
-            return Err(BillingSetupError::Missing(
-                "--public-url (Stripe sends the browser back there)",
-            ));
-        }
-        // The shared builder: TLS validation always on, the operator's extra CA if any;
-        // no redirects to follow.
-        let http = pipeline::http_client::client_builder(
-            pipeline::http_client::ca_file_from_env().as_deref(),
-        )?
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-        Ok(Self { config, http })
-    }
-
-    /// One form-encoded POST to Stripe; the JSON answer, or a message for the owner.
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Result<Value, Denied> {
-        let url = format!("{}{path}", self.config.api_url.trim_end_matches('/'));
-        let res = self
-            .http
-            .post(&url)
-            .basic_auth(self.config.secret_key.expose_secret(), Some(""))
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, path, "Stripe request failed");
-                Denied::Internal("Stripe could not be reached".into())
-            })?;
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            tracing::warn!(%status, path, error = %body["error"], "Stripe refused a request");
-            return Err(Denied::Internal(format!(
-                "Stripe refused the request ({status})"
-            )));
-        }
-        Ok(body)
-    }
-
-    /// The organisation's Stripe customer, created on first use (with the owner's
-    /// address, for Stripe's receipts) and linked to the organisation.
-    async fn customer(&self, state: &Shared, c: &OrgCtx) -> Result<String, Denied> {
-        let billing = Billing::new(&state.store);
-        if let Some(a) = billing.account(&c.org.id).await? {
-            return Ok(a.customer_id);
-        }
-        let made = self
-            .post(
-                "/v1/customers",
-                &[
-                    ("email", &c.session.user.email),
-                    ("metadata[portshift_org]", &c.org.id),
-                ],
-            )
-            .await?;
-        let id = made["id"]
-            .as_str()
-            .ok_or_else(|| Denied::Internal("Stripe answered without a customer id".into()))?;
-        Ok(billing.link_customer(&c.org.id, id).await?)
-    }
-
-    fn settings_url(&self, org: &str) -> String {
-        format!(
-            "{}/orgs/{org}/settings",
-            self.config.public_url.trim_end_matches('/')
-        )
-    }
-
-    /// A Checkout session for `plan`; returns the URL of Stripe's payment page.
-    pub async fn checkout(&self, state: &Shared, c: &OrgCtx, plan: Plan) -> Result<String, Denied> {
-        let Some(price) = self.config.prices.price_of(plan) else {
-            return Err(Denied::Invalid(format!(
-                "Choose a paid plan this server sells: {}.",
-                self.plans_on_sale().join(" or ")
-            )));
-        };
-        let customer = self.customer(state, c).await?;
-        let back = self.settings_url(&c.org.id);
-        let success = format!("{back}?billing=done");
-        let cancel = format!("{back}?billing=cancelled");
-        let session = self
-            .post(
-                "/v1/checkout/sessions",
-                &[
-                    ("mode", "subscription"),
-                    ("customer", &customer),
-                    ("client_reference_id", &c.org.id),
-                    ("line_items[0][price]", price),
-                    ("line_items[0][quantity]", "1"),
-                    ("subscription_data[metadata][portshift_org]", &c.org.id),
-                    ("success_url", &success),
-                    ("cancel_url", &cancel),
-                ],
-            )
-            .await?;
-        stripe_url(&session)
-    }
-
-    /// A customer-portal session (change plan, cancel, invoices, card); returns its URL.
-    pub async fn portal(&self, state: &Shared, c: &OrgCtx) -> Result<String, Denied> {
-        let Some(account) = Billing::new(&state.store).account(&c.org.id).await? else {
-            return Err(Denied::Conflict(
-                "This organisation has no subscription yet: subscribe to a plan first.".into(),
-            ));
-        };
-        let back = self.settings_url(&c.org.id);
-        let session = self
-            .post(
-                "/v1/billing_portal/sessions",
-                &[("customer", &account.customer_id), ("return_url", &back)],
-            )
-            .await?;
-        stripe_url(&session)
-    }
-
-    /// Ends the organisation's subscription by deleting its Stripe customer (before the
-    /// organisation is deleted, so nobody keeps paying for it).
-    pub async fn forget(&self, state: &Shared, org_id: &str) -> Result<(), Denied> {
-        let Some(account) = Billing::new(&state.store).account(org_id).await? else {
-            return Ok(());
-        };
-        let url = format!(
-            "{}/v1/customers/{}",
-            self.config.api_url.trim_end_matches('/'),
-            account.customer_id
-        );
-        let res = self
-            .http
-            .delete(&url)
-            .basic_auth(self.config.secret_key.expose_secret(), Some(""))
-            .send()
-            .await
-            .map_err(|_| {
-                Denied::Internal("Stripe could not be reached to end the subscription".into())
-            })?;
-        if !res.status().is_success() && res.status() != StatusCode::NOT_FOUND {
-            return Err(Denied::Internal(format!(
-                "Stripe refused to end the subscription ({})",
-                res.status()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Where the billing forms' redirects lead (for the settings page's CSP
-    /// `form-action`): Stripe's Checkout and portal hosts, or the local Stripe's origin.
-    pub fn form_targets(&self) -> String {
-        match url::Url::parse(&self.config.api_url) {
-            Ok(u) if u.host_str() == Some("api.stripe.com") => {
-                "https://checkout.stripe.com https://billing.stripe.com".into()
-            }
-            Ok(u) => u.origin().ascii_serialization(),
-            Err(_) => String::new(),
-        }
-    }
-
-    pub fn plans_on_sale(&self) -> Vec<&'static str> {
-        Plan::PAID
-            .into_iter()
-            .filter(|p| self.config.prices.price_of(*p).is_some())
-            .map(Plan::as_str)
-            .collect()
-    }
-}
-
-/// Only Stripe's own pages are redirect targets: the URL comes from Stripe's answer.
-fn stripe_url(session: &Value) -> Result<String, Denied> {
-    session["url"]
-        .as_str()
-        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-        .map(str::to_string)
-        .ok_or_else(|| Denied::Internal("Stripe answered without a page URL".into()))
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/orgs/{org}/settings/billing/checkout", post(checkout_post))
+        .route("/orgs/{org}/settings/billing/portal", post(portal_post))
 }
 
 fn stripe_of(state: &Shared) -> Result<&Stripe, Denied> {
@@ -313,9 +90,11 @@ fn paid_plan(plan: &str) -> Result<Plan, Denied> {
 
 /// Page form: `POST /orgs/{org}/settings/billing/checkout` → 303 to Stripe Checkout.
 pub async fn web_checkout(state: &Shared, c: &OrgCtx, f: &PlanChoice) -> Result<Response, Denied> {
-    crate::ctx::check_csrf(&c.session, f.csrf.as_deref())?;
+    ctx::check_csrf(&c.session, f.csrf.as_deref())?;
     let plan = paid_plan(&f.plan)?;
-    let url = stripe_of(state)?.checkout(state, c, plan).await?;
+    let url = stripe_of(state)?
+        .checkout(&state.store, &c.org.id, &c.session.user.email, plan)
+        .await?;
     audit_opened(state, c, &format!("checkout for the {plan} plan")).await?;
     Ok(Redirect::to(&url).into_response())
 }
@@ -326,8 +105,8 @@ pub async fn web_portal(
     c: &OrgCtx,
     csrf: Option<&str>,
 ) -> Result<Response, Denied> {
-    crate::ctx::check_csrf(&c.session, csrf)?;
-    let url = stripe_of(state)?.portal(state, c).await?;
+    ctx::check_csrf(&c.session, csrf)?;
+    let url = stripe_of(state)?.portal(&state.store, &c.org.id).await?;
     audit_opened(state, c, "the customer portal").await?;
     Ok(Redirect::to(&url).into_response())
 }
@@ -335,14 +114,16 @@ pub async fn web_portal(
 /// API: `POST /api/v1/orgs/{org}/billing/checkout {"plan"}` → `{"url"}`.
 pub async fn api_checkout(state: &Shared, c: &OrgCtx, plan: &str) -> Result<Response, Denied> {
     let plan = paid_plan(plan)?;
-    let url = stripe_of(state)?.checkout(state, c, plan).await?;
+    let url = stripe_of(state)?
+        .checkout(&state.store, &c.org.id, &c.session.user.email, plan)
+        .await?;
     audit_opened(state, c, &format!("checkout for the {plan} plan")).await?;
     Ok(Json(json!({"url": url})).into_response())
 }
 
 /// API: `POST /api/v1/orgs/{org}/billing/portal` → `{"url"}`.
 pub async fn api_portal(state: &Shared, c: &OrgCtx) -> Result<Response, Denied> {
-    let url = stripe_of(state)?.portal(state, c).await?;
+    let url = stripe_of(state)?.portal(&state.store, &c.org.id).await?;
     audit_opened(state, c, "the customer portal").await?;
     Ok(Json(json!({"url": url})).into_response())
 }
@@ -417,4 +198,166 @@ pub async fn webhook(State(state): State<Shared>, headers: HeaderMap, body: Byte
                 .into_response()
         }
     }
+}
+
+// --- the billing card of the settings page ----------------------------------------------
+
+/// What the billing card shows: the plan's limits, this month's use, what is on sale.
+#[derive(Clone, Debug, Default)]
+pub struct BillingFacts {
+    pub schedules: Option<u64>,
+    pub exports_per_month: Option<u64>,
+    pub exports_this_month: u64,
+    pub subscription_status: Option<String>,
+    /// Paid plans this server sells (empty: the operator set up no Stripe billing).
+    pub on_sale: Vec<&'static str>,
+    /// The organisation has a Stripe customer (the portal can open).
+    pub has_customer: bool,
+}
+
+fn limit(n: Option<u64>) -> String {
+    n.map(|n| n.to_string())
+        .unwrap_or_else(|| "unlimited".into())
+}
+
+/// The billing card: every role on the settings page sees the plan; only owners get the
+/// buttons, which lead to Stripe's own pages. No card field is ours.
+pub(crate) fn billing_card(
+    base: &str,
+    csrf: &str,
+    org: &Organisation,
+    role: Role,
+    b: &BillingFacts,
+) -> impl IntoView + use<> {
+    let owner = role == Role::Owner;
+    let plan = org.billing_plan.clone();
+    let status = b
+        .subscription_status
+        .clone()
+        .map(|s| format!(" (Stripe subscription: {s})"))
+        .unwrap_or_default();
+    let terms = format!(
+        "Schedules: {}. Exports a month: {} (used this month: {}).",
+        limit(b.schedules),
+        limit(b.exports_per_month),
+        b.exports_this_month
+    );
+    let buttons = (owner && !b.on_sale.is_empty()).then(|| {
+        let options = b
+            .on_sale
+            .iter()
+            .map(|p| view! { <option value=p.to_string()>{p.to_string()}</option> })
+            .collect::<Vec<_>>();
+        let portal = b.has_customer.then(|| view! {
+            <form method="post" action=format!("{base}/settings/billing/portal") id="billing-portal">
+                <input type="hidden" name="csrf" value=csrf.to_string()/>
+                <button type="submit">"Change plan, cancel or see invoices (Stripe)"</button>
+            </form>
+        });
+        view! {
+            <form method="post" action=format!("{base}/settings/billing/checkout") id="billing-checkout">
+                <input type="hidden" name="csrf" value=csrf.to_string()/>
+                <select name="plan">{options}</select>
+                <button type="submit">"Subscribe with Stripe"</button>
+            </form>
+            {portal}
+            <p class="muted">"Payment happens on Stripe's pages; portshift never sees your card. The plan changes when Stripe confirms it."</p>
+        }
+    });
+    let note = (!owner).then(|| view! { <p class="muted">"Only owners can change the plan."</p> });
+    let none_on_sale = (owner && b.on_sale.is_empty())
+        .then(|| view! { <p class="muted">"This server sells no plans (its operator has not set up Stripe billing)."</p> });
+    view! {
+        <div class="card" id="billing">
+            <h2>"Billing"</h2>
+            <p id="billing-plan">"Plan: " <strong>{plan}</strong>{status}</p>
+            <p id="billing-limits">{terms}</p>
+            {note}
+            {none_on_sale}
+            {buttons}
+        </div>
+    }
+}
+
+/// The billing card's facts for an organisation (what `summary` says, typed).
+pub(crate) async fn card_facts(state: &Shared, org: &Organisation) -> Result<BillingFacts, Denied> {
+    let b = summary(state, &org.id, &org.billing_plan).await?;
+    Ok(BillingFacts {
+        schedules: b["limits"]["schedules"].as_u64(),
+        exports_per_month: b["limits"]["exports_per_month"].as_u64(),
+        exports_this_month: b["usage"]["exports"].as_u64().unwrap_or(0),
+        subscription_status: b["subscription_status"].as_str().map(str::to_string),
+        on_sale: state
+            .stripe
+            .as_deref()
+            .map(Stripe::plans_on_sale)
+            .unwrap_or_default(),
+        has_customer: b["has_customer"].as_bool().unwrap_or(false),
+    })
+}
+
+// --- handlers ----------------------------------------------------------------------------
+
+/// Owners only: on to Stripe Checkout for a paid plan. The plan changes when Stripe's
+/// signed webhook says the subscription is active, never here.
+async fn checkout_post(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Form(f): Form<PlanChoice>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageBilling);
+    match web_checkout(&state, &c, &f).await {
+        Ok(r) => r,
+        Err(d) => refuse(d, Some(c.nav())),
+    }
+}
+
+/// Owners only: on to Stripe's customer portal (change plan, cancel, invoices).
+async fn portal_post(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let c = org_ctx!(state, headers, org, Action::ManageBilling);
+    match web_portal(&state, &c, f.csrf.as_deref()).await {
+        Ok(r) => r,
+        Err(d) => refuse(d, Some(c.nav())),
+    }
+}
+
+pub(crate) async fn api_billing(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    let c = ctx::org_api(&state, &headers, &org, Action::ViewBilling, false).await?;
+    Ok(Json(summary(&state, &c.org.id, &c.org.billing_plan).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct CheckoutBody {
+    #[serde(default)]
+    plan: String,
+}
+
+pub(crate) async fn api_billing_checkout(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let c = ctx::org_api(&state, &headers, &org, Action::ManageBilling, true).await?;
+    let b: CheckoutBody = body(&raw)?;
+    Ok(api_checkout(&state, &c, &b.plan).await?)
+}
+
+pub(crate) async fn api_billing_portal(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    let c = ctx::org_api(&state, &headers, &org, Action::ManageBilling, true).await?;
+    Ok(api_portal(&state, &c).await?)
 }

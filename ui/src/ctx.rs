@@ -1,44 +1,17 @@
-//! Who is asking and what they may touch: the session behind a request's cookie and, for
-//! organisation routes, the caller's role checked against the permission table. Pages
-//! and the JSON API share this and differ only in how they say no.
+//! Who is asking and what they may touch, above the shared state and below every area:
+//! the session behind a request's cookie and, for organisation routes, the caller's role
+//! checked against the permission table. Pages and the JSON API share this and differ
+//! only in how they say no: pages through the `org_ctx!` and `csrf!` macros (an error
+//! page), the API through `org_api` (a JSON error).
 
 use axum::http::HeaderMap;
 use pipeline::accounts::{Organisation, Role, Session};
 
-use crate::app::AppState;
 use crate::auth;
+use crate::layout::Nav;
+use crate::respond::{Denied, csrf_header};
 use crate::roles::{Action, allows};
-
-/// Why a request is refused.
-#[derive(Debug)]
-pub enum Denied {
-    /// No valid session: sign in.
-    SignIn,
-    /// No such organisation or job, or the caller is not a member (not told apart, so
-    /// outsiders learn nothing).
-    NotFound(String),
-    /// A member whose role does not allow the action.
-    Forbidden(String),
-    /// The form or request lacks a valid CSRF token.
-    Csrf,
-    /// A rate limit: retry after this many seconds.
-    RateLimited(u64),
-    /// The request itself is wrong; the message says how to fix it.
-    Invalid(String),
-    /// The request conflicts with the current state (e.g. removing the last owner).
-    Conflict(String),
-    Internal(String),
-}
-
-impl<E: std::fmt::Display> From<E> for Denied
-where
-    E: std::error::Error,
-{
-    fn from(e: E) -> Self {
-        tracing::error!("console: {e}");
-        Denied::Internal(e.to_string())
-    }
-}
+use crate::state::AppState;
 
 pub struct OrgCtx {
     pub session: Session,
@@ -47,6 +20,15 @@ pub struct OrgCtx {
 }
 
 impl OrgCtx {
+    /// The page header of this member in this organisation.
+    pub fn nav(&self) -> Nav {
+        Nav {
+            email: self.session.user.email.clone(),
+            csrf: self.session.csrf_token.clone(),
+            org: Some((self.org.id.clone(), self.org.name.clone(), self.role)),
+        }
+    }
+
     /// Records an action of this member in the organisation's audit trail. A failed write
     /// fails the request: an action the trail cannot show is reported, never hidden.
     pub async fn audit(&self, state: &AppState, action: &str, detail: &str) -> Result<(), Denied> {
@@ -189,3 +171,55 @@ pub async fn schedule_in_org(
         Err(e) => Err(e.into()),
     }
 }
+
+/// For the JSON API: the caller's organisation context for `action`; with `write`, the
+/// session's CSRF token must also come in the `X-CSRF-Token` header.
+pub async fn org_api(
+    state: &AppState,
+    headers: &HeaderMap,
+    org_id: &str,
+    action: Action,
+    write: bool,
+) -> Result<OrgCtx, Denied> {
+    let c = org(state, headers, org_id, action).await?;
+    if write {
+        check_csrf(&c.session, csrf_header(headers))?;
+    }
+    Ok(c)
+}
+
+/// For the JSON API's writes outside an organisation: the session, with its CSRF token
+/// in the `X-CSRF-Token` header.
+pub async fn session_api_write(state: &AppState, headers: &HeaderMap) -> Result<Session, Denied> {
+    let s = session(state, headers).await?;
+    check_csrf(&s, csrf_header(headers))?;
+    Ok(s)
+}
+
+/// In a page handler: the caller's [`OrgCtx`] for an action, or the refusal page
+/// returned from the handler.
+macro_rules! org_ctx {
+    ($state:expr, $headers:expr, $org:expr, $action:expr) => {
+        match $crate::ctx::org(&$state, &$headers, &$org, $action).await {
+            Ok(c) => c,
+            Err(d) => {
+                let nav = $crate::ctx::session(&$state, &$headers)
+                    .await
+                    .ok()
+                    .map(|s| $crate::layout::Nav::signed_in(&s));
+                return $crate::respond::refuse(d, nav);
+            }
+        }
+    };
+}
+pub(crate) use org_ctx;
+
+/// In a page handler: checks the form's CSRF token, or returns the refusal page.
+macro_rules! csrf {
+    ($c:expr, $token:expr) => {
+        if let Err(d) = $crate::ctx::check_csrf(&$c.session, $token) {
+            return $crate::respond::refuse(d, Some($c.nav()));
+        }
+    };
+}
+pub(crate) use csrf;

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::Shared;
+use crate::state::Shared;
 
 fn public_key_response(text: String) -> Response {
     (

@@ -1,20 +1,16 @@
-//! The console server: its shared state, the worker launcher (one `portshift worker`
-//! process per job, credentials over its standard input), the router with its security
-//! headers, rate limits and request counters, and `serve` (plain HTTP behind a proxy, or
-//! HTTPS itself with rustls).
+//! The console's shared state, below every area: `AppState` (the store, NATS, the worker
+//! launcher, limits, counters, the mailer and Stripe client, the operator's options) and
+//! the client's rate-limit key the router puts on each request; the worker launcher (one
+//! `portshift worker` process per job, credentials over its standard input); and the
+//! server's error type.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
-use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
 use pipeline::JobId;
 use pipeline::accounts::Accounts;
 use pipeline::store::JobStore;
@@ -51,7 +47,7 @@ pub enum UiError {
     #[error(transparent)]
     Mail(#[from] crate::mail::MailError),
     #[error(transparent)]
-    Billing(#[from] crate::billing::BillingSetupError),
+    Billing(#[from] crate::stripe::BillingSetupError),
 }
 
 pub use pipeline::worker_process::LaunchError;
@@ -281,7 +277,7 @@ pub struct AppState {
     pub mail: Option<Arc<crate::mail::Mailer>>,
     /// The operator's Stripe billing; without it no plan is on sale and every
     /// organisation stays on the trial.
-    pub stripe: Option<Arc<crate::billing::Stripe>>,
+    pub stripe: Option<Arc<crate::stripe::Stripe>>,
     /// What this server's supervisor did (for `/metrics`).
     pub supervisor: Arc<pipeline::leases::SupervisorCounters>,
 }
@@ -341,295 +337,9 @@ impl AppState {
     }
 }
 
-/// The client address: the socket peer, or with `trust_proxy` the last address the
-/// proxy appended to X-Forwarded-For. Used only to derive the salted rate-limit key.
-pub fn client_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
-    if state.trust_proxy
-        && let Some(ip) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
-    }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
 /// The client's rate-limit key, stored by the outer middleware for handlers.
 #[derive(Clone)]
 pub struct ClientKey(pub String);
-
-async fn security_headers(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
-    state.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let key = crate::auth::client_key(&state.ip_salt, client_ip(&state, &req));
-    req.extensions_mut().insert(ClientKey(key));
-    // The settings page's billing forms send the browser on to Stripe's own pages: the
-    // page may submit forms there, and nowhere else.
-    let to_stripe = req.uri().path().contains("/settings") && state.stripe.is_some();
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
-    let set = |h: &mut axum::http::HeaderMap, k: &'static str, v: &'static str| {
-        h.insert(k, HeaderValue::from_static(v));
-    };
-    let csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-    match state.stripe.as_deref().filter(|_| to_stripe) {
-        Some(stripe) => {
-            let with = csp.replace(
-                "form-action 'self'",
-                &format!("form-action 'self' {}", stripe.form_targets()),
-            );
-            match HeaderValue::from_str(&with) {
-                Ok(v) => {
-                    h.insert("content-security-policy", v);
-                }
-                Err(_) => set(h, "content-security-policy", csp),
-            }
-        }
-        None => set(h, "content-security-policy", csp),
-    }
-    set(h, "x-content-type-options", "nosniff");
-    set(h, "x-frame-options", "DENY");
-    set(h, "referrer-policy", "no-referrer");
-    set(h, "cross-origin-opener-policy", "same-origin");
-    if !h.contains_key(header::CACHE_CONTROL) {
-        set(h, "cache-control", "no-store");
-    }
-    if state.tls {
-        set(
-            h,
-            "strict-transport-security",
-            "max-age=63072000; includeSubDomains",
-        );
-    }
-    res
-}
-
-/// The whole console: pages, the JSON API, static files, health and metrics.
-pub fn router(state: Shared) -> Router {
-    Router::new()
-        .merge(crate::web::routes())
-        .merge(crate::account::routes())
-        .merge(crate::api::routes(state.clone()))
-        .route(
-            pipeline::signing::PUBLIC_KEY_PATH,
-            axum::routing::get(crate::ops::signing_key),
-        )
-        .route(
-            pipeline::signing::PUBLIC_KEYS_DIR,
-            axum::routing::get(crate::ops::signing_keys),
-        )
-        .route(
-            "/.well-known/portshift-signing-keys/{file}",
-            axum::routing::get(crate::ops::signing_key_by_id),
-        )
-        .route(
-            "/webhooks/stripe",
-            axum::routing::post(crate::billing::webhook),
-        )
-        .route("/healthz", axum::routing::get(crate::ops::healthz))
-        .route("/metrics", axum::routing::get(crate::ops::metrics))
-        .route("/static/live.js", axum::routing::get(crate::ops::live_js))
-        .route("/static/app.css", axum::routing::get(crate::ops::app_css))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            security_headers,
-        ))
-        .with_state(state)
-}
-
-/// How `portshift serve` runs.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub nats_url: Option<String>,
-    pub database_url: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub trust_proxy: bool,
-    /// What the operator opened for tenants (`--allow-origin`, `--allow-file-root`).
-    pub tenant_allowances: pipeline::tenancy::Allowances,
-    /// The `portshift` binary to run workers with (normally the running executable).
-    pub worker_exe: PathBuf,
-    /// The operator's manifest signing key, handed to each worker over its stdin.
-    pub signing_key: Option<pipeline::signing::SigningKeyMaterial>,
-    /// Public keys of retired signing keys, still published by key id.
-    pub retired_public_keys: Vec<pipeline::signing::PublicKey>,
-    /// Extra arguments for every `portshift worker` (operator options such as the
-    /// Chorus request budget; never a secret: command lines are visible to the machine).
-    pub worker_args: Vec<String>,
-    /// Retention periods and the purge loop's interval and batch size.
-    pub retention: pipeline::retention::RetentionOptions,
-    /// Live workers one organisation may have at once (see [`Limits::workers_per_org`]).
-    pub max_workers_per_org: u64,
-    /// Outgoing e-mail (sign-up links, invitations, password reset).
-    pub mail: Option<crate::mail::MailConfig>,
-    /// Stripe billing (owners subscribe through Stripe's hosted pages).
-    pub stripe: Option<crate::billing::StripeConfig>,
-    /// How often the supervisor looks for abandoned jobs; `None`: no supervisor here.
-    pub supervise: Option<std::time::Duration>,
-    /// Workers' lease duration (how stale an abandoned job's heartbeat must be).
-    pub lease: std::time::Duration,
-}
-
-/// Runs the console until Ctrl-C.
-pub async fn serve(o: ServeOptions) -> Result<(), UiError> {
-    std::fs::create_dir_all(&o.data_dir).map_err(|source| {
-        UiError::Services(pipeline::config::ServicesError::DataDir {
-            dir: o.data_dir.display().to_string(),
-            source,
-        })
-    })?;
-    let database_url = o.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}",
-            o.data_dir.join("portshift.sqlite3").display()
-        )
-    });
-    let mailer = match &o.mail {
-        Some(c) => Some(Arc::new(crate::mail::Mailer::new(c)?)),
-        None => {
-            eprintln!(
-                "warning: no --smtp-url: nobody can sign up, because nothing could prove their e-mail address"
-            );
-            None
-        }
-    };
-    let stripe = match &o.stripe {
-        Some(c) => Some(Arc::new(crate::billing::Stripe::new(c.clone())?)),
-        None => None,
-    };
-    // Without --nats-url: the data folder's one nats-server, shared with any other
-    // portshift process on the folder (started here if none runs).
-    let services =
-        pipeline::config::Services::start(&o.data_dir, o.nats_url.as_deref(), Some(&database_url))
-            .await?;
-    let nats_url = services.nats_url().to_string();
-    let mut launcher = ProcessLauncher::new(
-        o.worker_exe.clone(),
-        nats_url,
-        database_url,
-        o.data_dir.clone(),
-    );
-    let purger = pipeline::retention::Purger::new(
-        services.store.clone(),
-        Some(services.js.clone()),
-        Some(o.data_dir.join("logs")),
-        o.retention.clone(),
-    );
-    let current = match &o.signing_key {
-        Some(m) => Some(pipeline::signing::PublicKey::parse(
-            &pipeline::signing::SigningKey::from_material(m)?.public_key_file(),
-        )?),
-        None => None,
-    };
-    launcher.signing_key = o.signing_key.clone();
-    launcher
-        .command
-        .extra_args
-        .extend(o.worker_args.iter().cloned());
-    let launcher = Arc::new(launcher);
-    let mut state = AppState::new(
-        services.store.clone(),
-        services.js.clone(),
-        launcher.clone(),
-    )
-    .await?;
-    if let Some(s) = Arc::get_mut(&mut state) {
-        s.tls = o.tls_cert.is_some();
-        s.trust_proxy = o.trust_proxy;
-        s.signing_keys = SigningKeys {
-            current,
-            retired: o.retired_public_keys.clone(),
-        };
-        s.tenant_allowances = o.tenant_allowances.clone();
-        s.retention = o.retention.clone();
-        s.purge = purger.counters.clone();
-        s.limits.workers_per_org = o.max_workers_per_org.max(1);
-        s.mail = mailer;
-        s.stripe = stripe;
-    }
-    let (stop_purge, purge_stopped) = tokio::sync::watch::channel(false);
-    // The supervisor: one-shot jobs whose workers all died wait for `portshift resume`
-    // (or Retry) instead of looking "running" forever. Schedule runs are the
-    // scheduler's, which resolves their references again.
-    let supervisor = o.supervise.map(|every| {
-        tokio::spawn(
-            pipeline::leases::Supervisor {
-                store: services.store.clone(),
-                lease: o.lease,
-                every,
-                counters: state.supervisor.clone(),
-            }
-            .run(purge_stopped.clone()),
-        )
-    });
-    let purge_loop = tokio::spawn(purger.run(purge_stopped));
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // SIGTERM (systemd, Docker, Kubernetes) stops the console like Ctrl-C does.
-    let shutdown = async {
-        let signal = pipeline::shutdown::signal().await;
-        eprintln!("stopping ({signal:?}): finishing requests, stopping this server's workers");
-    };
-    match (&o.tls_cert, &o.tls_key) {
-        (Some(cert), Some(key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|source| UiError::Tls {
-                    cert: cert.display().to_string(),
-                    key: key.display().to_string(),
-                    source,
-                })?;
-            let listener =
-                std::net::TcpListener::bind(o.listen).map_err(|source| UiError::Bind {
-                    addr: o.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(UiError::Serve)?;
-            eprintln!("portshift console listening on https://{addr}");
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-            });
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(UiError::Serve)?;
-        }
-        _ => {
-            let listener = tokio::net::TcpListener::bind(o.listen)
-                .await
-                .map_err(|source| UiError::Bind {
-                    addr: o.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().map_err(UiError::Serve)?;
-            eprintln!("portshift console listening on http://{addr}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(UiError::Serve)?;
-        }
-    }
-    // Workers use the embedded nats-server: they stop (finishing or nakking what they
-    // hold) before it may stop.
-    launcher.stop_all(std::time::Duration::from_secs(60)).await;
-    let _ = stop_purge.send(true);
-    let _ = purge_loop.await;
-    if let Some(task) = supervisor {
-        let _ = task.await;
-    }
-    services.stop().await;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,12 @@
-//! The pages of a person's own account: "check your inbox" after sign-up, confirming
-//! the e-mail address, resetting a forgotten password, the account page (change the
-//! password, download one's data, delete the account) and the invitations panel of the
-//! organisations page. Rendered like every page, by Leptos on the server.
+//! The pages of signing in and of a person's own account: sign-in, sign-up, "check your
+//! inbox" after sign-up, confirming the e-mail address, resetting a forgotten password,
+//! the account page (change the password, download one's data, delete the account) and
+//! the invitations panel of the organisations page.
 
 use leptos::prelude::*;
 use pipeline::accounts::MyInvitation;
 
-use crate::pages::{Errors, Nav, document, field_error};
+use crate::layout::{Errors, Nav, document, field_error};
 
 /// What the organisations page shows about invitations: nothing until the address is
 /// confirmed (an unconfirmed account must not learn who invited the address).
@@ -177,6 +177,48 @@ pub fn account(nav: Nav, errors: &Errors, notice: Option<String>) -> String {
                 {field_error(errors, "password")}
                 <button class="danger" type="submit" id="delete-account">"Delete my account"</button>
             </form>
+        },
+    )
+}
+
+pub fn sign_in(pre: &str, email: &str, error: Option<String>, notice: Option<String>) -> String {
+    document(
+        "Sign in".into(),
+        None,
+        view! {
+            <div class="card">
+                <h1>"Sign in to portshift"</h1>
+                {notice.map(|n| view! { <p class="notice">{n}</p> })}
+                {error.map(|e| view! { <p class="notice bad" id="error">{e}</p> })}
+                <form class="stack" method="post" action="/signin">
+                    <input type="hidden" name="csrf" value=pre.to_string()/>
+                    <label>"E-mail" <input type="email" name="email" value=email.to_string() required=true autocomplete="username"/></label>
+                    <label>"Password" <input type="password" name="password" required=true autocomplete="current-password"/></label>
+                    <button class="primary" type="submit" id="signin">"Sign in"</button>
+                </form>
+                <p class="muted">"No account yet? " <a href="/signup">"Sign up"</a>" · " <a href="/reset-password" id="forgot">"Forgot your password?"</a></p>
+            </div>
+        },
+    )
+}
+
+pub fn sign_up(pre: &str, email: &str, errors: &Errors) -> String {
+    document(
+        "Sign up".into(),
+        None,
+        view! {
+            <div class="card">
+                <h1>"Create your portshift account"</h1>
+                <form class="stack" method="post" action="/signup">
+                    <input type="hidden" name="csrf" value=pre.to_string()/>
+                    <label>"E-mail" <input type="email" name="email" value=email.to_string() required=true autocomplete="username"/></label>
+                    {field_error(errors, "email")}
+                    <label>"Password (at least 12 characters)" <input type="password" name="password" required=true autocomplete="new-password"/></label>
+                    {field_error(errors, "password")}
+                    <button class="primary" type="submit" id="signup">"Create account"</button>
+                </form>
+                <p class="muted">"Already have an account? " <a href="/signin">"Sign in"</a></p>
+            </div>
         },
     )
 }

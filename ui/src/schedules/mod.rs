@@ -7,6 +7,12 @@
 //! found" and never acted on. Schedules are created here (API) or with `portshift
 //! schedule create`; they hold credential references only (a pasted secret is refused
 //! without being echoed), and nothing here shows those references back.
+//!
+//! Its page is `pages`, its HTML handlers `web`, its JSON handlers `api`.
+
+pub(crate) mod api;
+pub mod pages;
+pub(crate) mod web;
 
 use chrono::{DateTime, Utc};
 use pipeline::schedules::{
@@ -17,10 +23,11 @@ use pipeline::{ExportKinds, Trust, TrustLevel};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
-use crate::ctx::{self, Denied, OrgCtx};
+use crate::ctx::{self, OrgCtx};
 use crate::exports;
-use crate::pages::Errors;
+use crate::layout::Errors;
+use crate::respond::Denied;
+use crate::state::AppState;
 
 /// How many of a schedule's runs the page and the API show, newest first.
 pub const RECENT_RUNS: i64 = 10;
@@ -440,7 +447,7 @@ pub fn validate(f: &NewSchedule, trust: &Trust) -> Result<ValidSchedule, Errors>
 /// Stores a checked schedule for the caller's organisation and records it in the audit
 /// trail.
 pub async fn create(state: &AppState, c: &OrgCtx, v: ValidSchedule) -> Result<Schedule, Denied> {
-    crate::exports::start_work_allowed(state, c).await?;
+    exports::start_work_allowed(state, c).await?;
     if let Err(limit) = pipeline::billing::Billing::new(&state.store)
         .may_add_schedule(&c.org.id)
         .await?

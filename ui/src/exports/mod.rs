@@ -2,6 +2,14 @@
 //! live only in this request's memory: they are written as one JSON document to the new
 //! worker process's standard input and zeroed; the job record gets the spec (destination
 //! *location* only), the audit trail gets who and what, never a secret.
+//!
+//! With the job history and the live job page, this is the exports and jobs area: its
+//! pages are `pages`, its HTML handlers (and the live page's event stream) `web`, its
+//! JSON handlers `api`; the forms, their validation and the actions are here.
+
+pub(crate) mod api;
+pub mod pages;
+pub(crate) mod web;
 
 use std::collections::BTreeMap;
 
@@ -14,9 +22,11 @@ use pipeline::{ExportKinds, JobId, JobSpec, JobStatus, Trust};
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::app::AppState;
-use crate::ctx::{Denied, OrgCtx};
-use crate::pages::{Errors, ExportValues};
+use crate::ctx::OrgCtx;
+use crate::layout::Errors;
+use crate::respond::Denied;
+use crate::state::AppState;
+use pages::{ExportValues, HistoryPage};
 
 /// A checkbox (`"true"`/`"on"` from a form) or a JSON boolean.
 pub(crate) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -420,17 +430,11 @@ fn zero_value(v: &mut serde_json::Value) {
     }
 }
 
-/// The rate-limit key of one user's work-starting requests (a salted hash of their id;
-/// deleted with the account).
-pub(crate) fn user_rate_key(salt: &str, user_id: &str) -> String {
-    crate::auth::sha256_hex(format!("{salt}|user|{user_id}").as_bytes())
-}
-
 /// Counts a request that starts work against the user's limit (on top of the per-client
 /// API limit: one user can come from many addresses).
 pub async fn start_work_allowed(state: &AppState, ctx: &OrgCtx) -> Result<(), Denied> {
     let (limit, window) = state.limits.start_work;
-    let key = user_rate_key(&state.ip_salt, &ctx.session.user.id);
+    let key = crate::auth::user_rate_key(&state.ip_salt, &ctx.session.user.id);
     match state
         .accounts
         .hit(&key, "start_work", window, limit)
@@ -617,6 +621,56 @@ pub async fn retry(
     )
     .await?;
     Ok(letters.len())
+}
+
+/// The job history's query: page number and status filter (pages and API alike).
+#[derive(Deserialize, Default)]
+pub(crate) struct HistoryQuery {
+    #[serde(default)]
+    pub page: Option<i64>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+pub(crate) const PER_PAGE: i64 = 50;
+
+pub(crate) async fn history_page(
+    state: &AppState,
+    org: &str,
+    q: &HistoryQuery,
+) -> Result<HistoryPage, Denied> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(s.parse::<JobStatus>().map_err(|_| {
+            Denied::Invalid(format!(
+                "unknown status {s:?}: use running, needs_credentials, finished, finished_with_failures, failed or cancelled"
+            ))
+        })?),
+    };
+    let page = q.page.unwrap_or(1).max(1);
+    let (jobs, total) = state
+        .accounts
+        .job_history(org, status, (page - 1) * PER_PAGE, PER_PAGE)
+        .await?;
+    Ok(HistoryPage {
+        jobs,
+        total,
+        page,
+        per_page: PER_PAGE,
+        status: status.map(|s| s.as_str().to_string()),
+    })
+}
+
+/// What the job page and `GET .../jobs/{job}` show: the job's live view, with the public
+/// key that verifies its manifest signature.
+pub(crate) async fn job_view(
+    state: &AppState,
+    job: &JobId,
+) -> Result<crate::live::JobView, Denied> {
+    let record = state.store.job(job).await?;
+    let mut view = crate::live::job_view(&state.store, &state.js, &state.stats, &record).await?;
+    view.signing_public_key = state.signing_keys.current.as_ref().map(|k| k.file());
+    Ok(view)
 }
 
 #[cfg(test)]

@@ -1,0 +1,282 @@
+//! The sign-in and account area's JSON handlers: sign-in, who am I, sign-up, e-mail
+//! confirmation, password reset and change, the data download, account deletion, and
+//! invitations.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    accept, authenticate, decline, delete_account, request_reset, reset, send_verification,
+    sign_in_allowed, verify,
+};
+use crate::auth;
+use crate::ctx;
+use crate::respond::{ApiResult, Denied, api_error, body, invalid, with_cookie};
+use crate::state::{ClientKey, Shared};
+
+/// The e-mail and password of sign-in and sign-up. The password is zeroed on drop.
+#[derive(Deserialize)]
+struct EmailPassword {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+impl Drop for EmailPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+pub(crate) async fn sign_in(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    raw: Bytes,
+) -> ApiResult {
+    sign_in_allowed(&state, &key).await?;
+    let b: EmailPassword = body(&raw)?;
+    match authenticate(&state, &b.email, &b.password).await? {
+        Some((user, token, csrf)) => {
+            let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf}))
+                .into_response();
+            Ok(with_cookie(r, Some(auth::session_cookie(&token))))
+        }
+        None => Ok(api_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Wrong e-mail address or password: check both and try again.",
+        )),
+    }
+}
+
+pub(crate) async fn me(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
+    let s = ctx::session(&state, &headers).await?;
+    let orgs = state
+        .accounts
+        .orgs_of(&s.user.id)
+        .await
+        .map_err(Denied::from)?;
+    Ok(Json(json!({
+        "user": {"id": s.user.id, "email": s.user.email},
+        "email_verified": s.email_verified,
+        "csrf_token": s.csrf_token,
+        "organisations": orgs.iter().map(|(o, r)| json!({"id": o.id, "name": o.name, "role": r.as_str()})).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// The one answer of a valid sign-up, whether the address had an account or not.
+fn inbox_answer(email: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "email": email,
+            "status": "check_your_inbox",
+            "message": "We sent a mail to this address: open its link to confirm the address and finish signing up.",
+        })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn sign_up(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    raw: Bytes,
+) -> ApiResult {
+    sign_in_allowed(&state, &key).await?;
+    let b: EmailPassword = body(&raw)?;
+    match super::sign_up(&state, &b.email, &b.password).await? {
+        Ok(email) => Ok(inbox_answer(&email)),
+        Err(e) => Ok(invalid(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenPasswordBody {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    password: String,
+}
+
+impl Drop for TokenPasswordBody {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+pub(crate) async fn verify_email(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    raw: Bytes,
+) -> ApiResult {
+    sign_in_allowed(&state, &key).await?;
+    let b: TokenPasswordBody = body(&raw)?;
+    let (user, token, csrf) = verify(&state, &b.token, &b.password).await?;
+    let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf, "email_verified": true}))
+        .into_response();
+    Ok(with_cookie(r, Some(auth::session_cookie(&token))))
+}
+
+#[derive(Deserialize)]
+struct EmailBody {
+    #[serde(default)]
+    email: String,
+}
+
+pub(crate) async fn password_reset(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    raw: Bytes,
+) -> ApiResult {
+    sign_in_allowed(&state, &key).await?;
+    let b: EmailBody = body(&raw)?;
+    match request_reset(&state, &b.email).await? {
+        Ok(email) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "email": email,
+                "status": "check_your_inbox",
+                "message": "If this address has an account, we sent it a link to choose a new password.",
+            })),
+        )
+            .into_response()),
+        Err(e) => Ok(invalid(&e)),
+    }
+}
+
+pub(crate) async fn password_reset_confirm(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    raw: Bytes,
+) -> ApiResult {
+    sign_in_allowed(&state, &key).await?;
+    let b: TokenPasswordBody = body(&raw)?;
+    match reset(&state, &b.token, &b.password).await? {
+        Ok(()) => Ok(Json(json!({"password_reset": true, "sessions_ended": true})).into_response()),
+        Err(e) => Ok(invalid(&e)),
+    }
+}
+
+pub(crate) async fn my_data(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
+    let s = ctx::verified_session(&state, &headers).await?;
+    let v = state
+        .accounts
+        .personal_data(&s.user.id)
+        .await
+        .map_err(Denied::from)?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+impl Drop for PasswordBody {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.current_password);
+        zeroize::Zeroize::zeroize(&mut self.new_password);
+    }
+}
+
+pub(crate) async fn change_password(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    ctx::session_api_write(&state, &headers).await?;
+    let b: PasswordBody = body(&raw)?;
+    match super::change_password(&state, &headers, &b.current_password, &b.new_password).await? {
+        Ok(ended) => Ok(
+            Json(json!({"password_changed": true, "other_sessions_ended": ended})).into_response(),
+        ),
+        Err(e) => Ok(invalid(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordOnly {
+    #[serde(default)]
+    password: String,
+}
+
+impl Drop for PasswordOnly {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+pub(crate) async fn delete_me(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    ctx::session_api_write(&state, &headers).await?;
+    let b: PasswordOnly = body(&raw)?;
+    match delete_account(&state, &headers, &b.password).await? {
+        Ok(()) => {
+            let r = Json(json!({"deleted": true})).into_response();
+            Ok(with_cookie(r, Some(auth::clear_session_cookie())))
+        }
+        Err(e) => Ok(invalid(&e)),
+    }
+}
+
+pub(crate) async fn my_invitations(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
+    let s = ctx::verified_session(&state, &headers).await?;
+    let list = state
+        .accounts
+        .invitations_for(&s.user.email)
+        .await
+        .map_err(Denied::from)?;
+    Ok(Json(json!({
+        "invitations": list.iter().map(|i| json!({
+            "organisation": i.org_id, "name": i.org_name, "role": i.role.as_str(),
+            "invited_by": i.invited_by, "created_ms": i.created_ms,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+pub(crate) async fn accept_invitation(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    ctx::session_api_write(&state, &headers).await?;
+    let role = accept(&state, &headers, &org).await?;
+    Ok(Json(json!({"organisation": org, "role": role.as_str()})).into_response())
+}
+
+pub(crate) async fn decline_invitation(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+) -> ApiResult {
+    ctx::session_api_write(&state, &headers).await?;
+    let had = decline(&state, &headers, &org).await?;
+    Ok(Json(json!({"organisation": org, "declined": had})).into_response())
+}
+
+pub(crate) async fn resend_verification(
+    State(state): State<Shared>,
+    Extension(ClientKey(key)): Extension<ClientKey>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let s = ctx::session_api_write(&state, &headers).await?;
+    sign_in_allowed(&state, &key).await?;
+    if !s.email_verified {
+        send_verification(&state, &s.user).await?;
+    }
+    Ok(Json(json!({"email": s.user.email, "email_verified": s.email_verified, "link_sent": !s.email_verified})).into_response())
+}
