@@ -1,7 +1,13 @@
 //! The top of the console: the router that puts every area's pages and JSON handlers
-//! together (the API's from the route table in `roles`, rate limited per client) behind
-//! the security headers and request counters, and `serve` (plain HTTP behind a proxy, or
-//! HTTPS itself with rustls).
+//! together behind the security headers and request counters, and `serve` (plain HTTP
+//! behind a proxy, or HTTPS itself with rustls).
+//!
+//! The JSON API (`/api/v1/...`) does everything the pages do, behind the same session
+//! cookie (writes also need the session's CSRF token in `X-CSRF-Token`), rate limited per
+//! client, with errors of one stable shape: `{"error": {"code", "message", "fields"?}}`.
+//! Its routes, and the OpenAPI document, come from `roles::API_ROUTES`; each entry's
+//! handler is its area's. Every page form carries a CSRF token, and every handler checks
+//! the caller's role with `ctx::org` before it reads or changes anything.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
