@@ -7,32 +7,16 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    accept, authenticate, decline, delete_account, request_reset, reset, send_verification,
-    sign_in_allowed, verify,
+    Credentials, EmailOnly, PasswordChange, PasswordConfirm, TokenPassword, accept, authenticate,
+    decline, delete_account, request_reset, reset, send_verification, sign_in_allowed, verify,
 };
 use crate::auth;
 use crate::ctx;
 use crate::respond::{ApiResult, Denied, api_error, body, invalid, with_cookie};
 use crate::state::{ClientKey, Shared};
-
-/// The e-mail and password of sign-in and sign-up. The password is zeroed on drop.
-#[derive(Deserialize)]
-struct EmailPassword {
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for EmailPassword {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-    }
-}
 
 pub(crate) async fn sign_in(
     State(state): State<Shared>,
@@ -40,7 +24,7 @@ pub(crate) async fn sign_in(
     raw: Bytes,
 ) -> ApiResult {
     sign_in_allowed(&state, &key).await?;
-    let b: EmailPassword = body(&raw)?;
+    let b: Credentials = body(&raw)?;
     match authenticate(&state, &b.email, &b.password).await? {
         Some((user, token, csrf)) => {
             let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf}))
@@ -90,24 +74,10 @@ pub(crate) async fn sign_up(
     raw: Bytes,
 ) -> ApiResult {
     sign_in_allowed(&state, &key).await?;
-    let b: EmailPassword = body(&raw)?;
+    let b: Credentials = body(&raw)?;
     match super::sign_up(&state, &b.email, &b.password).await? {
         Ok(email) => Ok(inbox_answer(&email)),
         Err(e) => Ok(invalid(&e)),
-    }
-}
-
-#[derive(Deserialize)]
-struct TokenPasswordBody {
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for TokenPasswordBody {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
     }
 }
 
@@ -117,17 +87,11 @@ pub(crate) async fn verify_email(
     raw: Bytes,
 ) -> ApiResult {
     sign_in_allowed(&state, &key).await?;
-    let b: TokenPasswordBody = body(&raw)?;
+    let b: TokenPassword = body(&raw)?;
     let (user, token, csrf) = verify(&state, &b.token, &b.password).await?;
     let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf, "email_verified": true}))
         .into_response();
     Ok(with_cookie(r, Some(auth::session_cookie(&token))))
-}
-
-#[derive(Deserialize)]
-struct EmailBody {
-    #[serde(default)]
-    email: String,
 }
 
 pub(crate) async fn password_reset(
@@ -136,7 +100,7 @@ pub(crate) async fn password_reset(
     raw: Bytes,
 ) -> ApiResult {
     sign_in_allowed(&state, &key).await?;
-    let b: EmailBody = body(&raw)?;
+    let b: EmailOnly = body(&raw)?;
     match request_reset(&state, &b.email).await? {
         Ok(email) => Ok((
             StatusCode::ACCEPTED,
@@ -157,7 +121,7 @@ pub(crate) async fn password_reset_confirm(
     raw: Bytes,
 ) -> ApiResult {
     sign_in_allowed(&state, &key).await?;
-    let b: TokenPasswordBody = body(&raw)?;
+    let b: TokenPassword = body(&raw)?;
     match reset(&state, &b.token, &b.password).await? {
         Ok(()) => Ok(Json(json!({"password_reset": true, "sessions_ended": true})).into_response()),
         Err(e) => Ok(invalid(&e)),
@@ -174,45 +138,18 @@ pub(crate) async fn my_data(State(state): State<Shared>, headers: HeaderMap) -> 
     Ok(Json(v).into_response())
 }
 
-#[derive(Deserialize)]
-struct PasswordBody {
-    #[serde(default)]
-    current_password: String,
-    #[serde(default)]
-    new_password: String,
-}
-
-impl Drop for PasswordBody {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.current_password);
-        zeroize::Zeroize::zeroize(&mut self.new_password);
-    }
-}
-
 pub(crate) async fn change_password(
     State(state): State<Shared>,
     headers: HeaderMap,
     raw: Bytes,
 ) -> ApiResult {
     ctx::session_api_write(&state, &headers).await?;
-    let b: PasswordBody = body(&raw)?;
+    let b: PasswordChange = body(&raw)?;
     match super::change_password(&state, &headers, &b.current_password, &b.new_password).await? {
         Ok(ended) => Ok(
             Json(json!({"password_changed": true, "other_sessions_ended": ended})).into_response(),
         ),
         Err(e) => Ok(invalid(&e)),
-    }
-}
-
-#[derive(Deserialize)]
-struct PasswordOnly {
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for PasswordOnly {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
     }
 }
 
@@ -222,7 +159,7 @@ pub(crate) async fn delete_me(
     raw: Bytes,
 ) -> ApiResult {
     ctx::session_api_write(&state, &headers).await?;
-    let b: PasswordOnly = body(&raw)?;
+    let b: PasswordConfirm = body(&raw)?;
     match delete_account(&state, &headers, &b.password).await? {
         Ok(()) => {
             let r = Json(json!({"deleted": true})).into_response();

@@ -21,6 +21,8 @@ use std::sync::atomic::Ordering;
 
 use axum::http::HeaderMap;
 use pipeline::accounts::{AccountsError, RateDecision, Role, TokenPurpose, User};
+use serde::Deserialize;
+use zeroize::Zeroize;
 
 use crate::auth;
 use crate::ctx;
@@ -39,6 +41,86 @@ const BAD_LINK: &str = "This link is not valid: it was used already, it expired,
 
 fn in_ms(minutes: i64) -> i64 {
     chrono::Utc::now().timestamp_millis() + minutes * 60 * 1000
+}
+
+// --- the area's forms: one model each for the page form and the API body -----------------
+// A page form sends its CSRF token as `csrf`; the API sends it in a header and leaves
+// `csrf` out. Every password is zeroed on drop.
+
+/// Sign-in and sign-up: e-mail and password.
+#[derive(Deserialize)]
+pub(crate) struct Credentials {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+/// Confirming an address or setting a new password with a mailed link's token.
+#[derive(Deserialize)]
+pub(crate) struct TokenPassword {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+/// Asking for a password-reset link.
+#[derive(Deserialize)]
+pub(crate) struct EmailOnly {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub email: String,
+}
+
+/// Changing the password: the current one and the new one.
+#[derive(Deserialize)]
+pub(crate) struct PasswordChange {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub current_password: String,
+    #[serde(default)]
+    pub new_password: String,
+}
+
+/// Deleting the account: the password, to confirm.
+#[derive(Deserialize)]
+pub(crate) struct PasswordConfirm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
+}
+
+impl Drop for TokenPassword {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
+}
+
+impl Drop for PasswordChange {
+    fn drop(&mut self) {
+        self.current_password.zeroize();
+        self.new_password.zeroize();
+    }
+}
+
+impl Drop for PasswordConfirm {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
 }
 
 // --- the shared logic ------------------------------------------------------------------

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::pages;
+use super::{Credentials, EmailOnly, PasswordChange, PasswordConfirm, TokenPassword};
 use super::{
     accept, authenticate, change_password, decline, delete_account, request_reset, reset,
     send_verification, sign_in_allowed, verify,
@@ -109,22 +110,6 @@ async fn sign_in_form(headers: HeaderMap, Query(q): Query<Notice>) -> Response {
         .into_response(),
         set,
     )
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for Credentials {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-    }
 }
 
 async fn sign_in(
@@ -248,22 +233,6 @@ async fn verify_form(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Respons
     )
 }
 
-#[derive(Deserialize)]
-struct TokenPassword {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for TokenPassword {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-    }
-}
-
 async fn verify_post(
     State(state): State<Shared>,
     Extension(ClientKey(key)): Extension<ClientKey>,
@@ -328,14 +297,6 @@ async fn resend_post(
     Redirect::to("/orgs").into_response()
 }
 
-#[derive(Deserialize)]
-struct EmailForm {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    email: String,
-}
-
 async fn reset_form(headers: HeaderMap) -> Response {
     let (pre, set) = pre_token(&headers);
     with_cookie(
@@ -348,7 +309,7 @@ async fn reset_post(
     State(state): State<Shared>,
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
-    Form(f): Form<EmailForm>,
+    Form(f): Form<EmailOnly>,
 ) -> Response {
     let (pre, set) = pre_token(&headers);
     let expired = || pages::reset_request(&pre, &f.email, &expired_error("email"), false);
@@ -410,27 +371,10 @@ async fn account_page(State(state): State<Shared>, headers: HeaderMap) -> Respon
     }
 }
 
-#[derive(Deserialize)]
-struct PasswordForm {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    current_password: String,
-    #[serde(default)]
-    new_password: String,
-}
-
-impl Drop for PasswordForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.current_password);
-        zeroize::Zeroize::zeroize(&mut self.new_password);
-    }
-}
-
 async fn password_post(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Form(f): Form<PasswordForm>,
+    Form(f): Form<PasswordChange>,
 ) -> Response {
     let s = match ctx::session(&state, &headers).await {
         Ok(s) => s,
@@ -475,24 +419,10 @@ async fn data_download(State(state): State<Shared>, headers: HeaderMap) -> Respo
     }
 }
 
-#[derive(Deserialize)]
-struct DeleteForm {
-    #[serde(default)]
-    csrf: Option<String>,
-    #[serde(default)]
-    password: String,
-}
-
-impl Drop for DeleteForm {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.password);
-    }
-}
-
 async fn delete_post(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Form(f): Form<DeleteForm>,
+    Form(f): Form<PasswordConfirm>,
 ) -> Response {
     let s = match ctx::session(&state, &headers).await {
         Ok(s) => s,
