@@ -115,7 +115,6 @@ async fn create_secret(moto: &str, name: &str, value: &str) -> String {
 /// A console organisation named `name` (its id returned), put on the team plan as
 /// Stripe's subscription webhook would.
 async fn team_org(store: &JobStore, name: &str) -> String {
-    use pipeline::billing::{Billing, Prices, StripeEvent};
     let accounts = pipeline::accounts::Accounts::new(store);
     let owner = accounts
         .create_user(
@@ -125,26 +124,7 @@ async fn team_org(store: &JobStore, name: &str) -> String {
         .await
         .unwrap();
     let org = accounts.create_org(name, &owner).await.unwrap().id;
-    let billing = Billing::new(store);
-    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
-    billing.link_customer(&org, &customer).await.unwrap();
-    let event = serde_json::json!({
-        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
-        "type": "customer.subscription.created",
-        "created": chrono::Utc::now().timestamp(),
-        "data": {"object": {"id": format!("sub_{customer}"), "customer": customer,
-            "status": "active", "items": {"data": [{"price": {"id": "price_team"}}]}}}
-    });
-    let event = StripeEvent::parse(event.to_string().as_bytes()).unwrap();
-    let prices = Prices {
-        team: Some("price_team".into()),
-        enterprise: None,
-    };
-    billing.apply(&event, &prices).await.unwrap();
-    assert_eq!(
-        billing.plan_of(&org).await.unwrap(),
-        pipeline::billing::Plan::Team
-    );
+    on_team_plan(store, &org).await;
     org
 }
 

@@ -12,25 +12,14 @@ use std::time::Duration;
 
 use common::*;
 use pipeline::accounts::Accounts;
-use pipeline::messages::ListTask;
 use pipeline::secrets::Credentials;
 use pipeline::store::JobStore;
-use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use pipeline::{JobId, JobStatus};
 use secrecy::SecretString;
 use stages::worker::{self, WorkerCounters};
 
 async fn postgres_url() -> String {
-    let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let name = format!("backup_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    url.to_string()
+    fresh_database("backup").await.to_string()
 }
 
 fn portshift(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -58,35 +47,9 @@ fn ok(out: &Output, what: &str) -> String {
 }
 
 async fn start_job(h: &Harness, dest: &Path) -> JobId {
-    let job = JobId::new();
-    let spec = JobSpec {
-        chorus_url: h.sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
-        kinds: ExportKinds::default(),
-        destination: format!("file://{}", dest.display()),
-        webhook_url: None,
-        schedule: None,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
-    };
-    h.store
-        .create_job(&job, "local", "ops", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
-    job
+    let dest = format!("file://{}", dest.display());
+    let spec = export_spec(h.sim.api_url.as_str(), &dest);
+    create_and_list(&h.store, &h.js, &spec, "local", "ops").await
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -17,10 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use pipeline::messages::ListTask;
 use pipeline::signing::{SigningKeyMaterial, SigningKeyRef};
-use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, ExportOptions, JobId, JobSpec, JobStatus, Layout};
+use pipeline::{ExportOptions, JobSpec, JobStatus, Layout};
 
 fn bagit_validate(dir: &Path) -> (bool, String) {
     let out = Command::new("bagit.py")
@@ -108,37 +106,14 @@ async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
     let h = Harness::start(Harness::sim_config(6, 82)).await;
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
-    let job = JobId::new();
     let spec = JobSpec {
-        chorus_url: h.sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
-        kinds: ExportKinds::default(),
-        destination: s3_dest(&bucket, "bag"),
-        webhook_url: None,
-        schedule: None,
         options: ExportOptions {
             layout: Layout::Bagit,
             ..Default::default()
         },
-        trust: pipeline::Trust::Operator,
+        ..export_spec(h.sim.api_url.as_str(), &s3_dest(&bucket, "bag"))
     };
-    h.store
-        .create_job(&job, "test-org", "tester", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
+    let job = create_and_list(&h.store, &h.js, &spec, "test-org", "tester").await;
     let keys = tempfile::tempdir().unwrap();
     let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
     pipeline::signing::generate(&sk, &pk).unwrap();

@@ -9,79 +9,14 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use pipeline::messages::ListTask;
 use pipeline::store::JobStore;
-use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use pipeline::{JobId, JobSpec, JobStatus};
 use stages::chorus::MEDIA_MARKER;
-
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                hits.push(p);
-            }
-        }
-    }
-    hits
-}
-
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path())
-            } else {
-                n += 1
-            }
-        }
-    }
-    n
-}
-
-/// What the webhook receiver saw: headers and body of each request.
-type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
-
-/// A webhook receiver that records what it was sent.
-async fn webhook() -> (String, Received) {
-    let seen: Received = Arc::default();
-    let s = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push((headers, body.to_vec()));
-                    "ok"
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
-}
 
 struct Canaries {
     chorus: String,
@@ -108,34 +43,11 @@ async fn run_canary_export(
     let bucket = fresh_bucket(&s3).await;
     let (hook_url, hook_seen) = webhook().await;
 
-    let job = JobId::new();
     let spec = JobSpec {
-        chorus_url: h.sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
-        kinds: ExportKinds::default(),
-        destination: s3_dest(&bucket, "canary"),
         webhook_url: Some(hook_url),
-        schedule: None,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
+        ..export_spec(h.sim.api_url.as_str(), &s3_dest(&bucket, "canary"))
     };
-    store
-        .create_job(&job, "org", "tester", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
+    let job = create_and_list(&store, &h.js, &spec, "org", "tester").await;
 
     let log_path = h.tmp.path().join("worker.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_portshift"))
@@ -232,6 +144,8 @@ async fn run_canary_export(
     places.extend(data_dirs);
     let mut searched = 0;
     for place in &places {
+        // A place that is not there would make the search below pass unseen.
+        assert!(place.is_dir(), "{} is not a folder", place.display());
         searched += count_files(place);
         for secret in [&canaries.chorus, &canaries.webhook, &canaries.s3_secret] {
             let hits = files_containing(place, secret.as_bytes());
@@ -268,14 +182,8 @@ async fn no_secret_or_recording_byte_at_rest_with_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_or_recording_byte_at_rest_with_postgres() {
     let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
+    let url = fresh_database_on(&base, "canary").await;
     let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let name = format!("canary_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
     let store = JobStore::connect(url.as_str()).await.unwrap();
     let data_dir: String = sqlx::query_scalar("SHOW data_directory")
         .fetch_one(&admin)

@@ -65,13 +65,7 @@ async fn background_worker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_finished_job_leaves_no_consumers_and_the_work_stream_has_limits() {
     let h = Harness::start(Harness::sim_config(6, 81)).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let (_out, job) = h.start_folder_job().await;
     let (status, _) = h
         .run_worker(&job, fast_options(), Duration::from_secs(60))
         .await;
@@ -101,13 +95,7 @@ async fn a_work_stream_made_without_limits_gets_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_drops_transfers_and_their_partial_files_at_once() {
     let h = Harness::start(slow_sim(12, 4 * 1024 * 1024)).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let (out, job) = h.start_folder_job().await;
     let mut options = fast_options();
     options.fetch_concurrency = 3;
     let running = background_worker(&h, &job, options).await;

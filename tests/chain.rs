@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use pipeline::ExportKinds;
-use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::signing::{SigningKeyMaterial, SigningKeyRef};
 use stages::scheduler::Scheduler;
 use tokio::sync::watch;
@@ -110,33 +108,16 @@ async fn three_runs_chain_and_a_removed_manifest_or_file_breaks_it() {
     pipeline::signing::generate(&key_path, &root.with_file_name("k.pub")).unwrap();
     let token = h.tmp.path().join("chorus-token");
     std::fs::write(&token, TOKEN).unwrap();
-    let schedule = h
-        .store
-        .create_schedule(
-            "org",
-            "chained",
-            "*/2 * * * * *",
-            "UTC",
-            &ScheduleTemplate {
-                chorus_url: h.sim.api_url.to_string(),
-                kinds: ExportKinds::default(),
-                destination: format!("file://{}", root.display()),
-                webhook_url: None,
-                lookback_s: 7 * 24 * 3600,
-                options: Default::default(),
-            },
-            &CredentialRefs {
-                chorus_token: format!("file:{}", token.display()),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Operator,
-        )
-        .await
-        .unwrap();
+    let schedule = operator_schedule(
+        &h,
+        "org",
+        "chained",
+        "*/2 * * * * *",
+        "UTC",
+        &format!("file://{}", root.display()),
+        &token_only(format!("file:{}", token.display())),
+    )
+    .await;
     let scheduler = Scheduler {
         store: h.store.clone(),
         js: h.js.clone(),

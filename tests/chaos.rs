@@ -9,21 +9,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::{ExportKinds, JobStatus};
 use stages::chorus::Faults;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_export_ends_complete_and_exact() {
@@ -53,7 +44,7 @@ async fn chaos_export_ends_complete_and_exact() {
         proxy.url
     );
     let job = h.start_job(&dest, ExportKinds::default()).await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let db = h.database_url();
     let log = h.tmp.path().join("workers.log");
     let worker_args = ["--ack-wait-secs", "4", "--concurrency", "8"];
 
@@ -123,38 +114,9 @@ async fn chaos_export_ends_complete_and_exact() {
         h.store.problems(&job).await.unwrap()
     );
 
-    // The bucket holds exactly the simulator's recordings, byte for byte.
-    let keys = list_keys(&s3, &bucket, "chaos").await;
-    let expected = expected_media(&h.sim);
-    let media: BTreeSet<&String> = keys
-        .iter()
-        .filter(|k| k.ends_with(".mp4") || k.ends_with(".mp3"))
-        .collect();
-    assert_eq!(
-        media,
-        expected.keys().collect::<BTreeSet<_>>(),
-        "media objects differ from the simulator's set"
-    );
-    let mut checked = BTreeMap::new();
-    for (path, sha) in &expected {
-        let bytes = get_object(&s3, &bucket, &format!("chaos/{path}")).await;
-        assert_eq!(&sha256_hex(&bytes), sha, "{path}");
-        checked.insert(path, bytes.len());
-    }
-    let manifest =
-        String::from_utf8(get_object(&s3, &bucket, "chaos/portshift-manifest.txt").await).unwrap();
-    let lines: Vec<&str> = manifest.lines().collect();
-    let unique: BTreeSet<&str> = lines.iter().map(|l| &l[66..]).collect();
-    let files = keys.len() - 2;
-    assert_eq!(unique.len(), lines.len(), "duplicate manifest lines");
-    assert_eq!(lines.len(), files, "manifest lines != files");
-    assert_eq!(files, recordings * 3);
-    let copy = tempfile::tempdir().unwrap();
-    download(&s3, &bucket, "chaos", copy.path()).await;
-    assert_eq!(sha256sum_check(copy.path()), files);
-
-    // Workers killed mid-file left no multipart upload behind (billed, invisible parts).
-    assert_no_open_uploads(&s3, &bucket).await;
+    // The bucket holds exactly the simulator's recordings, byte for byte; workers killed
+    // mid-file left no multipart upload behind.
+    let export = assert_exact_export(&s3, &bucket, "chaos", &h.sim, recordings).await;
     assert!(h.store.open_uploads(&job, None).await.unwrap().is_empty());
 
     let sim = h.sim.stats.snapshot();
@@ -162,21 +124,12 @@ async fn chaos_export_ends_complete_and_exact() {
     let retries = worker_log.matches("will retry").count();
     let file_retries = worker_log.matches("retrying file").count();
     eprintln!(
-        "chaos: {recordings} recordings, {files} files, {} in {:.1} s; worker SIGKILLs {killed}, nats-server restarts {restarted}; \
-         Chorus faults: {} x 429, {} x 5xx, {} bodies cut short; S3 proxy: {} x 503 of {} requests; \
-         stage retries logged {retries}, in-delivery file retries {file_retries}; final: {} exported, {} skipped, {} failed; manifest {} lines, {} unique, sha256sum -c OK",
+        "chaos: {recordings} recordings, {} files, {} in {:.1} s; worker SIGKILLs {killed}, nats-server restarts {restarted}; \
+         stage retries logged {retries}, in-delivery file retries {file_retries}; {}",
+        export.files,
         p.bytes,
         took.as_secs_f64(),
-        sim.faults_429,
-        sim.faults_5xx,
-        sim.faults_truncated,
-        proxy.injected.load(Ordering::Relaxed),
-        proxy.injected.load(Ordering::Relaxed) + proxy.forwarded.load(Ordering::Relaxed),
-        p.exported,
-        p.skipped,
-        p.dead,
-        lines.len(),
-        unique.len(),
+        fault_report(&sim, &proxy, &p, &export),
     );
     assert_eq!(
         (killed, restarted),

@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -42,24 +41,52 @@ fn nats_server_bin() -> Option<(&'static str, String)> {
 
 /// A long-running `portshift ARGS` (serve, scheduler, purge loop), output to `log`.
 fn spawn(args: &[&str], log: &Path) -> std::process::Child {
-    let file = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap()
-    };
     Command::new(env!("CARGO_BIN_EXE_portshift"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(nats_server_bin())
         .stdin(Stdio::null())
-        .stdout(file())
-        .stderr(file())
+        .stdout(log_file(log))
+        .stderr(log_file(log))
         .spawn()
         .expect("start portshift")
 }
+
+/// `portshift verify --public-key PK` of the export in `root` passes and says the
+/// signature is good.
+fn assert_signature_ok(root: &Path, pk: &str) {
+    let checked = ok(
+        portshift(
+            &[
+                "verify",
+                &format!("file://{}", root.display()),
+                "--public-key",
+                pk,
+            ],
+            &[],
+        ),
+        "verify --public-key",
+    );
+    assert!(checked.contains("signature OK"), "{checked}");
+}
+
+/// The budget and purge flags `scheduler` and `serve` share: a fast purge loop, a job
+/// past one day's retention, audit rows kept 30 days.
+const LOOP_FLAGS: [&str; 12] = [
+    "--chorus-rate",
+    "1000",
+    "--chorus-burst",
+    "100",
+    "--retention-days",
+    "1",
+    "--audit-retention-days",
+    "30",
+    "--purge-interval-secs",
+    "1",
+    "--purge-batch",
+    "5",
+];
 
 /// A job of no organisation whose last change is three days old, in the store of
 /// `data`: what a purge with `--retention-days 1` (or 2) must remove.
@@ -184,30 +211,6 @@ fn refused(out: Output, what: &str) -> String {
         }
     }
     err
-}
-
-/// A webhook receiver that records the headers and body of each request.
-type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
-
-async fn webhook() -> (String, Received) {
-    let seen: Received = Arc::default();
-    let s = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let s = s.clone();
-                async move {
-                    s.lock().unwrap().push((headers, body.to_vec()));
-                    "ok"
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
 }
 
 /// HMAC-SHA256 written out from RFC 2104 (with `sha2` only), so the check below does
@@ -541,13 +544,7 @@ async fn chorus_sim_flags_shape_what_an_export_gets() {
     config.sizes.large_size = 100_000;
     config.private_every = 5;
     config.deleted_every = 7;
-    let reference = stages::chorus::sim::start(
-        config,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let reference = start_sim(config).await;
     let expected = expected_media(&reference);
     assert!(expected.len() < recordings, "the knobs removed none");
 
@@ -653,14 +650,6 @@ async fn chorus_sim_flags_shape_what_an_export_gets() {
         "sizes outside --min-size/--max-size: {sizes:?}"
     );
     reference.shutdown().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `schedule` subcommands on one data folder: `create` stores what its flags say,
@@ -880,12 +869,7 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
         rate_truncate: 1.0,
         ..Default::default()
     });
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            pipeline::ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(&root).await;
     let mut options = fast_options();
     options.runner.max_deliveries = 1;
     let (status, _) = h.run_worker(&job, options, Duration::from_secs(120)).await;
@@ -893,7 +877,7 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
     h.sim.set_faults(Default::default());
 
     let nats = h.nats.as_ref().unwrap().url();
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let db = h.database_url();
     let data = h.tmp.path().join("cli");
     let replay = |extra: &[&str]| {
         let mut args = vec![
@@ -998,19 +982,7 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
     assert!(out.contains("3 recordings exported"), "{out}");
     assert_eq!(media_files(), 3);
     assert!(root.join("portshift-manifest.txt.minisig").is_file());
-    let checked = ok(
-        portshift(
-            &[
-                "verify",
-                &format!("file://{}", root.display()),
-                "--public-key",
-                &pk,
-            ],
-            &[],
-        ),
-        "verify --public-key",
-    );
-    assert!(checked.contains("signature OK"), "{checked}");
+    assert_signature_ok(&root, &pk);
 }
 
 /// `portshift worker` with its tuning flags finishes a job it is given.
@@ -1018,13 +990,8 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
 async fn worker_process_with_tuning_flags_finishes_a_job() {
     let h = Harness::start(Harness::sim_config(4, 1505)).await;
     let root = h.tmp.path().join("out");
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            pipeline::ExportKinds::default(),
-        )
-        .await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let job = h.start_job_into(&root).await;
+    let db = h.database_url();
     let log = h.tmp.path().join("worker.log");
     let (sk, pk) = key_pair(&h.tmp.path().join("keys"));
     let mut worker = spawn_worker(
@@ -1069,19 +1036,7 @@ async fn worker_process_with_tuning_flags_finishes_a_job() {
     );
     assert_eq!(sha256sum_check(&root), 4 * 3);
     // Its standard input had no signing key, so --signing-key signed the manifest.
-    let checked = ok(
-        portshift(
-            &[
-                "verify",
-                &format!("file://{}", root.display()),
-                "--public-key",
-                &pk,
-            ],
-            &[],
-        ),
-        "verify --public-key",
-    );
-    assert!(checked.contains("signature OK"), "{checked}");
+    assert_signature_ok(&root, &pk);
 }
 
 /// `portshift scheduler` with its flags: a due schedule runs, its run manifest is
@@ -1133,35 +1088,26 @@ async fn scheduler_runs_signed_and_purges_with_its_flags() {
     let origin = sim.api_url.as_str().trim_end_matches('/').to_string();
     let mut scheduler = spawn(
         &[
-            "scheduler",
-            "--tick-secs",
-            "1",
-            "--no-supervise",
-            "--max-workers-per-org",
-            "1",
-            "--aws-sts-region",
-            "eu-west-1",
-            "--signing-key",
-            &sk,
-            "--allow-origin",
-            &origin,
-            "--allow-file-root",
-            tmp.path().to_str().unwrap(),
-            "--chorus-rate",
-            "1000",
-            "--chorus-burst",
-            "100",
-            "--retention-days",
-            "1",
-            "--audit-retention-days",
-            "30",
-            "--purge-interval-secs",
-            "1",
-            "--purge-batch",
-            "5",
-            "--data-dir",
-            data_s,
-        ],
+            &[
+                "scheduler",
+                "--tick-secs",
+                "1",
+                "--no-supervise",
+                "--max-workers-per-org",
+                "1",
+                "--aws-sts-region",
+                "eu-west-1",
+                "--signing-key",
+                &sk,
+                "--allow-origin",
+                &origin,
+                "--allow-file-root",
+                tmp.path().to_str().unwrap(),
+            ][..],
+            &LOOP_FLAGS[..],
+            &["--data-dir", data_s][..],
+        ]
+        .concat(),
         &log,
     );
     wait_purged(&data, &aged, "scheduler", &log).await;
@@ -1269,52 +1215,46 @@ async fn serve_with_every_flag_serves_https_and_purges() {
     let smtp_ca = tmp.path().join("ca.pem");
     let mut serve = spawn(
         &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--trust-proxy",
-            "--no-supervise",
-            "--retired-signing-keys",
-            &retired_pk,
-            "--signing-key",
-            &sk,
-            "--allow-origin",
-            "http://127.0.0.1:9",
-            "--allow-file-root",
-            tmp.path().to_str().unwrap(),
-            "--chorus-rate",
-            "1000",
-            "--chorus-burst",
-            "100",
-            "--retention-days",
-            "1",
-            "--audit-retention-days",
-            "30",
-            "--purge-interval-secs",
-            "1",
-            "--purge-batch",
-            "5",
-            "--max-workers-per-org",
-            "2",
-            "--smtp-url",
-            "smtp://127.0.0.1:9?tls=none",
-            "--mail-from",
-            "portshift <no-reply@example.com>",
-            "--public-url",
-            "https://portshift.example.com",
-            "--smtp-ca-file",
-            smtp_ca.to_str().unwrap(),
-            "--nats-url",
-            &nats.url(),
-            "--database-url",
-            &format!("sqlite://{}/portshift.sqlite3", data.display()),
-            "--data-dir",
-            tmp.path().join("serve-data").to_str().unwrap(),
-        ],
+            &[
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--trust-proxy",
+                "--no-supervise",
+                "--retired-signing-keys",
+                &retired_pk,
+                "--signing-key",
+                &sk,
+                "--allow-origin",
+                "http://127.0.0.1:9",
+                "--allow-file-root",
+                tmp.path().to_str().unwrap(),
+            ][..],
+            &LOOP_FLAGS[..],
+            &[
+                "--max-workers-per-org",
+                "2",
+                "--smtp-url",
+                "smtp://127.0.0.1:9?tls=none",
+                "--mail-from",
+                "portshift <no-reply@example.com>",
+                "--public-url",
+                "https://portshift.example.com",
+                "--smtp-ca-file",
+                smtp_ca.to_str().unwrap(),
+                "--nats-url",
+                &nats.url(),
+                "--database-url",
+                &format!("sqlite://{}/portshift.sqlite3", data.display()),
+                "--data-dir",
+                tmp.path().join("serve-data").to_str().unwrap(),
+            ][..],
+        ]
+        .concat(),
         &log,
     );
     let client = reqwest::Client::builder()
@@ -1565,18 +1505,9 @@ fn store_commands_take_database_url_and_do_not_need_nats() {
 /// record their call, then run the real tools), and a missing program is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_use_the_given_pg_programs() {
-    let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
     let mut urls = Vec::new();
     for _ in 0..2 {
-        let name = format!("cli_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&base).unwrap();
-        url.set_path(&name);
-        urls.push(url.to_string());
+        urls.push(fresh_database("cli").await.to_string());
     }
     let (from_db, to_db) = (&urls[0], &urls[1]);
     // A job in the first store, so the restore has something to show.

@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,18 +27,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use pipeline::messages::ListTask;
 use pipeline::store::JobStore;
 use pipeline::topology::{self, Stage, WORK_STREAM};
-use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
+use pipeline::{JobId, JobStatus};
 use stages::chorus::Faults;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -281,14 +272,6 @@ impl Drop for Postgres {
 /// `portshift worker` for the job, joined to the cluster and the PostgreSQL store, with
 /// its credentials on standard input (as `serve` hands them over).
 fn spawn_worker(cluster: &Cluster, job: &JobId, db: &str, data_dir: &Path, log: &Path) -> Child {
-    use std::io::Write;
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap()
-    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_portshift"))
         .args(["worker", "--job", job.as_str()])
         .args(["--nats-url", &cluster.urls, "--database-url", db])
@@ -302,20 +285,11 @@ fn spawn_worker(cluster: &Cluster, job: &JobId, db: &str, data_dir: &Path, log: 
         .env("PORTSHIFT_CA_FILE", &cluster.ca)
         .env("PORTSHIFT_STREAM_REPLICAS", "3")
         .stdin(Stdio::piped())
-        .stdout(open())
-        .stderr(open())
+        .stdout(log_file(log))
+        .stderr(log_file(log))
         .spawn()
         .unwrap();
-    let creds = serde_json::json!({
-        "chorus_token": TOKEN,
-        "s3": {"access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"), "secret_access_key": env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY")},
-    });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(creds.to_string().as_bytes())
-        .unwrap();
+    hand_credentials(&mut child);
     child
 }
 
@@ -401,13 +375,7 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         rate_truncate: 0.05,
         ..Faults::default()
     };
-    let sim = stages::chorus::sim::start(
-        sim,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim).await;
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
     let proxy = fault_proxy(env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT"), 0.05).await;
@@ -417,34 +385,8 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
     );
 
     // The job, as `portshift serve` creates it.
-    let job = JobId::new();
-    let spec = JobSpec {
-        chorus_url: sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
-        kinds: ExportKinds::default(),
-        destination: dest,
-        webhook_url: None,
-        schedule: None,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
-    };
-    store
-        .create_job(&job, "test-org", "tester", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
+    let spec = export_spec(sim.api_url.as_str(), &dest);
+    let job = create_and_list(&store, &js, &spec, "test-org", "tester").await;
     let info = js
         .get_stream(WORK_STREAM)
         .await
@@ -605,37 +547,9 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         tail(&log, 60)
     );
 
-    // The bucket holds exactly the simulator's recordings, byte for byte.
-    let keys = list_keys(&s3, &bucket, "cluster").await;
-    let expected = expected_media(&sim);
-    let media: BTreeSet<&String> = keys
-        .iter()
-        .filter(|k| k.ends_with(".mp4") || k.ends_with(".mp3"))
-        .collect();
-    assert_eq!(
-        media,
-        expected.keys().collect::<BTreeSet<_>>(),
-        "media objects differ from the simulator's set"
-    );
-    let mut sizes = BTreeMap::new();
-    for (path, sha) in &expected {
-        let bytes = get_object(&s3, &bucket, &format!("cluster/{path}")).await;
-        assert_eq!(&sha256_hex(&bytes), sha, "{path}");
-        sizes.insert(path, bytes.len());
-    }
-    let manifest =
-        String::from_utf8(get_object(&s3, &bucket, "cluster/portshift-manifest.txt").await)
-            .unwrap();
-    let lines: Vec<&str> = manifest.lines().collect();
-    let unique: BTreeSet<&str> = lines.iter().map(|l| &l[66..]).collect();
-    let files = keys.len() - 2;
-    assert_eq!(unique.len(), lines.len(), "duplicate manifest lines");
-    assert_eq!(lines.len(), files, "manifest lines != files in the bucket");
-    assert_eq!(files, recordings * 3, "three files per recording");
-    let copy = tempfile::tempdir().unwrap();
-    download(&s3, &bucket, "cluster", copy.path()).await;
-    assert_eq!(sha256sum_check(copy.path()), files);
-    assert_no_open_uploads(&s3, &bucket).await;
+    // The bucket holds exactly the simulator's recordings, byte for byte; workers killed
+    // mid-file left no multipart upload behind.
+    let export = assert_exact_export(&s3, &bucket, "cluster", &sim, recordings).await;
     assert!(store.open_uploads(&job, None).await.unwrap().is_empty());
 
     let sim_stats = sim.stats.snapshot();
@@ -644,12 +558,12 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         .filter(|d| d.0 == Disruption::KillWorker)
         .count();
     eprintln!(
-        "cluster chaos: {recordings} recordings, {files} files, {} bytes; export {:.1} s (setup {:.1} s, whole test {:.1} s); \
+        "cluster chaos: {recordings} recordings, {} files, {} bytes; export {:.1} s (setup {:.1} s, whole test {:.1} s); \
          disruptions: {kills} worker SIGKILLs, {} NATS stream-leader SIGKILL (node restarted: {node_restarted}), {} PostgreSQL restart; \
          workers that exited on their own: {unexpected_exits}; \
          work-stream acks seen: {} ({} after a redelivery, {} redeliveries in all, most deliveries of one message {}), naks {}; \
-         Chorus faults: {} x 429, {} x 5xx, {} bodies cut short; S3 proxy: {} x 503 of {} requests; \
-         final: {} exported, {} skipped, {} dead; manifest {} lines, {} unique, sha256sum -c OK, 0 open multipart uploads",
+         {}, 0 open multipart uploads",
+        export.files,
         p.bytes,
         export_took.as_secs_f64(),
         setup_nats.as_secs_f64(),
@@ -665,16 +579,7 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
         acks.redeliveries.load(Ordering::Relaxed),
         acks.max_delivered.load(Ordering::Relaxed),
         acks.naks.load(Ordering::Relaxed),
-        sim_stats.faults_429,
-        sim_stats.faults_5xx,
-        sim_stats.faults_truncated,
-        proxy.injected.load(Ordering::Relaxed),
-        proxy.injected.load(Ordering::Relaxed) + proxy.forwarded.load(Ordering::Relaxed),
-        p.exported,
-        p.skipped,
-        p.dead,
-        lines.len(),
-        unique.len(),
+        fault_report(&sim_stats, &proxy, &p, &export),
     );
     assert_eq!(
         done.iter().map(|d| d.0).collect::<Vec<_>>(),
@@ -689,7 +594,7 @@ async fn cluster_chaos_export_ends_complete_and_exact() {
     );
     // A passing run leaves no bucket behind (the S3 test server has a fixed number of
     // volumes; a failing run keeps its bucket to look at).
-    for k in &keys {
+    for k in list_keys(&s3, &bucket, "cluster").await {
         s3.delete_object()
             .bucket(&bucket)
             .key(format!("cluster/{k}"))

@@ -24,48 +24,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{
+    Killed, env_or_fail, files_containing, free_port, fresh_bucket, s3_client, s3_dest, start_sim,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
-
-// S3 helpers (kept here, not in tests/common, so this test builds on its own).
-fn env_or_fail(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with scripts/test, which starts the local servers and exports it")
-    })
-}
-
-async fn s3_client() -> aws_sdk_s3::Client {
-    let creds = aws_sdk_s3::config::Credentials::new(
-        env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT"))
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
-    let name = format!("t-{}", uuid::Uuid::new_v4().simple());
-    client.create_bucket().bucket(&name).send().await.unwrap();
-    name
-}
-
-fn s3_dest(bucket: &str, prefix: &str) -> String {
-    format!(
-        "s3://{bucket}/{prefix}?region=us-east-1&endpoint={}",
-        env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT")
-    )
-}
 
 async fn object_count(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> usize {
     let out = client
@@ -80,21 +45,6 @@ async fn object_count(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        common::stop_gracefully(&mut self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn screenshots_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
@@ -344,28 +294,6 @@ async fn sign_out(c: &Client) {
         .unwrap();
 }
 
-/// Every file under `dir` containing `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                hits.push(p);
-            }
-        }
-    }
-    hits
-}
-
 /// Pids of `portshift worker` children of `parent`.
 fn workers_of(parent: u32) -> Vec<u32> {
     let mut out = vec![];
@@ -403,13 +331,7 @@ async fn console_in_a_real_browser() {
     sim_cfg.token = canary_token.clone();
     sim_cfg.sizes.min = 16 * 1024;
     sim_cfg.sizes.max = 1024 * 1024;
-    let sim = stages::chorus::sim::start(
-        sim_cfg,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_cfg).await;
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
 
@@ -475,17 +397,13 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap();
     let dest = s3_dest(&bucket, "console");
+    let key_id = env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY");
     fill(&c, "input[name=chorus_url]", sim.api_url.as_str()).await;
     fill(&c, "input[name=chorus_token]", &canary_token).await;
     set_value(&c, "from", "2024-01-01").await;
     set_value(&c, "to", "2023-12-31").await;
     fill(&c, "input[name=destination]", &dest).await;
-    fill(
-        &c,
-        "input[name=s3_access_key_id]",
-        &env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-    )
-    .await;
+    fill(&c, "input[name=s3_access_key_id]", &key_id).await;
     fill(&c, "input[name=s3_secret_access_key]", &s3_secret).await;
     click(&c, "#start-export").await;
     let err = text(&c, "#error-to").await;
@@ -501,12 +419,7 @@ async fn console_in_a_real_browser() {
     fill(&c, "input[name=chorus_token]", &canary_token).await;
     set_value(&c, "to", "2024-12-31").await;
     fill(&c, "input[name=s3_secret_access_key]", &s3_secret).await;
-    fill(
-        &c,
-        "input[name=s3_access_key_id]",
-        &env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-    )
-    .await;
+    fill(&c, "input[name=s3_access_key_id]", &key_id).await;
     click(&c, "#start-export").await;
     c.wait()
         .at_most(Duration::from_secs(20))
@@ -830,17 +743,7 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
             &job,
             &org_id,
             &owner,
-            &pipeline::JobSpec {
-                chorus_url: "https://chorus.example/".into(),
-                from: "2024-01-01T00:00:00Z".parse().unwrap(),
-                to: "2024-01-31T23:59:59Z".parse().unwrap(),
-                kinds: Default::default(),
-                destination: "file:///tmp/x".into(),
-                webhook_url: None,
-                schedule: None,
-                options: Default::default(),
-                trust: pipeline::Trust::Operator,
-            },
+            &test_support::jobs::stored_only_spec("file:///tmp/x"),
         )
         .await
         .unwrap();

@@ -306,13 +306,7 @@ async fn environment(tmp: &Path) -> Env {
     let mut sim_config = Harness::sim_config(6, 1501);
     sim_config.sizes.min = 8 * 1024;
     sim_config.sizes.max = 64 * 1024;
-    let sim = stages::chorus::sim::start(
-        sim_config,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_config).await;
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
     let key = common::cloud::service_account_json(&common::cloud::token_server().await);

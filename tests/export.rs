@@ -98,12 +98,7 @@ async fn three_hundred_recordings_to_a_local_folder() {
     let h = Harness::start(mixed_sizes(300, 12)).await;
     let out = tempfile::tempdir().unwrap();
     let root = out.path().join("export");
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(&root).await;
     let started = std::time::Instant::now();
     let (status, _) = h
         .run_worker(&job, fast_options(), Duration::from_secs(600))
@@ -136,33 +131,14 @@ async fn every_fetch_delivered_twice_changes_nothing() {
         .await;
 
     // List only, so every fetch task sits in the stream; then duplicate each one.
-    let mut list_only = fast_options();
-    list_only.stages = vec![Stage::List];
-    let ctx = stages::worker::prepare(
-        &job,
-        h.store.clone(),
-        h.js.clone(),
-        &credentials(),
-        &list_only,
-    )
-    .await
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let lister = tokio::spawn(stages::worker::run(
-        ctx,
-        list_only,
-        Default::default(),
-        stop_rx,
-    ));
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !h.store.progress(&job).await.unwrap().listing_complete {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let lister = h
+        .spawn_stages(&job, vec![Stage::List], &credentials(), Default::default())
+        .await;
+    eventually(60, "the listing did not complete", || async {
+        h.store.progress(&job).await.unwrap().listing_complete
     })
-    .await
-    .unwrap();
-    stop_tx.send(true).unwrap();
-    lister.await.unwrap().unwrap();
+    .await;
+    lister.stop().await;
 
     let stream = h.js.get_stream(topology::WORK_STREAM).await.unwrap();
     let info = stream.get_info().await.unwrap();
@@ -185,25 +161,10 @@ async fn every_fetch_delivered_twice_changes_nothing() {
 
     // Fetch only, until originals and duplicates are all processed (a full worker
     // stops as soon as the job is finished, which may be before the duplicates).
-    let mut fetch_only = fast_options();
-    fetch_only.stages = vec![Stage::Fetch];
-    let ctx = stages::worker::prepare(
-        &job,
-        h.store.clone(),
-        h.js.clone(),
-        &credentials(),
-        &fetch_only,
-    )
-    .await
-    .unwrap();
     let counters = stages::worker::WorkerCounters::default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fetcher = tokio::spawn(stages::worker::run(
-        ctx,
-        fetch_only,
-        counters.clone(),
-        stop_rx,
-    ));
+    let fetcher = h
+        .spawn_stages(&job, vec![Stage::Fetch], &credentials(), counters.clone())
+        .await;
     let processed = || {
         counters
             .fetch
@@ -217,8 +178,7 @@ async fn every_fetch_delivered_twice_changes_nothing() {
     })
     .await
     .expect("every original and duplicate fetch is processed");
-    stop_tx.send(true).unwrap();
-    fetcher.await.unwrap().unwrap();
+    fetcher.stop().await;
 
     let (status, _) = h
         .run_worker(&job, fast_options(), Duration::from_secs(300))
@@ -278,13 +238,7 @@ async fn a_looping_listing_fails_the_job_instead_of_paging_forever() {
         ..Faults::default()
     };
     let h = Harness::start(config).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let (_out, job) = h.start_folder_job().await;
     let (status, counters) = h
         .run_worker(&job, fast_options(), Duration::from_secs(120))
         .await;

@@ -10,7 +10,7 @@ use common::*;
 use pipeline::messages::FetchTask;
 use pipeline::store::FileRow;
 use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, FileKind, JobStatus};
+use pipeline::{FileKind, JobStatus};
 use stages::chorus::Faults;
 
 fn manifest(out: &std::path::Path) -> String {
@@ -24,13 +24,7 @@ fn manifest(out: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_duplicate_that_changes_a_files_bytes_rewrites_the_manifest() {
     let h = Harness::start(Harness::sim_config(4, 91)).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let (out, job) = h.start_folder_job().await;
     let (status, _) = h
         .run_worker(&job, fast_options(), Duration::from_secs(60))
         .await;
@@ -100,12 +94,7 @@ async fn a_dead_recording_replayed_after_the_job_finished_reaches_the_manifest()
         rate_truncate: 1.0,
         ..Faults::default()
     });
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(out.path()).await;
     let mut options = fast_options();
     options.runner.max_deliveries = 1;
     let (status, _) = h.run_worker(&job, options, Duration::from_secs(60)).await;

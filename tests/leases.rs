@@ -14,13 +14,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use pipeline::leases::{Supervisor, SupervisorCounters};
-use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
+use pipeline::schedules::Schedule;
 use pipeline::store::JobStore;
 use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
 use stages::chorus::Faults;
@@ -30,24 +30,8 @@ use stages::chorus::Faults;
 const LEASE_SECS: u64 = 6;
 const SUPERVISE_SECS: u64 = 1;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn log_file(path: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap()
 }
 
 fn sigkill(pid: i64) {
@@ -83,41 +67,23 @@ fn live_leases(leases: &[pipeline::leases::LeaseRow]) -> Vec<&pipeline::leases::
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resume_finishes_it() {
     let recordings = 30;
-    let mut sim = Harness::sim_config(recordings, 71);
-    sim.sizes.min = 512 * 1024;
-    sim.sizes.max = 512 * 1024;
     // Slow media, so the kills land mid-job.
-    sim.faults = Faults {
-        slow_media_bytes_per_sec: 1024 * 1024,
-        ..Faults::default()
-    };
+    let sim = Harness::slow_media_config(recordings, 71, 1024 * 1024);
     let h = Harness::start(sim).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let (out, job) = h.start_folder_job().await;
+    let db = h.database_url();
     let nats = h.nats.as_ref().unwrap().url();
 
     // A console with its supervisor on, short intervals.
     let console_dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut console = Command::new(env!("CARGO_BIN_EXE_portshift"))
+    let mut console = logged_command(PORTSHIFT, &console_dir.path().join("serve.log"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(console_dir.path())
         .args(["--nats-url", &nats, "--database-url", &db])
         .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
         .args(["--lease-secs", &LEASE_SECS.to_string()])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("PORTSHIFT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(&console_dir.path().join("serve.log")))
         .spawn()
         .unwrap();
 
@@ -216,27 +182,7 @@ async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resu
 
     // Resume with the credentials: it finishes, every file checks out.
     h.sim.set_faults(Faults::default());
-    let resumed = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args([
-            "resume",
-            job.as_str(),
-            "--nats-url",
-            &nats,
-            "--database-url",
-            &db,
-        ])
-        .args(["--ack-wait-secs", "3"])
-        .args(TEST_BUDGET_ARGS)
-        .env("CHORUS_API_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&resumed.stdout),
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    assert_eq!(h.store.job(&job).await.unwrap().status, JobStatus::Finished);
+    resume_to_the_end(&h, &job, &db).await;
     assert_eq!(sha256sum_check(out.path()), recordings * 3);
     assert!(
         live_leases(&h.store.leases_of(&job).await.unwrap()).is_empty(),
@@ -248,15 +194,9 @@ async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_schedule_goes_on() {
     let recordings = 12;
-    let mut sim = Harness::sim_config(recordings, 72);
-    sim.sizes.min = 512 * 1024;
-    sim.sizes.max = 512 * 1024;
-    sim.faults = Faults {
-        slow_media_bytes_per_sec: 256 * 1024,
-        ..Faults::default()
-    };
+    let sim = Harness::slow_media_config(recordings, 72, 256 * 1024);
     let h = Harness::start(sim).await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let db = h.database_url();
     let nats = h.nats.as_ref().unwrap().url();
     let out = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
@@ -402,38 +342,22 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
 async fn every_ten_seconds(h: &Harness, out: &Path, secrets: &Path) -> Schedule {
     let token = secrets.join("chorus");
     std::fs::write(&token, TOKEN).unwrap();
-    h.store
-        .create_schedule(
-            "local",
-            "every ten seconds",
-            "*/10 * * * * *",
-            "UTC",
-            &ScheduleTemplate {
-                chorus_url: h.sim.api_url.to_string(),
-                kinds: Default::default(),
-                destination: format!("file://{}", out.display()),
-                webhook_url: None,
-                lookback_s: 7 * 24 * 3600,
-                options: Default::default(),
-            },
-            &CredentialRefs {
-                chorus_token: format!("file:{}", token.display()),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Operator,
-        )
-        .await
-        .unwrap()
+    operator_schedule(
+        h,
+        "local",
+        "every ten seconds",
+        "*/10 * * * * *",
+        "UTC",
+        &format!("file://{}", out.display()),
+        &token_only(format!("file:{}", token.display())),
+    )
+    .await
 }
 
 /// `portshift scheduler` with a short lease and supervisor interval, its metrics on
 /// `metrics_port`, its log in `data/scheduler.log`.
 fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_portshift"))
+    logged_command(PORTSHIFT, &data.join("scheduler.log"))
         .args(["scheduler", "--tick-secs", "1"])
         .args(["--supervise-secs", &SUPERVISE_SECS.to_string()])
         .args(["--lease-secs", &LEASE_SECS.to_string()])
@@ -442,12 +366,6 @@ fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std:
         .arg("--data-dir")
         .arg(data)
         .args(TEST_BUDGET_ARGS)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("PORTSHIFT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(&data.join("scheduler.log")))
         .spawn()
         .unwrap()
 }
@@ -455,15 +373,9 @@ fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_next_scheduler() {
     let recordings = 8;
-    let mut sim = Harness::sim_config(recordings, 74);
-    sim.sizes.min = 512 * 1024;
-    sim.sizes.max = 512 * 1024;
-    sim.faults = Faults {
-        slow_media_bytes_per_sec: 512 * 1024,
-        ..Faults::default()
-    };
+    let sim = Harness::slow_media_config(recordings, 74, 512 * 1024);
     let h = Harness::start(sim).await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let db = h.database_url();
     let nats = h.nats.as_ref().unwrap().url();
     let out = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
@@ -539,16 +451,7 @@ async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_supervisors_at_once_act_on_each_abandoned_job_exactly_once() {
-    let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let name = format!("leases_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
+    let url = fresh_database("leases").await.to_string();
     let store = JobStore::connect(&url).await.unwrap();
 
     let spec = JobSpec {
@@ -656,13 +559,7 @@ async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
         ..Faults::default()
     };
     let h = Harness::start(sim).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let (_out, job) = h.start_folder_job().await;
     // A fetch task no worker can read: dead-lettered at once.
     pipeline::topology::publish_raw(
         &h.js,
@@ -672,7 +569,7 @@ async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
     )
     .await
     .unwrap();
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let db = h.database_url();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let mut worker = spawn_worker(

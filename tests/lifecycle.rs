@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use pipeline::JobStatus;
 use pipeline::store::JobStore;
+use test_support::process::free_port;
 
 const TOKEN: &str = "lifecycle-token";
 
@@ -135,14 +136,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn assert_nothing_left(dir: &Path) {

@@ -12,45 +12,27 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
+use pipeline::JobStatus;
 use pipeline::topology::Stage;
-use pipeline::{ExportKinds, JobStatus};
-use stages::worker::{self, WorkerCounters};
+use stages::worker::WorkerCounters;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_and_a_reprocessed_recording_are_stated_in_the_manifest() {
     let h = Harness::start(Harness::sim_config(5, 81)).await;
     let root = h.tmp.path().join("export");
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(&root).await;
     let started: DateTime<Utc> = Utc::now();
 
     // The listing only: every recording is listed, none fetched yet.
-    let mut options = fast_options();
-    options.stages = vec![Stage::List];
     let creds = credentials();
-    let ctx = worker::prepare(&job, h.store.clone(), h.js.clone(), &creds, &options)
-        .await
-        .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(
-        ctx,
-        options,
-        WorkerCounters::default(),
-        stop_rx,
-    ));
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !h.store.job(&job).await.unwrap().listing_complete {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let lister = h
+        .spawn_stages(&job, vec![Stage::List], &creds, WorkerCounters::default())
+        .await;
+    eventually(60, "the listing did not complete", || async {
+        h.store.job(&job).await.unwrap().listing_complete
     })
-    .await
-    .expect("the listing did not complete");
-    stop_tx.send(true).unwrap();
-    run.await.unwrap().unwrap();
+    .await;
+    lister.stop().await;
     assert_eq!(h.store.progress(&job).await.unwrap().listed, 5);
 
     // Chorus changes under the export: one recording deleted, one re-processed.

@@ -52,10 +52,7 @@ fn portshift(h: &Harness, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_portshift"))
         .args(args)
         .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
-        .args([
-            "--database-url",
-            &format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
-        ])
+        .args(["--database-url", &h.database_url()])
         .env("CHORUS_API_TOKEN", TOKEN)
         .env("PORTSHIFT_CHORUS_RATE", "1000")
         .env("PORTSHIFT_CHORUS_BURST", "1000")
@@ -394,10 +391,7 @@ async fn the_documented_nats_cli_recipe_completes_the_job() {
             format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
         )
         .env("PORTSHIFT_NATS_URL", h.nats.as_ref().unwrap().url())
-        .env(
-            "PORTSHIFT_DATABASE_URL",
-            format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
-        )
+        .env("PORTSHIFT_DATABASE_URL", h.database_url())
         .env("PORTSHIFT_CHORUS_RATE", "1000")
         .env("PORTSHIFT_CHORUS_BURST", "1000")
         .output()

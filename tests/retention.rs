@@ -13,7 +13,6 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use common::*;
 use pipeline::accounts::Accounts;
-use pipeline::messages::ListTask;
 use pipeline::retention::{Purger, RetentionOptions};
 use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
@@ -23,53 +22,23 @@ use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
 const DAY: i64 = 24 * 3600 * 1000;
 
 async fn postgres_url() -> String {
-    let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let name = format!("retention_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
-    url.to_string()
+    fresh_database("retention").await.to_string()
 }
 
 /// Starts a job of `org` exporting into a local folder, as the console does.
 async fn start_job(h: &Harness, org: &str, dest: &Path) -> JobId {
-    let job = JobId::new();
     let spec = JobSpec {
-        chorus_url: h.sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
         kinds: ExportKinds {
             media: false,
             transcript: true,
             metadata: true,
         },
-        destination: format!("file://{}", dest.display()),
-        webhook_url: None,
-        schedule: None,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
+        ..export_spec(
+            h.sim.api_url.as_str(),
+            &format!("file://{}", dest.display()),
+        )
     };
-    h.store
-        .create_job(&job, org, "tester", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
-    job
+    create_and_list(&h.store, &h.js, &spec, org, "tester").await
 }
 
 /// Runs a job to the end and adds what a real job may also leave: a listing page, an

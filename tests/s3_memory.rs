@@ -59,13 +59,7 @@ async fn s3_export_peak_memory_stays_within_parts_in_flight() {
     let mut config = Harness::sim_config(FILES, 77);
     config.sizes.min = SIZE;
     config.sizes.max = SIZE;
-    let sim = stages::chorus::sim::start(
-        config,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(config).await;
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
     let state = tempfile::tempdir().unwrap();

@@ -91,14 +91,7 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
     // A PostgreSQL job store whose URL carries a (canary) password. The test server
     // trusts local connections, so the password is accepted and never checked.
     let base = env_or_fail("PORTSHIFT_TEST_POSTGRES_URL");
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let name = format!("sched_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&name);
+    let mut url = fresh_database_on(&base, "sched").await;
     url.set_password(Some(&db_password)).unwrap();
     let database_url = url.to_string();
     let store = JobStore::connect(&database_url).await.unwrap();
@@ -296,27 +289,4 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
     let keys: BTreeSet<String> = list_keys(&s3, &bucket, "sched").await.into_iter().collect();
     assert!(keys.len() >= 6 * 3 + 2, "{keys:?}");
     assert!(!hook_seen.lock().unwrap().is_empty());
-}
-
-/// A webhook receiver that records what it was sent.
-async fn webhook() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>,
-) {
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<axum::body::Bytes>>> = Default::default();
-    let s = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let s = s.clone();
-            async move {
-                s.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
 }

@@ -11,22 +11,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
+use pipeline::JobId;
+use pipeline::schedules::{CredentialRefs, Schedule};
 use pipeline::store::JobStore;
-use pipeline::{ExportKinds, JobId};
 use stages::scheduler::Scheduler;
 use tokio::sync::watch;
-
-fn template(dest: &str, sim_url: &str) -> ScheduleTemplate {
-    ScheduleTemplate {
-        chorus_url: sim_url.to_string(),
-        kinds: ExportKinds::default(),
-        destination: dest.to_string(),
-        webhook_url: None,
-        lookback_s: 7 * 24 * 3600,
-        options: Default::default(),
-    }
-}
 
 fn token_file(dir: &std::path::Path, value: &str) -> String {
     let path = dir.join("chorus-token");
@@ -55,19 +44,7 @@ fn start_scheduler(
 }
 
 async fn create(h: &Harness, refs: CredentialRefs, dest: &str, cron: &str) -> Schedule {
-    h.store
-        .create_schedule(
-            "org",
-            "nightly",
-            cron,
-            "Europe/Helsinki",
-            &template(dest, h.sim.api_url.as_str()),
-            &refs,
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Operator,
-        )
-        .await
-        .unwrap()
+    operator_schedule(h, "org", "nightly", cron, "Europe/Helsinki", dest, &refs).await
 }
 
 /// Waits until the schedule has `n` runs in a final state; returns them oldest first.
@@ -87,6 +64,32 @@ async fn wait_runs(h: &Harness, id: &str, n: usize) -> Vec<pipeline::schedules::
     .expect("schedule runs did not happen")
 }
 
+/// A schedule firing every second, exporting to the folder `out`.
+async fn every_second(h: &Harness, refs: CredentialRefs, out: &std::path::Path) -> Schedule {
+    create(h, refs, &format!("file://{}", out.display()), "* * * * * *").await
+}
+
+/// Runs one scheduler until the schedule has `n` final runs; returns them oldest first.
+async fn run_until(h: &Harness, id: &str, n: usize) -> Vec<pipeline::schedules::ScheduleRun> {
+    let (stop, task) = start_scheduler(h, h.store.clone(), "a");
+    let runs = wait_runs(h, id, n).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    runs
+}
+
+/// The ids of every recording the simulator holds.
+fn sim_ids(h: &Harness) -> BTreeSet<String> {
+    h.sim
+        .dataset()
+        .read()
+        .unwrap()
+        .recordings()
+        .iter()
+        .map(|r| r.id.clone())
+        .collect()
+}
+
 /// The recording ids in a finished run's manifest.
 fn manifest_ids(root: &std::path::Path, job: &str) -> Vec<String> {
     let text = std::fs::read_to_string(root.join(format!("portshift-manifest-{job}.txt"))).unwrap();
@@ -104,13 +107,7 @@ async fn each_run_exports_exactly_what_is_new() {
     let h = Harness::start(Harness::sim_config(20, 51)).await;
     let out = tempfile::tempdir().unwrap();
     let dest = format!("file://{}", out.path().display());
-    let refs = CredentialRefs {
-        chorus_token: token_file(h.tmp.path(), TOKEN),
-        s3: None,
-        webhook_secret: None,
-        azure: None,
-        gcs: None,
-    };
+    let refs = token_only(token_file(h.tmp.path(), TOKEN));
     let schedule = create(&h, refs, &dest, "*/2 * * * * *").await;
     let (stop, task) = start_scheduler(&h, h.store.clone(), "a");
 
@@ -119,15 +116,7 @@ async fn each_run_exports_exactly_what_is_new() {
     // Run 1 exports the whole range.
     let first = wait_runs(&h, &schedule.id, 1).await;
     assert_eq!(first[0].status, "finished", "{first:?}");
-    let all_initial: BTreeSet<String> = h
-        .sim
-        .dataset()
-        .read()
-        .unwrap()
-        .recordings()
-        .iter()
-        .map(|r| r.id.clone())
-        .collect();
+    let all_initial: BTreeSet<String> = sim_ids(&h);
     expected_new.push(all_initial);
     // Between runs: new calls today, and a late arrival dated two days back (inside the lookback).
     let added_now: BTreeSet<String> = h
@@ -174,15 +163,7 @@ async fn each_run_exports_exactly_what_is_new() {
         seen.values().all(|n| *n == 1),
         "a recording was exported twice: {seen:?}"
     );
-    let everything: BTreeSet<String> = h
-        .sim
-        .dataset()
-        .read()
-        .unwrap()
-        .recordings()
-        .iter()
-        .map(|r| r.id.clone())
-        .collect();
+    let everything: BTreeSet<String> = sim_ids(&h);
     assert_eq!(
         seen.keys().cloned().collect::<BTreeSet<_>>(),
         everything,
@@ -246,20 +227,8 @@ async fn each_run_exports_exactly_what_is_new() {
 async fn two_schedulers_start_each_run_once() {
     let h = Harness::start(Harness::sim_config(3, 52)).await;
     let out = tempfile::tempdir().unwrap();
-    let refs = CredentialRefs {
-        chorus_token: token_file(h.tmp.path(), TOKEN),
-        s3: None,
-        webhook_secret: None,
-        azure: None,
-        gcs: None,
-    };
-    let schedule = create(
-        &h,
-        refs,
-        &format!("file://{}", out.path().display()),
-        "* * * * * *",
-    )
-    .await;
+    let refs = token_only(token_file(h.tmp.path(), TOKEN));
+    let schedule = every_second(&h, refs, out.path()).await;
     // A second scheduler with its own connections to the same database, as a second server.
     let other_store = JobStore::open_sqlite_in(h.tmp.path()).await.unwrap();
     let (stop_a, a) = start_scheduler(&h, h.store.clone(), "a");
@@ -300,24 +269,9 @@ async fn two_schedulers_start_each_run_once() {
 async fn an_unresolvable_reference_fails_the_run_and_keeps_the_watermark() {
     let h = Harness::start(Harness::sim_config(3, 53)).await;
     let out = tempfile::tempdir().unwrap();
-    let refs = CredentialRefs {
-        chorus_token: "file:/nonexistent/portshift/chorus-token".into(),
-        s3: None,
-        webhook_secret: None,
-        azure: None,
-        gcs: None,
-    };
-    let schedule = create(
-        &h,
-        refs,
-        &format!("file://{}", out.path().display()),
-        "* * * * * *",
-    )
-    .await;
-    let (stop, task) = start_scheduler(&h, h.store.clone(), "a");
-    let runs = wait_runs(&h, &schedule.id, 2).await;
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    let refs = token_only("file:/nonexistent/portshift/chorus-token".into());
+    let schedule = every_second(&h, refs, out.path()).await;
+    let runs = run_until(&h, &schedule.id, 2).await;
     for run in &runs {
         assert_eq!(run.status, "failed");
         assert!(
@@ -343,24 +297,9 @@ async fn schedule_rows_hold_references_never_values() {
     let h = Harness::start(sim).await;
     let out = tempfile::tempdir().unwrap();
     let reference = token_file(h.tmp.path(), &canary);
-    let refs = CredentialRefs {
-        chorus_token: reference.clone(),
-        s3: None,
-        webhook_secret: None,
-        azure: None,
-        gcs: None,
-    };
-    let schedule = create(
-        &h,
-        refs,
-        &format!("file://{}", out.path().display()),
-        "* * * * * *",
-    )
-    .await;
-    let (stop, task) = start_scheduler(&h, h.store.clone(), "a");
-    let runs = wait_runs(&h, &schedule.id, 1).await;
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    let refs = token_only(reference.clone());
+    let schedule = every_second(&h, refs, out.path()).await;
+    let runs = run_until(&h, &schedule.id, 1).await;
     assert_eq!(
         runs[0].status, "finished",
         "the reference resolved and the run used it: {runs:?}"

@@ -107,6 +107,22 @@ fn check_signed_and_tamper_evident(dir: &Path, public_key: &Path, job: &str) {
     assert!(minisign_verify(dir, "portshift-manifest.txt", public_key).0);
 }
 
+/// The standard output of an `export` that must have succeeded and said it signed the
+/// manifest.
+fn signed_export_output(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "export failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Signed: portshift-manifest.txt.minisig"),
+        "{stdout}"
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_export_to_a_local_folder_is_signed_and_minisign_catches_tampering() {
     let h = Harness::start(Harness::sim_config(12, 41)).await;
@@ -140,16 +156,7 @@ async fn cli_export_to_a_local_folder_is_signed_and_minisign_catches_tampering()
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "export failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("Signed: portshift-manifest.txt.minisig"),
-        "{stdout}"
-    );
+    let stdout = signed_export_output(&out);
     let job = stdout
         .split_whitespace()
         .nth(1)
@@ -194,12 +201,7 @@ async fn a_worker_process_signs_with_the_key_from_its_standard_input() {
     let keys = tempfile::tempdir().unwrap();
     let (sk, pk) = generate_key(keys.path(), "worker");
     let root = h.tmp.path().join("export");
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(&root).await;
     let database_url = format!(
         "sqlite://{}",
         h.tmp.path().join("portshift.sqlite3").display()
@@ -330,13 +332,6 @@ fn start_console(data: &Path, signing_key: &Path, retired: &Path) -> (Killed, St
     (child, format!("http://127.0.0.1:{port}"))
 }
 
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        common::stop_gracefully(&mut self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
     let h = Harness::start(Harness::sim_config(4, 45)).await;
@@ -345,12 +340,7 @@ async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
     let (new_sk, new_pk) = generate_key(keys.path(), "new");
     // An export signed before the rotation.
     let root = h.tmp.path().join("before-rotation");
-    let job = h
-        .start_job(
-            &format!("file://{}", root.display()),
-            ExportKinds::default(),
-        )
-        .await;
+    let job = h.start_job_into(&root).await;
     let mut creds = credentials();
     creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(old_sk)).unwrap());
     let (status, _) = h
@@ -450,16 +440,7 @@ async fn a_key_made_by_debian_minisign_without_a_password_signs_exports() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "export failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("Signed: portshift-manifest.txt.minisig"),
-        "{stdout}"
-    );
+    signed_export_output(&out);
     sha256sum_check(&root);
     let (ok, out) = minisign_verify(&root, "portshift-manifest.txt", &pk);
     assert!(ok, "Debian's minisign rejected the export: {out}");

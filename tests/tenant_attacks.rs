@@ -19,27 +19,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::env_or_fail;
+use common::{Killed, count_files, env_or_fail, files_containing, free_port, start_sim};
 use serde_json::{Value, json};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        common::stop_gracefully(&mut self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The server's secrets, planted where a careless server would read them for a tenant.
 struct Canaries {
@@ -277,43 +262,6 @@ fn schedule_body(chorus_url: &str, chorus_token_ref: &str) -> Value {
     })
 }
 
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut hits = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                hits.push(p);
-            }
-        }
-    }
-    hits
-}
-
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path())
-            } else {
-                n += 1
-            }
-        }
-    }
-    n
-}
-
 fn origin(u: &str) -> String {
     let u = url::Url::parse(u).unwrap();
     format!(
@@ -499,7 +447,7 @@ async fn a_default_console_refuses_every_way_to_borrow_the_servers_powers() {
     for canary in [&c.env_value, &c.file_value] {
         assert!(!answers.contains(canary.as_str()), "a canary in an answer");
         assert!(
-            files_containing(&data, canary).is_empty(),
+            files_containing(&data, canary.as_bytes()).is_empty(),
             "a canary in the data folder"
         );
     }
@@ -673,13 +621,7 @@ async fn media_redirects_into_the_servers_network_are_not_followed() {
     sim_cfg.token = "tenant-own-token".into();
     sim_cfg.sizes.min = 16 * 1024;
     sim_cfg.sizes.max = 64 * 1024;
-    let sim = stages::chorus::sim::start(
-        sim_cfg,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(sim_cfg).await;
     let s3 = common::s3_client().await;
     let bucket = format!("t-{}", uuid::Uuid::new_v4().simple());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();

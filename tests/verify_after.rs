@@ -9,72 +9,39 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pipeline::messages::ListTask;
 use pipeline::secrets::Credentials;
-use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, ExportOptions, JobId, JobSpec, JobStatus};
+use pipeline::topology::Stage;
+use pipeline::{ExportOptions, JobId, JobSpec, JobStatus};
 use stages::destination::{DestinationUrl, Tuning};
-use stages::worker::{self, WorkerCounters};
+use stages::worker::WorkerCounters;
 
 async fn start_verified_job(h: &Harness, destination: &str) -> JobId {
-    let job = JobId::new();
     let spec = JobSpec {
-        chorus_url: h.sim.api_url.to_string(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-12-31T23:59:59Z".parse().unwrap(),
-        kinds: ExportKinds::default(),
-        destination: destination.to_string(),
-        webhook_url: None,
-        schedule: None,
         options: ExportOptions {
             verify_after: true,
             ..Default::default()
         },
-        trust: pipeline::Trust::Operator,
+        ..export_spec(h.sim.api_url.as_str(), destination)
     };
-    h.store
-        .create_job(&job, "test-org", "tester", &spec)
-        .await
-        .unwrap();
-    topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
-    job
+    create_and_list(&h.store, &h.js, &spec, "test-org", "tester").await
 }
 
 /// Runs only list and fetch (hash and upload run inside fetch) until every recording is
 /// settled: the files are uploaded, the manifest and the verification not yet done.
 async fn upload_only(h: &Harness, job: &JobId, creds: &Credentials) {
-    let mut options = fast_options();
-    options.stages = vec![Stage::List, Stage::Fetch];
-    let ctx = worker::prepare(job, h.store.clone(), h.js.clone(), creds, &options)
-        .await
-        .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(
-        ctx,
-        options,
-        WorkerCounters::default(),
-        stop_rx,
-    ));
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while !h.store.is_settled(job).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let worker = h
+        .spawn_stages(
+            job,
+            vec![Stage::List, Stage::Fetch],
+            creds,
+            WorkerCounters::default(),
+        )
+        .await;
+    eventually(120, "the uploads did not settle", || async {
+        h.store.is_settled(job).await.unwrap()
     })
-    .await
-    .expect("the uploads did not settle");
-    stop_tx.send(true).unwrap();
-    run.await.unwrap().unwrap();
+    .await;
+    worker.stop().await;
 }
 
 /// Overwrites one uploaded media file at the destination (as someone with write access
@@ -153,27 +120,16 @@ async fn s3_an_object_altered_after_upload_is_reported_and_replayable() {
         .await
         .unwrap();
     h.store.reopen(&job).await.unwrap();
-    let mut options = fast_options();
-    options.stages = vec![Stage::Fetch];
-    let ctx = worker::prepare(&job, h.store.clone(), h.js.clone(), &creds, &options)
-        .await
-        .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(worker::run(
-        ctx,
-        options,
-        WorkerCounters::default(),
-        stop_rx,
-    ));
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while h.store.progress(&job).await.unwrap().dead > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the replayed recording was not exported again");
-    stop_tx.send(true).unwrap();
-    run.await.unwrap().unwrap();
+    let fetcher = h
+        .spawn_stages(&job, vec![Stage::Fetch], &creds, WorkerCounters::default())
+        .await;
+    eventually(
+        60,
+        "the replayed recording was not exported again",
+        || async { h.store.progress(&job).await.unwrap().dead == 0 },
+    )
+    .await;
+    fetcher.stop().await;
     let expected = expected_media(&h.sim);
     let bytes = get_object(&s3, &bucket, &format!("verified/{victim}")).await;
     assert_eq!(&sha256_hex(&bytes), expected.get(&victim).unwrap());

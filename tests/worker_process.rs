@@ -4,33 +4,20 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use pipeline::{ExportKinds, JobStatus};
+use pipeline::JobStatus;
 use stages::chorus::Faults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_leaves_the_job_waiting_for_credentials_and_resume_finishes_it() {
     let recordings = 30;
-    let mut sim = Harness::sim_config(recordings, 61);
-    sim.sizes.min = 512 * 1024;
-    sim.sizes.max = 512 * 1024;
     // Slow media, so the kill lands mid-job.
-    sim.faults = Faults {
-        slow_media_bytes_per_sec: 2 * 1024 * 1024,
-        ..Faults::default()
-    };
+    let sim = Harness::slow_media_config(recordings, 61, 2 * 1024 * 1024);
     let h = Harness::start(sim).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds::default(),
-        )
-        .await;
-    let db = format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display());
+    let (out, job) = h.start_folder_job().await;
+    let db = h.database_url();
     let log = h.tmp.path().join("worker.log");
     let mut worker = spawn_worker(
         &h,
@@ -78,28 +65,7 @@ async fn a_killed_worker_leaves_the_job_waiting_for_credentials_and_resume_finis
     // Resume with credentials: it finishes, and what was exported is not fetched again.
     h.sim.set_faults(Faults::default());
     let media_before = h.sim.stats.snapshot().media_requests;
-    let resumed = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args([
-            "resume",
-            job.as_str(),
-            "--nats-url",
-            &h.nats.as_ref().unwrap().url(),
-            "--database-url",
-            &db,
-            "--ack-wait-secs",
-            "3",
-        ])
-        .args(TEST_BUDGET_ARGS)
-        .env("CHORUS_API_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&resumed.stdout),
-        String::from_utf8_lossy(&resumed.stderr)
-    );
-    assert_eq!(h.store.job(&job).await.unwrap().status, JobStatus::Finished);
+    resume_to_the_end(&h, &job, &db).await;
     let refetched = h.sim.stats.snapshot().media_requests - media_before;
     assert!(
         refetched <= recordings as u64 - before.exported,

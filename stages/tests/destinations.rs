@@ -10,13 +10,15 @@ use futures::StreamExt;
 use stages::destination::{
     self, ByteStream, Destination, DestinationCredentials, DestinationError, DestinationUrl, Tuning,
 };
+use test_support::cloud::{
+    azure_container_at as azure_container, cloud_py, counting_token_server as token_server,
+    gcs_bucket, service_account_json,
+};
+use test_support::env_or_fail;
+use test_support::process::free_port;
+use test_support::s3::{fresh_bucket, s3_client, s3_credentials};
 
 const MIB: usize = 1024 * 1024;
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the suite with scripts/test"))
-}
 
 fn tuning() -> Tuning {
     Tuning {
@@ -72,85 +74,20 @@ async fn local() -> (Box<dyn Destination>, tempfile::TempDir) {
 }
 
 async fn s3() -> (Box<dyn Destination>, tempfile::TempDir) {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
-    let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
-        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        "secret_access_key": env("PORTSHIFT_TEST_S3_SECRET_KEY"),
-    }))
-    .unwrap();
-    let bucket = format!("d-{}", uuid::Uuid::new_v4().simple());
-    let create = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "PUT",
-            "--aws-sigv4",
-            "aws:amz:us-east-1:s3",
-            "--user",
-        ])
-        .arg(format!(
-            "{}:{}",
-            env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-            env("PORTSHIFT_TEST_S3_SECRET_KEY")
-        ))
-        .arg(format!("{endpoint}/{bucket}"))
-        .status()
-        .unwrap();
-    assert!(create.success(), "could not create the test bucket");
-    let url: DestinationUrl = format!("s3://{bucket}/suite?region=us-east-1&endpoint={endpoint}")
-        .parse()
-        .unwrap();
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (_, bucket) = s3_admin_with_bucket().await;
     (
-        destination::open(&url, Some(&creds), &tuning())
-            .await
-            .unwrap(),
+        s3_dest_at(&endpoint, &bucket, "suite", "").await,
         tempfile::tempdir().unwrap(),
     )
 }
 
-/// Runs `tests/support/cloud.py` with the project venv's Python (the providers' own
-/// SDKs); returns its standard output, trimmed.
-fn cloud_py(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/cloud.py");
-    let out = std::process::Command::new(env("PORTSHIFT_TEST_PYTHON"))
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run tests/support/cloud.py");
-    assert!(
-        out.status.success(),
-        "cloud.py {:?} failed: {}",
-        args.first(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A new Azurite container; returns its name and a SAS token granting `perms`.
-fn azure_container(endpoint: &str, perms: &str) -> (String, String) {
-    let container = format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
-    let sas = cloud_py(&[
-        "azure-container",
-        endpoint,
-        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
-        &env("PORTSHIFT_TEST_AZURE_KEY"),
-        &container,
-        perms,
-    ]);
-    (container, sas)
-}
-
-async fn azure_dest(endpoint: &str, container: &str, sas: &str) -> Box<dyn Destination> {
+/// An Azure destination at `url` with the SAS token `sas`.
+async fn open_azure(url: &str, sas: &str) -> Box<dyn Destination> {
     let creds: pipeline::secrets::AzureCredentials =
         serde_json::from_value(serde_json::json!({ "sas_token": sas })).unwrap();
-    let url: DestinationUrl = format!(
-        "azure://{}/{container}/suite?endpoint={endpoint}",
-        env("PORTSHIFT_TEST_AZURE_ACCOUNT")
-    )
-    .parse()
-    .unwrap();
     destination::open_with(
-        &url,
+        &url.parse::<DestinationUrl>().unwrap(),
         DestinationCredentials {
             azure: Some(&creds),
             ..Default::default()
@@ -162,8 +99,17 @@ async fn azure_dest(endpoint: &str, container: &str, sas: &str) -> Box<dyn Desti
     .unwrap()
 }
 
+async fn azure_dest(endpoint: &str, container: &str, sas: &str) -> Box<dyn Destination> {
+    let account = env_or_fail("PORTSHIFT_TEST_AZURE_ACCOUNT");
+    open_azure(
+        &format!("azure://{account}/{container}/suite?endpoint={endpoint}"),
+        sas,
+    )
+    .await
+}
+
 async fn azure() -> (Box<dyn Destination>, tempfile::TempDir) {
-    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_AZURE_ENDPOINT");
     // Read too: the suite reads every object back through the destination.
     let (container, sas) = azure_container(&endpoint, "rcw");
     (
@@ -172,71 +118,15 @@ async fn azure() -> (Box<dyn Destination>, tempfile::TempDir) {
     )
 }
 
-/// A throw-away RSA key (made by `openssl` once per test process) as a Google
-/// service-account key document whose `token_uri` is `token_uri`.
-fn service_account_json(token_uri: &str) -> String {
-    static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let pem = PEM.get_or_init(|| {
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("run openssl genpkey");
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    });
-    serde_json::json!({
-        "type": "service_account",
-        "project_id": "portshift-test",
-        "private_key_id": "test-key-1",
-        "private_key": pem,
-        "client_email": "portshift-test@portshift-test.iam.gserviceaccount.com",
-        "token_uri": token_uri,
-    })
-    .to_string()
-}
-
-/// A local OAuth token endpoint that accepts the JWT bearer grant and counts calls.
-async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = calls.clone();
-    let app = axum::Router::new().route(
-        "/token",
-        axum::routing::post(move |body: String| {
-            let counter = counter.clone();
-            async move {
-                let ok = body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
-                    && body.contains("assertion=");
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if ok {
-                    axum::Json(serde_json::json!({"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}))
-                } else {
-                    axum::Json(serde_json::json!({"error": "invalid_grant"}))
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
-}
-
-async fn gcs_dest(endpoint: &str, bucket: &str, token_uri: &str) -> Box<dyn Destination> {
+/// A GCS destination at `url` with a service-account key whose token endpoint is
+/// `token_uri`.
+async fn open_gcs(url: &str, token_uri: &str) -> Box<dyn Destination> {
     let creds: pipeline::secrets::GcsCredentials = serde_json::from_value(
         serde_json::json!({ "service_account_json": service_account_json(token_uri) }),
     )
     .unwrap();
-    let url: DestinationUrl = format!("gs://{bucket}/suite?endpoint={endpoint}")
-        .parse()
-        .unwrap();
     destination::open_with(
-        &url,
+        &url.parse::<DestinationUrl>().unwrap(),
         DestinationCredentials {
             gcs: Some(&creds),
             ..Default::default()
@@ -248,14 +138,30 @@ async fn gcs_dest(endpoint: &str, bucket: &str, token_uri: &str) -> Box<dyn Dest
     .unwrap()
 }
 
-fn gcs_bucket(endpoint: &str) -> String {
-    let bucket = format!("d-{}", uuid::Uuid::new_v4().simple());
-    cloud_py(&["gcs-bucket", endpoint, &bucket]);
-    bucket
+async fn gcs_dest(endpoint: &str, bucket: &str, token_uri: &str) -> Box<dyn Destination> {
+    open_gcs(
+        &format!("gs://{bucket}/suite?endpoint={endpoint}"),
+        token_uri,
+    )
+    .await
+}
+
+/// Writes `k.bin`, `len` bytes of a pattern; what the write returned.
+async fn put_pattern(
+    d: &dyn Destination,
+    len: usize,
+) -> Result<destination::Written, DestinationError> {
+    d.put(
+        "k.bin",
+        body(pattern(len, 1), None),
+        "application/octet-stream",
+        None,
+    )
+    .await
 }
 
 async fn gcs() -> (Box<dyn Destination>, tempfile::TempDir) {
-    let endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_GCS_ENDPOINT");
     let bucket = gcs_bucket(&endpoint);
     let (token_uri, _) = token_server().await;
     (
@@ -402,9 +308,9 @@ async fn local_writes_leave_no_temporary_files() {
 
 #[tokio::test]
 async fn s3_with_a_wrong_secret_is_refused_with_advice() {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
     let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
-        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
+        "access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
         "secret_access_key": "wrong-secret-CANARY",
     }))
     .unwrap();
@@ -435,7 +341,7 @@ async fn s3_with_a_wrong_secret_is_refused_with_advice() {
 /// error that names the missing permission.
 #[tokio::test(flavor = "multi_thread")]
 async fn azure_create_write_sas_is_enough_and_one_without_write_is_refused() {
-    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_AZURE_ENDPOINT");
     let (container, sas) = azure_container(&endpoint, "cw");
     let d = azure_dest(&endpoint, &container, &sas).await;
     for (path, len) in [("a/small.bin", 1000), ("a/large.bin", 12 * MIB + 5)] {
@@ -455,8 +361,8 @@ async fn azure_create_write_sas_is_enough_and_one_without_write_is_refused() {
     let listing: serde_json::Value = serde_json::from_str(&cloud_py(&[
         "azure-download",
         &endpoint,
-        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
-        &env("PORTSHIFT_TEST_AZURE_KEY"),
+        &env_or_fail("PORTSHIFT_TEST_AZURE_ACCOUNT"),
+        &env_or_fail("PORTSHIFT_TEST_AZURE_KEY"),
         &container,
         "suite",
         copy.path().to_str().unwrap(),
@@ -476,8 +382,8 @@ async fn azure_create_write_sas_is_enough_and_one_without_write_is_refused() {
     let create_only = cloud_py(&[
         "azure-sas",
         &endpoint,
-        &env("PORTSHIFT_TEST_AZURE_ACCOUNT"),
-        &env("PORTSHIFT_TEST_AZURE_KEY"),
+        &env_or_fail("PORTSHIFT_TEST_AZURE_ACCOUNT"),
+        &env_or_fail("PORTSHIFT_TEST_AZURE_KEY"),
         &container,
         "c",
     ]);
@@ -503,7 +409,7 @@ async fn azure_create_write_sas_is_enough_and_one_without_write_is_refused() {
 /// once, and reuses it.
 #[tokio::test(flavor = "multi_thread")]
 async fn gcs_uses_the_service_account_key_and_caches_the_token() {
-    let endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_GCS_ENDPOINT");
     let bucket = gcs_bucket(&endpoint);
     let (token_uri, calls) = token_server().await;
     let d = gcs_dest(&endpoint, &bucket, &token_uri).await;
@@ -590,7 +496,7 @@ async fn cutting_proxy(upstream: &str, cut_after: usize, needle: &'static [u8]) 
 /// which answers the status query correctly (fake-gcs-server does not).
 #[tokio::test(flavor = "multi_thread")]
 async fn gcs_resumable_upload_resumes_from_the_committed_offset() {
-    let endpoint = env("PORTSHIFT_TEST_GCS_RESUMABLE_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_GCS_RESUMABLE_ENDPOINT");
     let bucket = gcs_bucket(&endpoint);
     let proxy = cutting_proxy(&endpoint, 7 * MIB, b"bytes */").await;
     let (token_uri, _) = token_server().await;
@@ -628,14 +534,6 @@ fn slow_body(data: Vec<u8>, sent: std::sync::Arc<std::sync::atomic::AtomicUsize>
             Some((Ok(data.slice(off..end)), end))
         }
     }))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Emulator {
@@ -706,6 +604,45 @@ fn kill_when(
     })
 }
 
+/// Writes 30 MiB to `cut/video.mp4` and stops the emulator mid-file: the put fails as
+/// transient, no object (`what`) exists at the key once the emulator is back on the same
+/// data, and writing again completes.
+async fn stopped_mid_file(
+    d: &dyn Destination,
+    emulator: std::sync::Arc<std::sync::Mutex<Emulator>>,
+    bin: &str,
+    args: &[String],
+    port: u16,
+    seed: u8,
+    what: &str,
+) {
+    let data = pattern(30 * MIB, seed);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = kill_when(emulator.clone(), sent.clone(), 14 * MIB);
+    let err = d
+        .put(
+            "cut/video.mp4",
+            slow_body(data.clone(), sent),
+            "video/mp4",
+            None,
+        )
+        .await
+        .unwrap_err();
+    killer.await.unwrap();
+    assert!(matches!(err, DestinationError::Transient { .. }), "{err}");
+    *emulator.lock().unwrap() = Emulator::start(bin, args, port).await;
+    let after = read_back(d, "cut/video.mp4").await;
+    assert!(
+        matches!(after, Err(DestinationError::NotFound(_))),
+        "{what} exists after the interrupted upload: {:?}",
+        after.map(|b| b.len())
+    );
+    d.put("cut/video.mp4", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(read_back(d, "cut/video.mp4").await.unwrap(), data);
+}
+
 /// Azurite is stopped in the middle of a staged-block upload: the put fails, no blob
 /// exists at the key after a restart on the same data, and writing again completes.
 #[tokio::test(flavor = "multi_thread")]
@@ -726,41 +663,17 @@ async fn azure_stopped_mid_file_leaves_no_blob_and_a_retry_completes() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let bin = env("PORTSHIFT_TEST_AZURITE_BIN");
+    let bin = env_or_fail("PORTSHIFT_TEST_AZURITE_BIN");
     let emulator = std::sync::Arc::new(std::sync::Mutex::new(
         Emulator::start(&bin, &args, port).await,
     ));
     let endpoint = format!(
         "http://127.0.0.1:{port}/{}",
-        env("PORTSHIFT_TEST_AZURE_ACCOUNT")
+        env_or_fail("PORTSHIFT_TEST_AZURE_ACCOUNT")
     );
     let (container, sas) = azure_container(&endpoint, "rcw");
     let d = azure_dest(&endpoint, &container, &sas).await;
-    let data = pattern(30 * MIB, 4);
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let killer = kill_when(emulator.clone(), sent.clone(), 14 * MIB);
-    let err = d
-        .put(
-            "cut/video.mp4",
-            slow_body(data.clone(), sent),
-            "video/mp4",
-            None,
-        )
-        .await
-        .unwrap_err();
-    killer.await.unwrap();
-    assert!(matches!(err, DestinationError::Transient { .. }), "{err}");
-    *emulator.lock().unwrap() = Emulator::start(&bin, &args, port).await;
-    let after = read_back(d.as_ref(), "cut/video.mp4").await;
-    assert!(
-        matches!(after, Err(DestinationError::NotFound(_))),
-        "a blob exists after the interrupted upload: {:?}",
-        after.map(|b| b.len())
-    );
-    d.put("cut/video.mp4", body(data.clone(), None), "video/mp4", None)
-        .await
-        .unwrap();
-    assert_eq!(read_back(d.as_ref(), "cut/video.mp4").await.unwrap(), data);
+    stopped_mid_file(d.as_ref(), emulator, &bin, &args, port, 4, "a blob").await;
 }
 
 /// fake-gcs-server is stopped in the middle of a resumable upload: the put fails after
@@ -791,7 +704,7 @@ async fn gcs_stopped_mid_file_leaves_no_object_and_a_retry_completes() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let bin = env("PORTSHIFT_TEST_GCS_BIN");
+    let bin = env_or_fail("PORTSHIFT_TEST_GCS_BIN");
     let emulator = std::sync::Arc::new(std::sync::Mutex::new(
         Emulator::start(&bin, &args, port).await,
     ));
@@ -799,69 +712,31 @@ async fn gcs_stopped_mid_file_leaves_no_object_and_a_retry_completes() {
     let bucket = gcs_bucket(&endpoint);
     let (token_uri, _) = token_server().await;
     let d = gcs_dest(&endpoint, &bucket, &token_uri).await;
-    let data = pattern(30 * MIB, 6);
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let killer = kill_when(emulator.clone(), sent.clone(), 14 * MIB);
-    let err = d
-        .put(
-            "cut/video.mp4",
-            slow_body(data.clone(), sent),
-            "video/mp4",
-            None,
-        )
-        .await
-        .unwrap_err();
-    killer.await.unwrap();
-    assert!(matches!(err, DestinationError::Transient { .. }), "{err}");
-    *emulator.lock().unwrap() = Emulator::start(&bin, &args, port).await;
-    let after = read_back(d.as_ref(), "cut/video.mp4").await;
-    assert!(
-        matches!(after, Err(DestinationError::NotFound(_))),
-        "an object exists after the interrupted upload: {:?}",
-        after.map(|b| b.len())
-    );
-    d.put("cut/video.mp4", body(data.clone(), None), "video/mp4", None)
-        .await
-        .unwrap();
-    assert_eq!(read_back(d.as_ref(), "cut/video.mp4").await.unwrap(), data);
+    stopped_mid_file(d.as_ref(), emulator, &bin, &args, port, 6, "an object").await;
 }
 
-async fn s3_dest_at(endpoint: &str, bucket: &str, options: &str) -> Box<dyn Destination> {
-    let creds: pipeline::secrets::S3Credentials = serde_json::from_value(serde_json::json!({
-        "access_key_id": env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        "secret_access_key": env("PORTSHIFT_TEST_S3_SECRET_KEY"),
-    }))
-    .unwrap();
+/// The S3 destination `prefix` in `bucket` at `endpoint` (the test server, or a proxy in
+/// front of it), with `options` appended to its URL.
+async fn s3_dest_at(
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+    options: &str,
+) -> Box<dyn Destination> {
     let url: DestinationUrl =
-        format!("s3://{bucket}/enc?region=us-east-1&endpoint={endpoint}{options}")
+        format!("s3://{bucket}/{prefix}?region=us-east-1&endpoint={endpoint}{options}")
             .parse()
             .unwrap();
-    destination::open(&url, Some(&creds), &tuning())
+    destination::open(&url, Some(&s3_credentials()), &tuning())
         .await
         .unwrap()
 }
 
 /// An S3 client with the test server's admin keys (to look at what portshift may not:
 /// listings, heads, multipart uploads), and a fresh bucket.
-async fn s3_admin_with_bucket(endpoint: &str) -> (aws_sdk_s3::Client, String) {
-    let bucket = format!("e-{}", uuid::Uuid::new_v4().simple());
-    let creds = aws_sdk_s3::config::Credentials::new(
-        env("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        env("PORTSHIFT_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build(),
-    );
-    client.create_bucket().bucket(&bucket).send().await.unwrap();
+async fn s3_admin_with_bucket() -> (aws_sdk_s3::Client, String) {
+    let client = s3_client().await;
+    let bucket = fresh_bucket(&client).await;
     (client, bucket)
 }
 
@@ -915,14 +790,14 @@ async fn open_upload_ids(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<Strin
 /// s3:ListBucketMultipartUploads, and the journal ends empty.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
-    let (client, bucket) = s3_admin_with_bucket(&endpoint).await;
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (client, bucket) = s3_admin_with_bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
         .await
         .unwrap();
     let job = pipeline::JobId::new();
-    let mut d = s3_dest_at(&endpoint, &bucket, "").await;
+    let mut d = s3_dest_at(&endpoint, &bucket, "enc", "").await;
     d.set_upload_journal(std::sync::Arc::new(
         stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
     ));
@@ -961,9 +836,9 @@ async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
 /// the server reports the objects as encrypted.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_sse_s3_encrypts_every_object() {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
-    let (client, bucket) = s3_admin_with_bucket(&endpoint).await;
-    let d = s3_dest_at(&endpoint, &bucket, "&sse=AES256").await;
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (client, bucket) = s3_admin_with_bucket().await;
+    let d = s3_dest_at(&endpoint, &bucket, "enc", "&sse=AES256").await;
     for (path, len) in [("small.bin", 1000), ("large.bin", 11 * MIB)] {
         d.put(
             path,
@@ -992,7 +867,7 @@ async fn s3_sse_s3_encrypts_every_object() {
 /// (checked on the wire: the test server has no KMS).
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_sse_kms_sends_the_key_id() {
-    let endpoint = env("PORTSHIFT_TEST_S3_ENDPOINT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
     for (len, what) in [(1000, "PutObject"), (11 * MIB, "CreateMultipartUpload")] {
         let proxy = cutting_proxy(
             &endpoint,
@@ -1003,17 +878,11 @@ async fn s3_sse_kms_sends_the_key_id() {
         let d = s3_dest_at(
             &proxy.url,
             "any-bucket",
+            "enc",
             "&sse=aws:kms&kms_key_id=alias/portshift-exports",
         )
         .await;
-        let _ = d
-            .put(
-                "k.bin",
-                body(pattern(len, 1), None),
-                "application/octet-stream",
-                None,
-            )
-            .await;
+        let _ = put_pattern(d.as_ref(), len).await;
         assert!(
             proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
             "{what} did not carry the KMS key id"
@@ -1026,45 +895,23 @@ async fn s3_sse_kms_sends_the_key_id() {
 /// neither emulator implements customer-managed keys.
 #[tokio::test(flavor = "multi_thread")]
 async fn customer_managed_keys_are_sent_with_every_write() {
-    let endpoint = env("PORTSHIFT_TEST_AZURE_ENDPOINT");
-    let account = env("PORTSHIFT_TEST_AZURE_ACCOUNT");
+    let endpoint = env_or_fail("PORTSHIFT_TEST_AZURE_ENDPOINT");
+    let account = env_or_fail("PORTSHIFT_TEST_AZURE_ACCOUNT");
     let (container, sas) = azure_container(&endpoint, "cw");
     let host = endpoint.rsplit_once('/').unwrap().0.to_string();
     for len in [1000, 11 * MIB] {
         let proxy = cutting_proxy(&host, usize::MAX, b"x-ms-encryption-scope: cmk-scope-1").await;
-        let creds: pipeline::secrets::AzureCredentials =
-            serde_json::from_value(serde_json::json!({ "sas_token": sas })).unwrap();
-        let url: DestinationUrl = format!(
+        let url = format!(
             "azure://{account}/{container}/cmk?endpoint={}/{account}&encryption_scope=cmk-scope-1",
             proxy.url
-        )
-        .parse()
-        .unwrap();
-        let d = destination::open_with(
-            &url,
-            DestinationCredentials {
-                azure: Some(&creds),
-                ..Default::default()
-            },
-            &tuning(),
-            None,
-        )
-        .await
-        .unwrap();
-        let result = d
-            .put(
-                "k.bin",
-                body(pattern(len, 1), None),
-                "application/octet-stream",
-                None,
-            )
-            .await;
+        );
+        let result = put_pattern(open_azure(&url, &sas).await.as_ref(), len).await;
         assert!(
             proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
             "{len} bytes: no x-ms-encryption-scope ({result:?})"
         );
     }
-    let gcs_endpoint = env("PORTSHIFT_TEST_GCS_ENDPOINT");
+    let gcs_endpoint = env_or_fail("PORTSHIFT_TEST_GCS_ENDPOINT");
     let bucket = gcs_bucket(&gcs_endpoint);
     let (token_uri, _) = token_server().await;
     for len in [1000, 11 * MIB] {
@@ -1074,35 +921,11 @@ async fn customer_managed_keys_are_sent_with_every_write() {
             b"kmsKeyName=projects%2Fp1%2Flocations%2Feu%2FkeyRings%2Fr1%2FcryptoKeys%2Fk1",
         )
         .await;
-        let creds: pipeline::secrets::GcsCredentials = serde_json::from_value(
-            serde_json::json!({ "service_account_json": service_account_json(&token_uri) }),
-        )
-        .unwrap();
-        let url: DestinationUrl = format!(
+        let url = format!(
             "gs://{bucket}/cmk?endpoint={}&kms_key=projects/p1/locations/eu/keyRings/r1/cryptoKeys/k1",
             proxy.url
-        )
-        .parse()
-        .unwrap();
-        let d = destination::open_with(
-            &url,
-            DestinationCredentials {
-                gcs: Some(&creds),
-                ..Default::default()
-            },
-            &tuning(),
-            None,
-        )
-        .await
-        .unwrap();
-        let result = d
-            .put(
-                "k.bin",
-                body(pattern(len, 1), None),
-                "application/octet-stream",
-                None,
-            )
-            .await;
+        );
+        let result = put_pattern(open_gcs(&url, &token_uri).await.as_ref(), len).await;
         assert!(
             proxy.seen_needle.load(std::sync::atomic::Ordering::SeqCst),
             "{len} bytes: no kmsKeyName ({result:?})"

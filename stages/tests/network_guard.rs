@@ -22,7 +22,7 @@ use pipeline::tenancy::Allowances;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use secrecy::SecretString;
 use stages::chorus::{ChorusClient, ChorusConfig, ChorusError, EngagementFilter};
-use stages::destination::{self, DestinationCredentials, DestinationUrl, Tuning};
+use stages::destination::{self, DestinationCredentials, DestinationError, DestinationUrl, Tuning};
 use stages::http::{Egress, webhook_client};
 
 /// A listener that only counts connections (and closes them): anything reaching it
@@ -370,6 +370,36 @@ fn tuning() -> Tuning {
     }
 }
 
+/// Writes one small object to an Azure destination whose endpoint is `https://{host}`,
+/// opened through `egress` (the attack and its positive control do the same write).
+async fn put_to_azure(
+    host: &str,
+    creds: &pipeline::secrets::AzureCredentials,
+    egress: &Egress,
+) -> Result<destination::Written, DestinationError> {
+    let url: DestinationUrl = format!("azure://acct/calls/p?endpoint=https://{host}/acct")
+        .parse()
+        .unwrap();
+    let dest = destination::open_guarded(
+        &url,
+        DestinationCredentials {
+            azure: Some(creds),
+            ..Default::default()
+        },
+        &tuning(),
+        None,
+        egress,
+    )
+    .await
+    .unwrap();
+    dest.put_bytes(
+        "x.json",
+        bytes::Bytes::from_static(b"{}"),
+        "application/json",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn destination_endpoints_on_internal_addresses_receive_nothing() {
     let azure_creds: pipeline::secrets::AzureCredentials =
@@ -377,30 +407,9 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
             .unwrap();
     for answer in ANSWERS {
         let canary = start_canary().await;
-        let url: DestinationUrl = format!(
-            "azure://acct/calls/p?endpoint=https://{HOST}:{}/acct",
-            canary.port
-        )
-        .parse()
-        .unwrap();
-        let dest = destination::open_guarded(
-            &url,
-            DestinationCredentials {
-                azure: Some(&azure_creds),
-                ..Default::default()
-            },
-            &tuning(),
-            None,
-            &guarded(answer, &[]).await,
-        )
-        .await
-        .unwrap();
-        let err = dest
-            .put_bytes(
-                "x.json",
-                bytes::Bytes::from_static(b"{}"),
-                "application/json",
-            )
+        let host = format!("{HOST}:{}", canary.port);
+        let egress = guarded(answer, &[]).await;
+        let err = put_to_azure(&host, &azure_creds, &egress)
             .await
             .unwrap_err();
         assert!(!err.to_string().contains("CANARY"), "{err}");
@@ -488,31 +497,8 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
 
     // Positive control: the operator's Azure destination does reach the endpoint.
     let canary = start_canary().await;
-    let url: DestinationUrl = format!(
-        "azure://acct/calls/p?endpoint=https://127.0.0.1:{}/acct",
-        canary.port
-    )
-    .parse()
-    .unwrap();
-    let dest = destination::open_guarded(
-        &url,
-        DestinationCredentials {
-            azure: Some(&azure_creds),
-            ..Default::default()
-        },
-        &tuning(),
-        None,
-        &Egress::open(),
-    )
-    .await
-    .unwrap();
-    let _ = dest
-        .put_bytes(
-            "x.json",
-            bytes::Bytes::from_static(b"{}"),
-            "application/json",
-        )
-        .await;
+    let host = format!("127.0.0.1:{}", canary.port);
+    let _ = put_to_azure(&host, &azure_creds, &Egress::open()).await;
     assert!(
         canary.hits() >= 1,
         "the operator's destination did not connect"

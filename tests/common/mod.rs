@@ -1,10 +1,22 @@
 //! Shared test harness: a fresh `nats-server` per test (temporary store, free port), a
 //! fresh SQLite job store, the Chorus simulator in-process, and a fresh bucket on the
 //! project's SeaweedFS S3 server (started by `scripts/test`, found via the
-//! `PORTSHIFT_TEST_*` variables it exports).
-#![allow(dead_code)]
+//! `PORTSHIFT_TEST_*` variables it exports). The helpers shared with the other crates'
+//! tests come from the `test-support` crate and are re-exported here.
+#![allow(dead_code, unused_imports)]
 
 pub mod cloud;
+
+// The helpers every test crate shares live in the `test-support` crate; this module
+// adds what needs this package's `portshift` binary or its simulator.
+pub use test_support::files::{count_files, files_containing};
+pub use test_support::http::{Received, serve, webhook};
+pub use test_support::postgres::{fresh_database, fresh_database_on};
+pub use test_support::process::{Killed, free_port, log_file, logged_command, stop_gracefully};
+pub use test_support::s3::{
+    assert_no_open_uploads, fresh_bucket, get_object, list_keys, s3_client, s3_dest,
+};
+pub use test_support::{env_or_fail, plans::on_team_plan};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +25,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::messages::ListTask;
+use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
 use pipeline::secrets::{Credentials, S3Credentials};
 use pipeline::store::JobStore;
 use pipeline::topology::{self, Stage};
@@ -24,10 +37,19 @@ use tempfile::TempDir;
 
 pub const TOKEN: &str = "test-chorus-token";
 
-pub fn env_or_fail(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with scripts/test, which starts the local servers and exports it")
-    })
+/// The `portshift` binary under test. Cargo names it only to this package's tests, so
+/// the helpers that start it live here; `test-support` stops what they start.
+pub const PORTSHIFT: &str = env!("CARGO_BIN_EXE_portshift");
+
+/// The Chorus simulator with `config`, its API and media servers on free loopback ports.
+pub async fn start_sim(config: SimConfig) -> SimHandle {
+    stages::chorus::sim::start(
+        config,
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 pub struct Harness {
@@ -51,13 +73,7 @@ impl Harness {
         let js = jetstream::new(client.clone());
         topology::ensure_streams(&js).await.unwrap();
         let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
-        let sim = stages::chorus::sim::start(
-            sim,
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+        let sim = start_sim(sim).await;
         Self {
             tmp,
             nats: Some(nats),
@@ -76,37 +92,45 @@ impl Harness {
         c
     }
 
+    /// [`Harness::sim_config`] with every recording 512 KiB and media served at
+    /// `bytes_per_sec`, so a kill or a stop lands mid-job.
+    pub fn slow_media_config(recordings: usize, seed: u64, bytes_per_sec: u64) -> SimConfig {
+        let mut c = Self::sim_config(recordings, seed);
+        c.sizes.min = 512 * 1024;
+        c.sizes.max = 512 * 1024;
+        c.faults = stages::chorus::Faults {
+            slow_media_bytes_per_sec: bytes_per_sec,
+            ..stages::chorus::Faults::default()
+        };
+        c
+    }
+
+    /// The URL of the harness's SQLite job store, for `portshift` processes.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}/portshift.sqlite3", self.tmp.path().display())
+    }
+
     /// Creates a job and publishes its first list task, as `portshift export` does.
     pub async fn start_job(&self, destination: &str, kinds: ExportKinds) -> JobId {
-        let job = JobId::new();
         let spec = JobSpec {
-            chorus_url: self.sim.api_url.to_string(),
-            from: "2024-01-01T00:00:00Z".parse().unwrap(),
-            to: "2024-12-31T23:59:59Z".parse().unwrap(),
             kinds,
-            destination: destination.to_string(),
-            webhook_url: None,
-            schedule: None,
-            options: Default::default(),
-            trust: pipeline::Trust::Operator,
+            ..export_spec(self.sim.api_url.as_str(), destination)
         };
-        self.store
-            .create_job(&job, "test-org", "tester", &spec)
-            .await
-            .unwrap();
-        topology::publish_json(
-            &self.js,
-            Stage::List.subject(&job),
-            &topology::msg_id(&job, "list", &["0"]),
-            &ListTask {
-                job: job.clone(),
-                page: 0,
-                continuation_key: None,
-            },
-        )
-        .await
-        .unwrap();
-        job
+        create_and_list(&self.store, &self.js, &spec, "test-org", "tester").await
+    }
+
+    /// [`Harness::start_job`] of every kind into a new temporary folder; returns the
+    /// folder (removed when dropped) and the job.
+    pub async fn start_folder_job(&self) -> (TempDir, JobId) {
+        let out = tempfile::tempdir().unwrap();
+        let job = self.start_job_into(out.path()).await;
+        (out, job)
+    }
+
+    /// [`Harness::start_job`] of every kind into the folder `dir`.
+    pub async fn start_job_into(&self, dir: &Path) -> JobId {
+        let destination = format!("file://{}", dir.display());
+        self.start_job(&destination, ExportKinds::default()).await
     }
 
     /// Runs a worker for the job until it is final (or the timeout passes).
@@ -150,6 +174,150 @@ impl Harness {
     }
 }
 
+/// An operator's export of everything the Chorus at `chorus_url` holds for 2024 into
+/// `destination` (every kind, default options).
+pub fn export_spec(chorus_url: &str, destination: &str) -> JobSpec {
+    JobSpec {
+        chorus_url: chorus_url.to_string(),
+        from: "2024-01-01T00:00:00Z".parse().unwrap(),
+        to: "2024-12-31T23:59:59Z".parse().unwrap(),
+        kinds: ExportKinds::default(),
+        destination: destination.to_string(),
+        webhook_url: None,
+        schedule: None,
+        options: Default::default(),
+        trust: pipeline::Trust::Operator,
+    }
+}
+
+/// Creates a job from `spec` for `org` (started by `by`) and publishes its first list
+/// task, as `portshift export` and the console do; returns its id.
+pub async fn create_and_list(
+    store: &JobStore,
+    js: &jetstream::Context,
+    spec: &JobSpec,
+    org: &str,
+    by: &str,
+) -> JobId {
+    let job = JobId::new();
+    store.create_job(&job, org, by, spec).await.unwrap();
+    topology::publish_json(
+        js,
+        Stage::List.subject(&job),
+        &topology::msg_id(&job, "list", &["0"]),
+        &ListTask {
+            job: job.clone(),
+            page: 0,
+            continuation_key: None,
+        },
+    )
+    .await
+    .unwrap();
+    job
+}
+
+/// A worker in this process that runs only some stages of a job, until stopped.
+pub struct PartialWorker {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<JobStatus, stages::worker::WorkerError>>,
+}
+
+impl PartialWorker {
+    /// Stops the worker; fails if it failed.
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Harness {
+    /// Starts a worker running only `stages` of the job ([`fast_options`] otherwise),
+    /// counting into `counters`.
+    pub async fn spawn_stages(
+        &self,
+        job: &JobId,
+        stages: Vec<Stage>,
+        credentials: &Credentials,
+        counters: WorkerCounters,
+    ) -> PartialWorker {
+        let mut options = fast_options();
+        options.stages = stages;
+        let ctx = worker::prepare(
+            job,
+            self.store.clone(),
+            self.js.clone(),
+            credentials,
+            &options,
+        )
+        .await
+        .unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(worker::run(ctx, options, counters, stop_rx));
+        PartialWorker { stop, task }
+    }
+}
+
+/// Waits until `done` says so, checking every 50 ms; fails saying `what` after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// A schedule's credential references: the Chorus token's alone.
+pub fn token_only(chorus_token: String) -> CredentialRefs {
+    CredentialRefs {
+        chorus_token,
+        s3: None,
+        webhook_secret: None,
+        azure: None,
+        gcs: None,
+    }
+}
+
+/// An operator's schedule of `org` named `name`, firing on `cron` in `timezone` from
+/// 2024 on, exporting every kind from the harness's simulator into `destination` (a week
+/// of lookback) with the credentials `refs` names.
+pub async fn operator_schedule(
+    h: &Harness,
+    org: &str,
+    name: &str,
+    cron: &str,
+    timezone: &str,
+    destination: &str,
+    refs: &CredentialRefs,
+) -> Schedule {
+    let template = ScheduleTemplate {
+        chorus_url: h.sim.api_url.to_string(),
+        kinds: ExportKinds::default(),
+        destination: destination.to_string(),
+        webhook_url: None,
+        lookback_s: 7 * 24 * 3600,
+        options: Default::default(),
+    };
+    h.store
+        .create_schedule(
+            org,
+            name,
+            cron,
+            timezone,
+            &template,
+            refs,
+            "2024-01-01T00:00:00Z".parse().unwrap(),
+            pipeline::TrustLevel::Operator,
+        )
+        .await
+        .unwrap()
+}
+
 /// A Chorus request budget that never slows a test down (the simulator has no limit
 /// unless a test sets one); the tests of the budget itself set their own.
 pub const TEST_BUDGET_ARGS: [&str; 4] = ["--chorus-rate", "10000", "--chorus-burst", "10000"];
@@ -157,9 +325,9 @@ pub const TEST_BUDGET_ARGS: [&str; 4] = ["--chorus-rate", "10000", "--chorus-bur
 /// NATS server and SQLite store.
 pub fn worker_command(h: &Harness) -> pipeline::worker_process::WorkerCommand {
     let mut c = pipeline::worker_process::WorkerCommand::new(
-        env!("CARGO_BIN_EXE_portshift").into(),
+        PORTSHIFT.into(),
         &h.nats.as_ref().unwrap().url(),
-        &format!("sqlite://{}/portshift.sqlite3", h.tmp.path().display()),
+        &h.database_url(),
         h.tmp.path().to_path_buf(),
     );
     c.extra_args = vec!["--ack-wait-secs".into(), "10".into()];
@@ -194,90 +362,6 @@ pub fn credentials() -> Credentials {
 fn s3_credentials(ak: &str, sk: &str) -> S3Credentials {
     serde_json::from_value(serde_json::json!({"access_key_id": ak, "secret_access_key": sk}))
         .unwrap()
-}
-
-/// An S3 client for the test server, used to check what portshift wrote.
-pub async fn s3_client() -> aws_sdk_s3::Client {
-    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
-    let creds = aws_sdk_s3::config::Credentials::new(
-        env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"),
-        env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY"),
-        None,
-        None,
-        "test",
-    );
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// A new empty bucket; returns its name.
-pub async fn fresh_bucket(client: &aws_sdk_s3::Client) -> String {
-    let name = format!("t-{}", uuid::Uuid::new_v4().simple());
-    client.create_bucket().bucket(&name).send().await.unwrap();
-    name
-}
-
-pub fn s3_dest(bucket: &str, prefix: &str) -> String {
-    format!(
-        "s3://{bucket}/{prefix}?region=us-east-1&endpoint={}",
-        env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT")
-    )
-}
-
-/// Fails if any multipart upload is still open in `bucket` (invisible, but billed).
-pub async fn assert_no_open_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
-    let out = client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        out.uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        out.uploads()
-    );
-}
-
-/// Every key under `prefix` (with the prefix stripped).
-pub async fn list_keys(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(format!("{prefix}/"))
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for o in page.unwrap().contents() {
-            keys.push(
-                o.key()
-                    .unwrap()
-                    .strip_prefix(&format!("{prefix}/"))
-                    .unwrap()
-                    .to_string(),
-            );
-        }
-    }
-    keys.sort();
-    keys
-}
-
-pub async fn get_object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    let out = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    out.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
 /// Downloads the export under `prefix` into `dir`, as a customer would.
@@ -343,6 +427,96 @@ pub fn expected_media(sim: &SimHandle) -> std::collections::BTreeMap<String, Str
             )
         })
         .collect()
+}
+
+/// A size knob of a long test (`name` in the environment), `default` when unset, so CI
+/// and a developer can run the same test bigger or smaller.
+pub fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What [`assert_exact_export`] counted: files exported, and the manifest's lines (all
+/// of them, and distinct).
+pub struct ExactExport {
+    pub files: usize,
+    pub lines: usize,
+    pub unique: usize,
+}
+
+/// Checks that the export under `prefix` in `bucket` holds exactly the simulator's
+/// recordings, byte for byte: the media objects are the simulator's set, each with its
+/// SHA-256; the manifest has one line per file and no line twice; there are three files
+/// per recording; a downloaded copy passes the real `sha256sum -c`; and no multipart
+/// upload is left open (billed, invisible parts).
+pub async fn assert_exact_export(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    sim: &SimHandle,
+    recordings: usize,
+) -> ExactExport {
+    use std::collections::BTreeSet;
+    let keys = list_keys(s3, bucket, prefix).await;
+    let expected = expected_media(sim);
+    let media: BTreeSet<&String> = keys
+        .iter()
+        .filter(|k| k.ends_with(".mp4") || k.ends_with(".mp3"))
+        .collect();
+    assert_eq!(
+        media,
+        expected.keys().collect::<BTreeSet<_>>(),
+        "media objects differ from the simulator's set"
+    );
+    for (path, sha) in &expected {
+        let bytes = get_object(s3, bucket, &format!("{prefix}/{path}")).await;
+        assert_eq!(&sha256_hex(&bytes), sha, "{path}");
+    }
+    let manifest = get_object(s3, bucket, &format!("{prefix}/portshift-manifest.txt")).await;
+    let manifest = String::from_utf8(manifest).unwrap();
+    let lines: Vec<&str> = manifest.lines().collect();
+    let unique: BTreeSet<&str> = lines.iter().map(|l| &l[66..]).collect();
+    let files = keys.len() - 2;
+    assert_eq!(unique.len(), lines.len(), "duplicate manifest lines");
+    assert_eq!(lines.len(), files, "manifest lines != files in the bucket");
+    assert_eq!(files, recordings * 3, "three files per recording");
+    let copy = tempfile::tempdir().unwrap();
+    download(s3, bucket, prefix, copy.path()).await;
+    assert_eq!(sha256sum_check(copy.path()), files);
+    assert_no_open_uploads(s3, bucket).await;
+    ExactExport {
+        files,
+        lines: lines.len(),
+        unique: unique.len(),
+    }
+}
+
+/// The end of a chaos test's report: the Chorus faults the simulator injected, the S3
+/// proxy's 503s of all requests, the job's final counts, and the manifest's lines.
+pub fn fault_report(
+    sim: &stages::chorus::SimStatsSnapshot,
+    proxy: &FaultProxy,
+    p: &pipeline::store::Progress,
+    export: &ExactExport,
+) -> String {
+    use std::sync::atomic::Ordering;
+    let injected = proxy.injected.load(Ordering::Relaxed);
+    format!(
+        "Chorus faults: {} x 429, {} x 5xx, {} bodies cut short; S3 proxy: {} x 503 of {} requests; \
+         final: {} exported, {} skipped, {} dead; manifest {} lines, {} unique, sha256sum -c OK",
+        sim.faults_429,
+        sim.faults_5xx,
+        sim.faults_truncated,
+        injected,
+        injected + proxy.forwarded.load(Ordering::Relaxed),
+        p.exported,
+        p.skipped,
+        p.dead,
+        export.lines,
+        export.unique,
+    )
 }
 
 pub fn all_files_of(root: &Path) -> Vec<String> {
@@ -456,6 +630,50 @@ fn fastrand_f64() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `portshift resume JOB` against the harness's NATS server and `database_url`, the
+/// Chorus token in its environment (how an operator finishes a job that waits for
+/// credentials); fails unless it succeeds and the job is finished.
+pub async fn resume_to_the_end(h: &Harness, job: &JobId, database_url: &str) {
+    let resumed = std::process::Command::new(PORTSHIFT)
+        .args([
+            "resume",
+            job.as_str(),
+            "--nats-url",
+            &h.nats.as_ref().unwrap().url(),
+            "--database-url",
+            database_url,
+            "--ack-wait-secs",
+            "3",
+        ])
+        .args(TEST_BUDGET_ARGS)
+        .env("CHORUS_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&resumed.stdout),
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(h.store.job(job).await.unwrap().status, JobStatus::Finished);
+}
+
+/// Writes the test's credentials (the Chorus token and the S3 test keys) to a worker's
+/// standard input, as `serve` and the scheduler hand them over, and closes it.
+pub fn hand_credentials(child: &mut std::process::Child) {
+    use std::io::Write;
+    let creds = serde_json::json!({
+        "chorus_token": TOKEN,
+        "s3": {"access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"), "secret_access_key": env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY")},
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(creds.to_string().as_bytes())
+        .unwrap();
+}
+
 /// `portshift worker` as a child process, credentials on its standard input.
 pub fn spawn_worker(
     h: &Harness,
@@ -464,8 +682,7 @@ pub fn spawn_worker(
     extra: &[&str],
     log: &Path,
 ) -> std::process::Child {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portshift"))
+    let mut child = std::process::Command::new(PORTSHIFT)
         .args([
             "worker",
             "--job",
@@ -482,52 +699,10 @@ pub fn spawn_worker(
         .env("PATH", std::env::var("PATH").unwrap())
         .env("PORTSHIFT_LOG", "info")
         .stdin(std::process::Stdio::piped())
-        .stdout(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
+        .stdout(log_file(log))
+        .stderr(log_file(log))
         .spawn()
         .unwrap();
-    let creds = serde_json::json!({
-        "chorus_token": TOKEN,
-        "s3": {"access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"), "secret_access_key": env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY")},
-    });
+    hand_credentials(&mut child);
     child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(creds.to_string().as_bytes())
-        .unwrap();
-    child
-}
-
-/// Stops a portshift process the way systemd would: SIGTERM, so it stops its embedded
-/// `nats-server` too (a SIGKILL would leave that server running, orphaned), then
-/// SIGKILL if it has not exited within 15 s.
-pub fn stop_gracefully(child: &mut std::process::Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: a signal to a child process this test started and has not reaped.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

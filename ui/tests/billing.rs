@@ -11,42 +11,22 @@
 //! - a plan limit reached mid-month refuses the next export before it starts (nothing
 //!   started, nothing kept), and schedules need a paid plan.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
-use pipeline::JobId;
+use common::{Recorder, console_in};
 use pipeline::accounts::{Accounts, Role, User};
 use pipeline::billing::{Billing, Plan, Prices};
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::JobStore;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use ui::billing::{Stripe, StripeConfig};
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-#[derive(Default)]
-struct Recorder {
-    launched: Mutex<Vec<JobId>>,
-}
-impl WorkerLauncher for Recorder {
-    fn launch(
-        &self,
-        job: &JobId,
-        _credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        self.launched.lock().unwrap().push(job.clone());
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
 
 const WEBHOOK_SECRET: &str = "whsec_portshift_test_0123456789";
 const SECRET_KEY: &str = "sk_test_portshift_billing";
@@ -108,17 +88,8 @@ fn http() -> reqwest::Client {
 
 async fn world(serve: bool) -> World {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path())
-        .await
-        .expect("start nats-server (PORTSHIFT_NATS_SERVER_BIN)");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
-    let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
     let recorder = Arc::new(Recorder::default());
-    let mut state = AppState::new(store.clone(), js, recorder.clone())
-        .await
-        .unwrap();
+    let (nats, store, mut state) = console_in(tmp.path(), recorder.clone()).await;
     let prices = fresh_prices(&http()).await;
     let listener = if serve {
         Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
@@ -209,17 +180,9 @@ async fn org(w: &World) -> Org {
 
 async fn send(
     state: &ui::Shared,
-    mut req: Request<Body>,
+    req: Request<Body>,
 ) -> (StatusCode, String, axum::http::HeaderMap) {
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 4 << 20)
-        .await
-        .unwrap();
+    let (status, bytes, headers) = common::send(state, req).await;
     (
         status,
         String::from_utf8_lossy(&bytes).into_owned(),
@@ -234,21 +197,8 @@ async fn api(
     s: Option<&Sess>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some((token, csrf)) = s {
-        req = req
-            .header("cookie", format!("portshift_session={token}"))
-            .header("x-csrf-token", csrf);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let (status, text, _) = send(&w.state, req).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let (status, json, _) = common::api(&w.state, method, path, s, body).await;
+    (status, json)
 }
 
 async fn form(

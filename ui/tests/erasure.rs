@@ -12,15 +12,13 @@
 //!   control that shows the search can find it), and after the documented procedure
 //!   (VACUUM FULL, WAL switch with `wal_recycle=off`, CHECKPOINT) it holds none.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
-use pipeline::JobId;
+use axum::http::StatusCode;
+use common::{NoWorkers, nats_in};
 use pipeline::accounts::{Accounts, Role, TokenPurpose, User};
 use pipeline::billing::{Billing, Prices, StripeEvent};
 use pipeline::embedded_nats::EmbeddedNats;
@@ -28,30 +26,11 @@ use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
 use serde_json::{Value, json};
 use sqlx::Row;
-use tower::ServiceExt;
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-struct NoWorkers;
-impl WorkerLauncher for NoWorkers {
-    fn launch(
-        &self,
-        _job: &JobId,
-        _credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
+use test_support::env_or_fail;
+use test_support::postgres::fresh_database_on;
+use ui::AppState;
 
 const PASSWORD: &str = "tangerine-orbit-Violin-42";
-
-fn env_or_fail(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: source .data/services.env (deploy/local/start.sh)")
-    })
-}
 
 /// Where the store lives, and a direct connection to read every table.
 enum Db {
@@ -69,12 +48,7 @@ struct World {
 }
 
 async fn world(db: Db, tmp: tempfile::TempDir) -> World {
-    let nats = EmbeddedNats::start(tmp.path())
-        .await
-        .expect("start nats-server (PORTSHIFT_NATS_SERVER_BIN)");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
+    let (nats, js) = nats_in(tmp.path()).await;
     let store = match &db {
         Db::Sqlite(dir) => JobStore::open_sqlite_in(dir).await.unwrap(),
         Db::Postgres(url) => JobStore::connect(url).await.unwrap(),
@@ -93,16 +67,7 @@ async fn world(db: Db, tmp: tempfile::TempDir) -> World {
 }
 
 async fn fresh_postgres_db(base: &str) -> String {
-    let admin = sqlx::PgPool::connect(base).await.unwrap();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let mut url = url::Url::parse(base).unwrap();
-    url.set_path(&name);
-    url.to_string()
+    fresh_database_on(base, "t").await.to_string()
 }
 
 /// Every table of the store with each row rendered as one text (all columns).
@@ -173,21 +138,6 @@ async fn every_row(db: &Db) -> Vec<(String, Vec<String>)> {
     out
 }
 
-async fn send(w: &World, mut req: Request<Body>) -> (StatusCode, Value) {
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(w.state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn api(
     w: &World,
     method: &str,
@@ -195,15 +145,8 @@ async fn api(
     s: &(String, String),
     body: Value,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("cookie", format!("portshift_session={}", s.0))
-        .header("x-csrf-token", &s.1)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    send(w, req).await
+    let (status, json, _) = common::api(&w.state, method, path, Some(s), Some(body)).await;
+    (status, json)
 }
 
 /// What must be gone after the erasure, and what must stay.

@@ -3,32 +3,19 @@
 //! p50/p95 (run with `--nocapture` to see them) and fails if p95 passes a generous bound,
 //! so a query that starts scanning the whole history is caught.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
+use common::{NoWorkers, nats_in};
 use pipeline::accounts::Accounts;
-use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::{FileRow, JobStore, ListedRecording};
-use pipeline::{FileKind, JobId, JobSpec, JobStatus};
+use pipeline::{FileKind, JobId, JobStatus};
 use tower::ServiceExt;
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-struct NoWorkers;
-impl WorkerLauncher for NoWorkers {
-    fn launch(
-        &self,
-        _: &JobId,
-        _: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _: &JobId) -> bool {
-        false
-    }
-}
+use ui::AppState;
 
 const JOBS: usize = 10_000;
 
@@ -39,12 +26,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_page_with_ten_thousand_jobs_in_history() {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path())
-        .await
-        .expect("start nats-server");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
+    let (_nats, js) = nats_in(tmp.path()).await;
     let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
     let accounts = Accounts::new(&store);
     let owner = accounts
@@ -52,17 +34,7 @@ async fn job_page_with_ten_thousand_jobs_in_history() {
         .await
         .unwrap();
     let org = accounts.create_org("Perf", &owner).await.unwrap();
-    let spec = JobSpec {
-        chorus_url: "https://chorus.example/".into(),
-        from: "2024-01-01T00:00:00Z".parse().unwrap(),
-        to: "2024-01-31T23:59:59Z".parse().unwrap(),
-        kinds: Default::default(),
-        destination: "s3://bucket/prefix?region=eu-west-1".into(),
-        webhook_url: None,
-        schedule: None,
-        options: Default::default(),
-        trust: pipeline::Trust::Operator,
-    };
+    let spec = test_support::jobs::stored_only_spec("s3://bucket/prefix?region=eu-west-1");
     let seeded = Instant::now();
     let mut last = None;
     let mut tasks = futures::stream::FuturesUnordered::new();

@@ -14,46 +14,25 @@
 //!   (audit rows and jobs keep a pseudonym);
 //! - the relay is never spoken to in clear unless the operator asked for it on loopback.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
-use futures::future::BoxFuture;
+use common::{NoWorkers, console_in};
+use pipeline::JobId;
 use pipeline::accounts::{Accounts, Role, TokenPurpose};
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::JobStore;
-use pipeline::{JobId, JobSpec};
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use test_support::env_or_fail;
 use ui::mail::{MailConfig, Mailer};
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-struct NoWorkers;
-impl WorkerLauncher for NoWorkers {
-    fn launch(
-        &self,
-        _job: &JobId,
-        _credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
 
 const PASSWORD: &str = "tangerine-orbit-Violin-42";
 const PUBLIC_URL: &str = "https://console.portshift.test";
-
-fn env_or_fail(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: source .data/services.env (deploy/local/start.sh smtp starts the SMTP server)")
-    })
-}
 
 fn mail_config(url: &str) -> MailConfig {
     MailConfig {
@@ -76,16 +55,7 @@ struct World {
 
 async fn world() -> World {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path())
-        .await
-        .expect("start nats-server (PORTSHIFT_NATS_SERVER_BIN)");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
-    let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
-    let mut state = AppState::new(store.clone(), js, Arc::new(NoWorkers))
-        .await
-        .unwrap();
+    let (nats, store, mut state) = console_in(tmp.path(), Arc::new(NoWorkers)).await;
     let mailer = Mailer::new(&mail_config(&env_or_fail("PORTSHIFT_TEST_SMTP_URL"))).unwrap();
     let st = Arc::get_mut(&mut state).unwrap();
     st.mail = Some(Arc::new(mailer));
@@ -105,16 +75,8 @@ fn fresh(who: &str, domain: &str) -> String {
 }
 
 /// Sends one request through the router as if from 127.0.0.1.
-async fn send(state: &ui::Shared, mut req: Request<Body>) -> (StatusCode, Vec<u8>, HeaderMap) {
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
+async fn send(state: &ui::Shared, req: Request<Body>) -> (StatusCode, Vec<u8>, HeaderMap) {
+    let (status, bytes, headers) = common::send(state, req).await;
     (status, bytes.to_vec(), headers)
 }
 
@@ -128,25 +90,7 @@ async fn api(
     session: Option<&Sess>,
     body: Option<Value>,
 ) -> (StatusCode, Value, HeaderMap) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some((token, csrf)) = session {
-        req = req
-            .header("cookie", format!("portshift_session={token}"))
-            .header("x-csrf-token", csrf);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let (status, bytes, headers) = send(&w.state, req).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        headers,
-    )
+    common::api(&w.state, method, path, session, body).await
 }
 
 /// A pre-session form post (sign-up, sign-in, reset): the double-submit cookie and field.
@@ -900,17 +844,7 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
             &job,
             &shared.id,
             &email,
-            &JobSpec {
-                chorus_url: "https://chorus.example/".into(),
-                from: "2024-01-01T00:00:00Z".parse().unwrap(),
-                to: "2024-01-31T23:59:59Z".parse().unwrap(),
-                kinds: Default::default(),
-                destination: "s3://bucket/prefix?region=eu-west-1".into(),
-                webhook_url: None,
-                schedule: None,
-                options: Default::default(),
-                trust: pipeline::Trust::Operator,
-            },
+            &test_support::jobs::stored_only_spec("s3://bucket/prefix?region=eu-west-1"),
         )
         .await
         .unwrap();

@@ -2,35 +2,17 @@
 //! organisation's real period (14 days by default) and the oldest kept job; a period
 //! outside 1..=365 days is refused; and what the purge deleted is counted on /metrics.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
+use axum::http::StatusCode;
+use common::{NoWorkers, api_request, nats_in, send};
+use pipeline::JobId;
 use pipeline::accounts::Accounts;
-use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::retention::{Purger, RetentionOptions};
 use pipeline::store::JobStore;
-use pipeline::{JobId, JobSpec};
-use tower::ServiceExt;
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-struct NoWorkers;
-
-impl WorkerLauncher for NoWorkers {
-    fn launch(
-        &self,
-        _job: &JobId,
-        _credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
+use ui::AppState;
 
 async fn get(
     state: &ui::Shared,
@@ -47,39 +29,15 @@ async fn request(
     session: Option<&(String, String)>,
     json: Option<serde_json::Value>,
 ) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some((token, csrf)) = session {
-        req = req
-            .header("cookie", format!("portshift_session={token}"))
-            .header("x-csrf-token", csrf);
-    }
-    let body = match json {
-        Some(v) => {
-            req = req.header("content-type", "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let mut req = req.body(body).unwrap();
-    req.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let req = api_request(method, path, session, true, json);
+    let (status, bytes, _) = send(state, req).await;
     (status, String::from_utf8_lossy(&bytes).to_string())
 }
 
 #[tokio::test]
 async fn the_settings_page_and_metrics_tell_the_truth_about_retention() {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path())
-        .await
-        .expect("start nats-server");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
+    let (nats, js) = nats_in(tmp.path()).await;
     let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
     let purger = Purger::new(
         store.clone(),
@@ -113,17 +71,7 @@ async fn the_settings_page_and_metrics_tell_the_truth_about_retention() {
             &job,
             &org.id,
             &admin.email,
-            &JobSpec {
-                chorus_url: "https://chorus.example/".into(),
-                from: "2024-01-01T00:00:00Z".parse().unwrap(),
-                to: "2024-01-31T23:59:59Z".parse().unwrap(),
-                kinds: Default::default(),
-                destination: "s3://bucket/prefix".into(),
-                webhook_url: None,
-                schedule: None,
-                options: Default::default(),
-                trust: pipeline::Trust::Operator,
-            },
+            &test_support::jobs::stored_only_spec("s3://bucket/prefix"),
         )
         .await
         .unwrap();

@@ -10,44 +10,20 @@
 //!   schedule id is 404 and stays as it was), pause and resume change the store and the
 //!   audit trail, and the schedules page and its forms follow the same rules as the API.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
+use common::{Recorder, api_request, console_in, send};
+use pipeline::JobId;
 use pipeline::accounts::{Accounts, Role, User};
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
-use pipeline::{JobId, JobSpec};
-use tower::ServiceExt;
+use test_support::plans::on_team_plan;
 use ui::roles::{API_ROUTES, Action, ApiRoute, UNVERIFIED_OK, allows};
-use ui::{AppState, LaunchError, WorkerLauncher};
-
-/// Records launches instead of starting processes.
-#[derive(Default)]
-struct Recorder {
-    launched: Mutex<Vec<(JobId, Vec<u8>)>>,
-}
-
-impl WorkerLauncher for Recorder {
-    fn launch(
-        &self,
-        job: &JobId,
-        credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        self.launched
-            .lock()
-            .unwrap()
-            .push((job.clone(), credentials.to_vec()));
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -59,17 +35,8 @@ struct World {
 
 async fn world() -> World {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path()).await.expect(
-        "start nats-server (run under scripts/test, or put nats-server on PATH / PORTSHIFT_NATS_SERVER_BIN)",
-    );
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
-    let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
     let recorder = Arc::new(Recorder::default());
-    let state = AppState::new(store.clone(), js, recorder.clone())
-        .await
-        .unwrap();
+    let (nats, store, state) = console_in(tmp.path(), recorder.clone()).await;
     World {
         _tmp: tmp,
         _nats: nats,
@@ -149,17 +116,7 @@ async fn cell(w: &World, n: usize) -> Cell {
             &job,
             &org.id,
             &owner.email,
-            &JobSpec {
-                chorus_url: "https://chorus.example/".into(),
-                from: "2024-01-01T00:00:00Z".parse().unwrap(),
-                to: "2024-01-31T23:59:59Z".parse().unwrap(),
-                kinds: Default::default(),
-                destination: "file:///tmp/x".into(),
-                webhook_url: None,
-                schedule: None,
-                options: Default::default(),
-                trust: pipeline::Trust::Operator,
-            },
+            &test_support::jobs::stored_only_spec("file:///tmp/x"),
         )
         .await
         .unwrap();
@@ -298,40 +255,21 @@ async fn call(
     csrf: bool,
     body: Option<serde_json::Value>,
 ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some((token, csrf_token)) = session {
-        req = req.header("cookie", format!("portshift_session={token}"));
-        if csrf {
-            req = req.header("x-csrf-token", csrf_token);
-        }
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let (status, bytes, headers) = send(state, req).await;
+    let (status, bytes, headers) =
+        send(state, api_request(method, path, session, csrf, body)).await;
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json, headers)
 }
 
-/// Sends one request through the router as if from 127.0.0.1.
-async fn send(
-    state: &ui::Shared,
-    mut req: Request<Body>,
-) -> (StatusCode, axum::body::Bytes, axum::http::HeaderMap) {
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, bytes, headers)
+/// A JSON write through the API as `session` (with its CSRF token): status and body.
+async fn post(
+    w: &World,
+    path: &str,
+    session: &(String, String),
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let (status, json, _) = call(&w.state, "POST", path, Some(session), true, Some(body)).await;
+    (status, json)
 }
 
 #[tokio::test]
@@ -532,6 +470,22 @@ async fn page(
     )
 }
 
+/// A page form posted as `session`, with its CSRF token and nothing else.
+async fn form_post(
+    w: &World,
+    path: &str,
+    session: &(String, String),
+) -> (StatusCode, String, axum::http::HeaderMap) {
+    page(
+        &w.state,
+        "POST",
+        path,
+        Some(session),
+        Some(format!("csrf={}", session.1)),
+    )
+    .await
+}
+
 fn schedule_actions(accounts_log: &[pipeline::accounts::AuditEvent]) -> Vec<&str> {
     accounts_log
         .iter()
@@ -602,12 +556,10 @@ async fn another_organisations_schedule_is_not_found_and_left_alone() {
             assert_eq!(json["error"]["code"], "not_found", "{json}");
         }
         for action in ["pause", "resume", "delete"] {
-            let (status, html, _) = page(
-                &w.state,
-                "POST",
+            let (status, html, _) = form_post(
+                &w,
                 &format!("/orgs/{}/schedules/{id}/{action}", a.org),
-                Some(&owner_a),
-                Some(format!("csrf={}", owner_a.1)),
+                &owner_a,
             )
             .await;
             assert_eq!(status, StatusCode::NOT_FOUND, "page {action} {id}: {html}");
@@ -700,14 +652,7 @@ async fn pause_resume_and_delete_change_the_store_and_the_audit_trail() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!w.store.schedule(&c.schedule).await.unwrap().paused);
     for (action, paused) in [("pause", true), ("resume", false)] {
-        let (status, html, headers) = page(
-            &w.state,
-            "POST",
-            &format!("{form}/{action}"),
-            Some(&admin),
-            Some(format!("csrf={}", admin.1)),
-        )
-        .await;
+        let (status, html, headers) = form_post(&w, &format!("{form}/{action}"), &admin).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{action}: {html}");
         assert_eq!(headers["location"], format!("/orgs/{}/schedules", c.org));
         assert_eq!(
@@ -719,26 +664,12 @@ async fn pause_resume_and_delete_change_the_store_and_the_audit_trail() {
 
     // A member may do neither.
     let member = c.sessions[2].1.clone().unwrap();
-    let (status, _, _) = page(
-        &w.state,
-        "POST",
-        &format!("{form}/pause"),
-        Some(&member),
-        Some(format!("csrf={}", member.1)),
-    )
-    .await;
+    let (status, _, _) = form_post(&w, &format!("{form}/pause"), &member).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!w.store.schedule(&c.schedule).await.unwrap().paused);
 
     // Delete through the page.
-    let (status, html, _) = page(
-        &w.state,
-        "POST",
-        &format!("{form}/delete"),
-        Some(&admin),
-        Some(format!("csrf={}", admin.1)),
-    )
-    .await;
+    let (status, html, _) = form_post(&w, &format!("{form}/delete"), &admin).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
     assert!(w.store.schedule(&c.schedule).await.is_err());
     let (status, json, _) = call(&w.state, "DELETE", &api, Some(&admin), true, None).await;
@@ -864,67 +795,56 @@ async fn schedules_are_created_with_references_only() {
     let c = cell(&w, 0).await;
     let admin = c.sessions[1].1.clone().unwrap();
     let path = format!("/api/v1/orgs/{}/schedules", c.org);
-    let pasted = "sk-live-PASTED-SECRET-91c2";
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
-        &path,
-        Some(&admin),
-        true,
-        Some(serde_json::json!({
-            "name": "", "cron": "every night", "timezone": "Mars/Olympus",
-            "start": "yesterday", "destination": "ftp://x",
-            "chorus_token_ref": pasted,
-        })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
-    let fields = &json["error"]["fields"];
-    for f in [
-        "name",
-        "timezone",
-        "start",
-        "destination",
-        "chorus_token_ref",
+    // Each mistake against its field; a credential pasted into a reference field is not
+    // echoed.
+    for (body, fields) in [
+        (
+            serde_json::json!({
+                "name": "", "cron": "every night", "timezone": "Mars/Olympus",
+                "start": "yesterday", "destination": "ftp://x",
+                "chorus_token_ref": "sk-live-PASTED-SECRET-91c2",
+            }),
+            &[
+                "name",
+                "timezone",
+                "start",
+                "destination",
+                "chorus_token_ref",
+            ][..],
+        ),
+        (
+            serde_json::json!({
+                "name": "n", "cron": "every night", "start": "2024-01-01",
+                "destination": "gs://bucket/calls", "chorus_token_ref": "env:CHORUS_API_TOKEN",
+                "gcs_ref": "azure:managed-identity",
+            }),
+            &["cron", "gcs_ref"][..],
+        ),
     ] {
-        assert!(fields[f].is_string(), "{f} missing in {json}");
+        let (status, json) = post(&w, &path, &admin, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+        for f in fields {
+            assert!(
+                json["error"]["fields"][f].is_string(),
+                "{f} missing in {json}"
+            );
+        }
+        assert!(!json.to_string().contains("PASTED-SECRET"), "{json}");
     }
-    assert!(!json.to_string().contains("PASTED-SECRET"), "{json}");
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
-        &path,
-        Some(&admin),
-        true,
-        Some(serde_json::json!({
-            "name": "n", "cron": "every night", "start": "2024-01-01",
-            "destination": "gs://bucket/calls", "chorus_token_ref": "env:CHORUS_API_TOKEN",
-            "gcs_ref": "azure:managed-identity",
-        })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
-    assert!(json["error"]["fields"]["cron"].is_string(), "{json}");
-    assert!(json["error"]["fields"]["gcs_ref"].is_string(), "{json}");
 
     // Every reference that resolves on the server is refused for console users, each
     // against its field, with what to use instead; nothing is stored.
     let before = w.store.schedules_of(&c.org).await.unwrap().len();
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
-        &path,
-        Some(&admin),
-        true,
-        Some(serde_json::json!({
+    let server_refs = |token_file: &str, secret_env: &str| {
+        serde_json::json!({
             "name": "nightly gcs", "cron": "30 1 * * *", "timezone": "Europe/Helsinki",
             "start": "2024-02-01", "destination": "gs://bucket/calls",
             "media": false,
-            "chorus_token_ref": "file:/etc/passwd", "gcs_ref": "gcp:workload-identity",
-            "webhook_url": "https://hooks.example/x", "webhook_secret_ref": "env:HOME",
-        })),
-    )
-    .await;
+            "chorus_token_ref": format!("file:{token_file}"), "gcs_ref": "gcp:workload-identity",
+            "webhook_url": "https://hooks.example/x", "webhook_secret_ref": format!("env:{secret_env}"),
+        })
+    };
+    let (status, json) = post(&w, &path, &admin, server_refs("/etc/passwd", "HOME")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
     let fields = &json["error"]["fields"];
     for f in ["chorus_token_ref", "gcs_ref", "webhook_secret_ref"] {
@@ -934,34 +854,18 @@ async fn schedules_are_created_with_references_only() {
         assert!(msg.contains("cross-account role"), "{f}: {msg}");
     }
     // The answer for a file that exists is the answer for one that does not.
-    let (_, other, _) = call(
-        &w.state,
-        "POST",
+    let (_, other) = post(
+        &w,
         &path,
-        Some(&admin),
-        true,
-        Some(serde_json::json!({
-            "name": "nightly gcs", "cron": "30 1 * * *", "timezone": "Europe/Helsinki",
-            "start": "2024-02-01", "destination": "gs://bucket/calls",
-            "media": false,
-            "chorus_token_ref": "file:/nonexistent/portshift", "gcs_ref": "gcp:workload-identity",
-            "webhook_url": "https://hooks.example/x", "webhook_secret_ref": "env:PORTSHIFT_SURELY_UNSET",
-        })),
+        &admin,
+        server_refs("/nonexistent/portshift", "PORTSHIFT_SURELY_UNSET"),
     )
     .await;
     assert_eq!(json, other);
     assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
     // A member may not create one.
     let member = c.sessions[2].1.clone().unwrap();
-    let (status, _, _) = call(
-        &w.state,
-        "POST",
-        &path,
-        Some(&member),
-        true,
-        Some(serde_json::json!({"name": "x"})),
-    )
-    .await;
+    let (status, _) = post(&w, &path, &member, serde_json::json!({"name": "x"})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -1056,16 +960,14 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     let api = format!("/api/v1/orgs/{}/schedules", c.org);
     let before = w.store.schedules_of(&c.org).await.unwrap().len();
 
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
+    let (status, json) = post(
+        &w,
         &api,
-        Some(&admin),
-        true,
-        Some(role_schedule(
+        &admin,
+        role_schedule(
             "bad",
             serde_json::json!({"layout": "zip", "verify_after": "perhaps"}),
-        )),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
@@ -1077,16 +979,14 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     assert!(fields["verify_after"].is_string(), "{json}");
     assert_eq!(w.store.schedules_of(&c.org).await.unwrap().len(), before);
 
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
+    let (status, json) = post(
+        &w,
         &api,
-        Some(&admin),
-        true,
-        Some(role_schedule(
+        &admin,
+        role_schedule(
             "bagged",
             serde_json::json!({"layout": "bagit", "verify_after": true}),
-        )),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
@@ -1100,13 +1000,11 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     assert_eq!(stored.template.options.layout, pipeline::Layout::Bagit);
     assert!(stored.template.options.verify_after);
 
-    let (status, json, _) = call(
-        &w.state,
-        "POST",
+    let (status, json) = post(
+        &w,
         &api,
-        Some(&admin),
-        true,
-        Some(role_schedule("defaults", serde_json::json!({}))),
+        &admin,
+        role_schedule("defaults", serde_json::json!({})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
@@ -1161,26 +1059,4 @@ async fn schedules_take_layout_and_verify_after_from_the_api_and_the_form() {
     let made = all.iter().find(|s| s.name == "form").unwrap();
     assert_eq!(made.template.options.layout, pipeline::Layout::Bagit);
     assert!(made.template.options.verify_after);
-}
-
-/// Puts `org` on the team plan, as Stripe's subscription webhook would.
-async fn on_team_plan(store: &pipeline::store::JobStore, org: &str) {
-    use pipeline::billing::{Billing, Plan, Prices, StripeEvent};
-    let billing = Billing::new(store);
-    let customer = format!("cus_{}", uuid::Uuid::new_v4().simple());
-    billing.link_customer(org, &customer).await.unwrap();
-    let event = serde_json::json!({
-        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
-        "type": "customer.subscription.created",
-        "created": chrono::Utc::now().timestamp(),
-        "data": {"object": {"id": format!("sub_{customer}"), "customer": customer,
-            "status": "active", "items": {"data": [{"price": {"id": "price_team"}}]}}}
-    });
-    let event = StripeEvent::parse(event.to_string().as_bytes()).unwrap();
-    let prices = Prices {
-        team: Some("price_team".into()),
-        enterprise: None,
-    };
-    billing.apply(&event, &prices).await.unwrap();
-    assert_eq!(billing.plan_of(org).await.unwrap(), Plan::Team);
 }

@@ -6,39 +6,17 @@
 //! - routes that start work are rate limited per user (429 with Retry-After), on top of
 //!   the per-client API limit.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
-use futures::future::BoxFuture;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use common::{Recorder, api_request, console_in, send};
 use pipeline::accounts::Accounts;
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::JobStore;
 use pipeline::{JobId, JobStatus};
-use tower::ServiceExt;
-use ui::{AppState, LaunchError, Limits, WorkerLauncher};
-
-/// Records launches instead of starting processes.
-#[derive(Default)]
-struct Recorder {
-    launched: Mutex<Vec<JobId>>,
-}
-
-impl WorkerLauncher for Recorder {
-    fn launch(
-        &self,
-        job: &JobId,
-        _credentials: zeroize::Zeroizing<Vec<u8>>,
-    ) -> BoxFuture<'static, Result<(), LaunchError>> {
-        self.launched.lock().unwrap().push(job.clone());
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, _job: &JobId) -> bool {
-        false
-    }
-}
+use ui::Limits;
 
 struct World {
     _tmp: tempfile::TempDir,
@@ -50,17 +28,8 @@ struct World {
 
 async fn world(limits: Limits) -> World {
     let tmp = tempfile::tempdir().unwrap();
-    let nats = EmbeddedNats::start(tmp.path()).await.expect(
-        "start nats-server (run under scripts/test, or put nats-server on PATH / PORTSHIFT_NATS_SERVER_BIN)",
-    );
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    pipeline::topology::ensure_streams(&js).await.unwrap();
-    let store = JobStore::open_sqlite_in(tmp.path()).await.unwrap();
     let recorder = Arc::new(Recorder::default());
-    let mut state = AppState::new(store.clone(), js, recorder.clone())
-        .await
-        .unwrap();
+    let (nats, store, mut state) = console_in(tmp.path(), recorder.clone()).await;
     Arc::get_mut(&mut state).unwrap().limits = limits;
     World {
         _tmp: tmp,
@@ -99,23 +68,9 @@ async fn start_export(
         "chorus_token": "token",
         "s3_access_key_id": "AKIAEXAMPLE", "s3_secret_access_key": "secret",
     });
-    let mut req = Request::builder()
-        .method("POST")
-        .uri(format!("/api/v1/orgs/{org}/jobs"))
-        .header("cookie", format!("portshift_session={}", session.0))
-        .header("x-csrf-token", &session.1)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    req.extensions_mut().insert(ConnectInfo(
-        "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
-    ));
-    let res = ui::router(w.state.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let path = format!("/api/v1/orgs/{org}/jobs");
+    let req = api_request("POST", &path, Some(session), true, Some(body));
+    let (status, bytes, headers) = send(&w.state, req).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or_default(),
