@@ -8,9 +8,10 @@
 //! runs, and the child's `ru_maxrss` from wait4 once it exits (the same counter, read at
 //! the very end). Costs a few seconds: 8 files of 48 MiB.
 //!
-//! Ignored until the S3 path keeps the promise: measured 230 MiB against 192 MiB with a
-//! fixed glibc mmap threshold (pipeline::memory), 87 MiB for one transfer, 226 MiB for
-//! four, so about 14 MiB per transfer above part size × (parts in flight + 1).
+//! It failed at first (issue 13): 230 MiB against 192 MiB. heaptrack showed the cause:
+//! the chunk that overflowed a part was appended whole, so the part's buffer grew by
+//! doubling to twice the part size, with a copy. Parts are now cut exactly (the overflow
+//! starts the next part); the same export peaks at about 174 MiB.
 
 mod common;
 
@@ -54,7 +55,6 @@ fn wait_with_maxrss(child: &std::process::Child) -> (i32, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 // The child is reaped by wait4 in `wait_with_maxrss`, which clippy cannot see.
 #[allow(clippy::zombie_processes)]
-#[ignore = "fails today: 230 MiB against 192 MiB (about 1.5 parts per transfer above the formula, issue 13); run with --ignored"]
 async fn s3_export_peak_memory_stays_within_parts_in_flight() {
     let mut config = Harness::sim_config(FILES, 77);
     config.sizes.min = SIZE;

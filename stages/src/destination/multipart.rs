@@ -17,10 +17,16 @@ use tokio::task::JoinSet;
 use super::{ByteStream, DestinationError};
 
 /// Cuts a byte stream into parts of exactly `part_size` bytes (the last may be shorter),
-/// holding at most one part plus one chunk in memory.
+/// holding at most one part in memory.
+///
+/// Each part is one allocation of exactly `part_size`: a chunk that would overflow the
+/// part is split, and its rest starts the next part. (Appending the whole chunk would
+/// make the buffer grow by doubling, to twice the part size, with a copy.) A part made
+/// of one chunk is that chunk, without a copy, so a small file allocates nothing here.
 pub(crate) struct PartReader {
     body: ByteStream,
-    buf: BytesMut,
+    /// The rest of a chunk that overflowed the previous part.
+    pending: Option<Bytes>,
     part_size: usize,
     finished: bool,
 }
@@ -29,38 +35,62 @@ impl PartReader {
     pub(crate) fn new(body: ByteStream, part_size: usize) -> Self {
         Self {
             body,
-            buf: BytesMut::new(),
-            part_size,
+            pending: None,
+            part_size: part_size.max(1),
             finished: false,
         }
     }
 
-    /// The next part, `None` at the end; an error if the body failed.
-    pub(crate) async fn next_part(&mut self) -> Result<Option<Bytes>, std::io::Error> {
-        while !self.finished && self.buf.len() < self.part_size {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, std::io::Error> {
+        if let Some(rest) = self.pending.take() {
+            return Ok(Some(rest));
+        }
+        while !self.finished {
             match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    if self.buf.capacity() < self.part_size {
-                        // Sized once per part: growing by doubling would hold up to
-                        // twice the part size per transfer.
-                        self.buf
-                            .reserve(self.part_size.max(chunk.len()) - self.buf.len());
-                    }
-                    self.buf.extend_from_slice(&chunk);
-                }
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => return Ok(Some(chunk)),
                 Some(Err(e)) => return Err(e),
                 None => self.finished = true,
             }
         }
-        if self.buf.is_empty() {
-            return Ok(None);
+        Ok(None)
+    }
+
+    /// The next part, `None` at the end; an error if the body failed.
+    pub(crate) async fn next_part(&mut self) -> Result<Option<Bytes>, std::io::Error> {
+        let mut single: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        loop {
+            let have = single.as_ref().map_or(joined.len(), Bytes::len);
+            if have == self.part_size {
+                break;
+            }
+            let Some(mut chunk) = self.next_chunk().await? else {
+                break;
+            };
+            let room = self.part_size - have;
+            if chunk.len() > room {
+                self.pending = Some(chunk.split_off(room));
+            }
+            if single.is_none() && joined.is_empty() {
+                single = Some(chunk);
+                continue;
+            }
+            if let Some(first) = single.take() {
+                joined = BytesMut::with_capacity(self.part_size);
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&chunk);
         }
-        let take = self.buf.len().min(self.part_size);
-        Ok(Some(self.buf.split_to(take).freeze()))
+        Ok(match single {
+            Some(part) => Some(part),
+            None if joined.is_empty() => None,
+            None => Some(joined.freeze()),
+        })
     }
 
     pub(crate) fn is_finished(&self) -> bool {
-        self.finished && self.buf.is_empty()
+        self.finished && self.pending.is_none()
     }
 }
 
@@ -242,6 +272,23 @@ mod tests {
             sizes[..sizes.len() - 1].iter().all(|s| *s == 4096),
             "{sizes:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_part_of_one_chunk_is_that_chunk_and_its_overflow_starts_the_next() {
+        let big = Bytes::from(vec![7u8; 10_000]);
+        let at = big.as_ptr();
+        let mut reader = PartReader::new(Box::pin(futures::stream::iter(vec![Ok(big)])), 4096);
+        let first = reader.next_part().await.unwrap().unwrap();
+        // Not copied: the part is a view of the chunk.
+        assert_eq!((first.len(), first.as_ptr()), (4096, at));
+        assert_eq!(reader.next_part().await.unwrap().unwrap().len(), 4096);
+        assert_eq!(
+            reader.next_part().await.unwrap().unwrap().len(),
+            10_000 - 8192
+        );
+        assert!(reader.next_part().await.unwrap().is_none());
+        assert!(reader.is_finished());
     }
 
     #[tokio::test]
