@@ -9,8 +9,10 @@
 //! account at once. Splitting the rate would need an up-to-date count of every process
 //! of every job of the account; one CAS-updated entry per account needs nothing but the
 //! NATS server every worker already talks to, and a 429 seen by one worker slows all of
-//! them at once. The cost is one read and one compare-and-set per request (well under a
-//! millisecond on a local server, small next to a Chorus request). The bucket is kept
+//! them at once. The cost is one read and one compare-and-set per reservation (well under
+//! a millisecond on a local server, small next to a Chorus request); at high rates one
+//! reservation takes the slots of the next [`PREPAY_WINDOW`] for this process, so the
+//! cost is shared by up to [`MAX_PREPAID`] requests. The bucket is kept
 //! in memory (the state is worth seconds) and entries expire after a day.
 //!
 //! The entry holds a reservation time, not a count: each request reserves the next free
@@ -46,6 +48,18 @@ pub const CUT_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// Compare-and-set attempts before an update falls back to this process's own state.
 const MAX_CAS_ATTEMPTS: u32 = 50;
+
+/// At high rates a process reserves the slots of this long in one compare-and-set and
+/// uses them itself, so the shared entry costs two JetStream requests per batch rather
+/// than per API request (at 2 per second, the default, a batch is one slot).
+pub const PREPAY_WINDOW: Duration = Duration::from_millis(100);
+
+/// The most slots reserved at once.
+pub const MAX_PREPAID: usize = 16;
+
+/// A reserved slot not used within this long after its start is dropped: using it much
+/// later would add to the requests of that later moment.
+const PREPAID_SHELF_LIFE_MS: i64 = 1000;
 
 /// A reservation that waits longer than this counts as "waiting for the rate limit" in
 /// progress displays (shorter waits are the normal spacing of requests).
@@ -146,6 +160,20 @@ impl BudgetState {
         (allowed - now_ms as f64).max(0.0).ceil() as u64
     }
 
+    /// Reserves `n` consecutive slots; returns when each may start (ms since the epoch).
+    pub fn reserve_slots(&mut self, config: &BudgetConfig, now_ms: i64, n: usize) -> Vec<i64> {
+        (0..n.max(1))
+            .map(|_| now_ms + self.reserve(config, now_ms) as i64)
+            .collect()
+    }
+
+    /// How many slots to reserve at once at the rate in force: those of
+    /// [`PREPAY_WINDOW`], at least one and at most [`MAX_PREPAID`].
+    pub fn prepay_count(&self, config: &BudgetConfig, now_ms: i64) -> usize {
+        let n = self.rate(config, now_ms) * PREPAY_WINDOW.as_secs_f64();
+        (n as usize).clamp(1, MAX_PREPAID)
+    }
+
     /// A 429: halve the rate (once per cooldown), hold every request for `Retry-After`,
     /// and empty the bucket so requests resume one interval apart, not in a burst.
     pub fn throttled(&mut self, config: &BudgetConfig, now_ms: i64, retry_after: Option<Duration>) {
@@ -199,6 +227,10 @@ pub struct RequestBudget {
     waiting: AtomicUsize,
     waited_ms: AtomicU64,
     fell_back: AtomicBool,
+    /// Slots this process reserved ahead (start times, ms since the epoch, in order).
+    prepaid: Mutex<std::collections::VecDeque<i64>>,
+    /// Changes made to the budget's state (compare-and-sets when shared).
+    updates: AtomicU64,
 }
 
 impl std::fmt::Debug for RequestBudget {
@@ -262,6 +294,8 @@ impl RequestBudget {
             waiting: AtomicUsize::new(0),
             waited_ms: AtomicU64::new(0),
             fell_back: AtomicBool::new(false),
+            prepaid: Mutex::new(Default::default()),
+            updates: AtomicU64::new(0),
         }
     }
 
@@ -302,7 +336,25 @@ impl RequestBudget {
     pub async fn acquire(&self) {
         let now = now_ms();
         let config = self.config;
-        let wait = self.update(|s| s.reserve(&config, now)).await;
+        let start = match self.take_prepaid(now) {
+            Some(start) => start,
+            None => {
+                let mut slots = self
+                    .update(|s| {
+                        let n = s.prepay_count(&config, now);
+                        s.reserve_slots(&config, now, n)
+                    })
+                    .await
+                    .into_iter();
+                let first = slots.next().unwrap_or(now);
+                self.prepaid
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(slots);
+                first
+            }
+        };
+        let wait = (start - now).max(0) as u64;
         if wait == 0 {
             return;
         }
@@ -317,8 +369,29 @@ impl RequestBudget {
         }
     }
 
+    /// The next slot reserved ahead, if one is still fresh.
+    fn take_prepaid(&self, now: i64) -> Option<i64> {
+        let mut prepaid = self.prepaid.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(start) = prepaid.pop_front() {
+            if start >= now - PREPAID_SHELF_LIFE_MS {
+                return Some(start);
+            }
+        }
+        None
+    }
+
+    /// Changes made to the budget's state so far (each a compare-and-set when shared).
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+
     /// The API answered 429 (with this `Retry-After`, if any).
     pub async fn throttled(&self, retry_after: Option<Duration>) {
+        // Slots reserved at the old rate must not outlive the cut.
+        self.prepaid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let now = now_ms();
         let config = self.config;
         self.update(|s| s.throttled(&config, now, retry_after))
@@ -350,6 +423,7 @@ impl RequestBudget {
     /// Applies `change` to the shared state by compare-and-set (or to the local state),
     /// and returns what it returned.
     async fn update<T>(&self, mut change: impl FnMut(&mut BudgetState) -> T) -> T {
+        self.updates.fetch_add(1, Ordering::Relaxed);
         if let Some((store, key)) = &self.shared
             && !self.fell_back.load(Ordering::Relaxed)
         {
@@ -562,5 +636,48 @@ mod tests {
         // Five gaps of 50 ms.
         assert!(started.elapsed() >= Duration::from_millis(240));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn reserving_several_slots_is_reserving_them_one_by_one() {
+        let c = cfg(50.0, 3);
+        let (mut one, mut many) = (BudgetState::default(), BudgetState::default());
+        let now = 1_000_000;
+        let singly: Vec<i64> = (0..7).map(|_| now + one.reserve(&c, now) as i64).collect();
+        assert_eq!(many.reserve_slots(&c, now, 7), singly);
+        assert_eq!(one, many);
+        // 50 per second: the slots of 100 ms are 5; the default 2 per second gives 1.
+        assert_eq!(BudgetState::default().prepay_count(&c, now), 5);
+        assert_eq!(
+            BudgetState::default().prepay_count(&BudgetConfig::default(), now),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn at_high_rates_one_reservation_serves_many_requests_and_keeps_the_rate() {
+        let budget = RequestBudget::local(cfg(500.0, 1));
+        let started = std::time::Instant::now();
+        for _ in 0..100 {
+            budget.acquire().await;
+        }
+        // 100 requests at 500 per second take 198 ms at least (the first goes at once).
+        assert!(started.elapsed() >= Duration::from_millis(190), "{:?}", started.elapsed());
+        // 50 slots per reservation at 500/s, capped at 16: 7 reservations, not 100.
+        assert!(budget.updates() <= 8, "{} reservations", budget.updates());
+
+        // At the default rate every request reserves its own slot.
+        let default = RequestBudget::local(BudgetConfig::default());
+        default.acquire().await;
+        assert_eq!(default.updates(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_429_drops_the_slots_reserved_ahead() {
+        let budget = RequestBudget::local(cfg(1000.0, 1));
+        budget.acquire().await;
+        assert!(!budget.prepaid.lock().unwrap().is_empty());
+        budget.throttled(None).await;
+        assert!(budget.prepaid.lock().unwrap().is_empty());
     }
 }
