@@ -662,7 +662,11 @@ mod tests {
             budget.acquire().await;
         }
         // 100 requests at 500 per second take 198 ms at least (the first goes at once).
-        assert!(started.elapsed() >= Duration::from_millis(190), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            started.elapsed()
+        );
         // 50 slots per reservation at 500/s, capped at 16: 7 reservations, not 100.
         assert!(budget.updates() <= 8, "{} reservations", budget.updates());
 

@@ -2,7 +2,9 @@
 //! temporary name beside its final path, flushed to disk, then renamed into place, so a
 //! reader never sees a partial file at a final path.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -12,11 +14,45 @@ use super::{ByteStream, Destination, DestinationError, Written, checked};
 
 pub struct LocalFolder {
     root: PathBuf,
+    /// Folders this process made or found, so a file costs no `create_dir_all` (a
+    /// blocking-pool round trip) when its folder is known to exist.
+    known_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 impl LocalFolder {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            known_dirs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn ensure_dir(&self, dir: &Path) -> Result<(), DestinationError> {
+        if self.known(dir) {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| self.refused("creating the folder", e))?;
+        self.known_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn known(&self, dir: &Path) -> bool {
+        self.known_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir)
+    }
+
+    fn forget(&self, dir: &Path) {
+        self.known_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir);
     }
 
     fn refused(&self, what: &str, e: std::io::Error) -> DestinationError {
@@ -45,20 +81,25 @@ async fn write_all(file: &mut tokio::fs::File, mut body: ByteStream) -> Result<u
         n += chunk.len() as u64;
     }
     file.flush().await.map_err(WriteFailure::Sink)?;
-    file.sync_all().await.map_err(WriteFailure::Sink)?;
     Ok(n)
+}
+
+/// Flushes the file to disk, renames it into place and makes the rename durable, in one
+/// trip to the blocking pool (three would cost three thread hand-offs per file).
+fn commit(file: std::fs::File, temp: &Path, final_path: &Path, dir: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(temp, final_path)?;
+    // Makes the rename itself durable; best effort (not every filesystem allows it).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 enum WriteFailure {
     Source(std::io::Error),
     Sink(std::io::Error),
-}
-
-async fn sync_dir(dir: &Path) {
-    // Makes the rename itself durable; best effort (not every filesystem allows it).
-    if let Ok(d) = tokio::fs::File::open(dir).await {
-        let _ = d.sync_all().await;
-    }
 }
 
 /// A `.portshift-partial-*` file that is deleted when dropped, unless it was renamed
@@ -96,9 +137,7 @@ impl Destination for LocalFolder {
         let rel = checked(relative_path)?;
         let final_path = self.root.join(rel);
         let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| self.refused("creating the folder", e))?;
+        self.ensure_dir(&dir).await?;
         let name = final_path
             .file_name()
             .and_then(|n| n.to_str())
@@ -110,11 +149,17 @@ impl Destination for LocalFolder {
         // Removed on every way out but the rename, including a transfer dropped
         // mid-way (a cancelled job aborts its transfers).
         let partial = PartialFile(Some(temp.clone()));
-        let mut file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(|e| self.refused("creating a file", e))?;
+        let created = match tokio::fs::File::create(&temp).await {
+            // The folder was removed since this process saw it: make it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.known(&dir) => {
+                self.forget(&dir);
+                self.ensure_dir(&dir).await?;
+                tokio::fs::File::create(&temp).await
+            }
+            other => other,
+        };
+        let mut file = created.map_err(|e| self.refused("creating a file", e))?;
         let written = write_all(&mut file, body).await;
-        drop(file);
         let bytes = match written {
             Ok(n) => n,
             Err(failure) => {
@@ -124,11 +169,16 @@ impl Destination for LocalFolder {
                 });
             }
         };
-        if let Err(e) = tokio::fs::rename(&temp, &final_path).await {
-            return Err(self.refused("renaming into place", e));
+        let file = file.into_std().await;
+        let paths = (temp.clone(), final_path.clone(), dir.clone());
+        let committed =
+            tokio::task::spawn_blocking(move || commit(file, &paths.0, &paths.1, &paths.2))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = committed {
+            return Err(self.refused("flushing and renaming into place", e));
         }
         partial.renamed();
-        sync_dir(&dir).await;
         Ok(Written {
             key: final_path.display().to_string(),
             bytes,
