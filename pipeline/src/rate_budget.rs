@@ -57,9 +57,10 @@ pub const PREPAY_WINDOW: Duration = Duration::from_millis(100);
 /// The most slots reserved at once.
 pub const MAX_PREPAID: usize = 16;
 
-/// A reserved slot not used within this long after its start is dropped: using it much
-/// later would add to the requests of that later moment.
-const PREPAID_SHELF_LIFE_MS: i64 = 1000;
+/// A reserved slot not used within this long after its start is dropped: using it later
+/// would add to the requests of that later moment (so a second holds at most
+/// burst + 1.1 × rate requests when slots are reserved ahead).
+const PREPAID_SHELF_LIFE_MS: i64 = PREPAY_WINDOW.as_millis() as i64;
 
 /// A reservation that waits longer than this counts as "waiting for the rate limit" in
 /// progress displays (shorter waits are the normal spacing of requests).
