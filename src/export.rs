@@ -614,12 +614,11 @@ async fn drive_prepared(
     // so the embedded nats-server never outlives this process.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut signals = pipeline::shutdown::Signals::new().context("could not listen for signals")?;
     let listener = tokio::spawn(async move {
-        signals.recv().await;
+        pipeline::shutdown::nth(1).await;
         eprintln!("\nstopping: finishing the files in flight (Ctrl-C again to abort)");
         let _ = stop_tx.send(true);
-        signals.recv().await;
+        pipeline::shutdown::nth(2).await;
         let _ = abort_tx.send(());
     });
     let started = Instant::now();

@@ -87,7 +87,7 @@ pub async fn purge(a: PurgeArgs) -> anyhow::Result<ExitCode> {
     }
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        pipeline::shutdown::signal().await;
         let _ = tx.send(true);
     });
     eprintln!(
@@ -97,22 +97,6 @@ pub async fn purge(a: PurgeArgs) -> anyhow::Result<ExitCode> {
     purger.run(rx).await;
     services.stop().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM, whichever comes first.
-pub async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[derive(clap::Args)]

@@ -350,6 +350,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Before anything starts a child: from here on SIGTERM is a request, never a
+        // kill that would orphan the embedded nats-server.
+        pipeline::shutdown::listen();
         match cli.command {
             Command::Export(args) => export::export(args).await,
             Command::Resume(args) => export::resume(args).await,

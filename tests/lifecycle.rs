@@ -514,3 +514,30 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// SIGTERM while the command is still starting up (its `nats-server` has just appeared,
+/// it has not said it is ready): it still stops cleanly, its children with it. Before
+/// the handlers were installed first thing, this SIGTERM killed the process outright and
+/// orphaned the `nats-server` (seen in CI).
+#[test]
+fn sigterm_during_startup_still_stops_everything() {
+    for command in ["scheduler", "serve"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args: Vec<&str> = match command {
+            "serve" => vec!["serve", "--listen", &listen],
+            _ => vec!["scheduler", "--tick-secs", "1"],
+        };
+        let mut p = Proc::start(&args, &data, &[], &tmp.path().join("startup.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nats_servers_on(&data).is_empty() {
+            assert!(Instant::now() < deadline, "no nats-server:\n{}", p.output());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.sigterm();
+        let status = p.wait_exit(60);
+        assert!(status.success(), "{command}: {status:?}\n{}", p.output());
+        assert_nothing_left(&data);
+    }
+}

@@ -2,7 +2,7 @@
 //! systemd, Docker and Kubernetes send) mean the same thing everywhere, so every command
 //! waits on [`signal`] instead of on Ctrl-C alone.
 
-use std::io;
+use std::sync::OnceLock;
 
 /// Which signal asked the process to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,42 +21,80 @@ impl StopSignal {
     }
 }
 
-/// Listens for SIGINT and SIGTERM from the moment it is made (a signal that arrives
-/// before the first `recv` is not lost).
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
+/// Every SIGINT and SIGTERM this process has received, counted from [`listen`] on.
+#[derive(Clone, Copy, Debug, Default)]
+struct Received {
+    count: u32,
+    last: Option<StopSignal>,
 }
 
-impl Signals {
-    pub fn new() -> io::Result<Self> {
+fn received() -> &'static tokio::sync::watch::Sender<Received> {
+    static RECEIVED: OnceLock<tokio::sync::watch::Sender<Received>> = OnceLock::new();
+    RECEIVED.get_or_init(|| tokio::sync::watch::channel(Received::default()).0)
+}
+
+/// Starts listening for SIGINT and SIGTERM for the rest of the process; later calls do
+/// nothing. The binary calls it first thing, before it starts a `nats-server` or prints
+/// that it is ready: a signal that arrives while a command is still starting up is then
+/// neither fatal (the default action would orphan the children started so far) nor
+/// lost (the command sees it as soon as it asks). Must run inside a Tokio runtime.
+pub fn listen() {
+    static LISTENING: OnceLock<()> = OnceLock::new();
+    LISTENING.get_or_init(|| {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// Waits for the next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) -> StopSignal {
-        tokio::select! {
-            _ = self.int.recv() => StopSignal::Interrupt,
-            _ = self.term.recv() => StopSignal::Terminate,
+        let tx = received();
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::spawn(async move {
+                    loop {
+                        let got = tokio::select! {
+                            _ = int.recv() => StopSignal::Interrupt,
+                            _ = term.recv() => StopSignal::Terminate,
+                        };
+                        tx.send_modify(|r| {
+                            r.count += 1;
+                            r.last = Some(got);
+                        });
+                    }
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "could not listen for SIGTERM; only Ctrl-C stops this process");
+                tokio::spawn(async move {
+                    loop {
+                        if tokio::signal::ctrl_c().await.is_err() {
+                            return;
+                        }
+                        tx.send_modify(|r| {
+                            r.count += 1;
+                            r.last = Some(StopSignal::Interrupt);
+                        });
+                    }
+                });
+            }
         }
+    });
+}
+
+/// Waits until the process has received its `n`-th stop signal (1 = the first), counted
+/// from [`listen`]; returns at once if it already has. Starts listening if nobody did.
+pub async fn nth(n: u32) -> StopSignal {
+    listen();
+    let mut rx = received().subscribe();
+    let seen = rx.wait_for(|r| r.count >= n).await.map(|r| r.last);
+    match seen {
+        Ok(last) => last.unwrap_or(StopSignal::Interrupt),
+        // The sender is a static and never dropped; waiting forever is the honest answer.
+        Err(_) => std::future::pending().await,
     }
 }
 
-/// Waits for the first SIGINT or SIGTERM. If the handlers cannot be installed (never on
-/// Linux in practice), it waits for Ctrl-C alone.
+/// Waits for the first SIGINT or SIGTERM (at once if one came already).
 pub async fn signal() -> StopSignal {
-    match Signals::new() {
-        Ok(mut s) => s.recv().await,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not listen for SIGTERM; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-            StopSignal::Interrupt
-        }
-    }
+    nth(1).await
 }
 
 /// Sends SIGTERM to a child process (a worker, a server) so it stops the way it would
