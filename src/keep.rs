@@ -55,7 +55,7 @@ pub struct PurgeArgs {
     /// Purge once and exit (for cron); without it, purge every --purge-interval-secs
     /// until Ctrl-C or SIGTERM.
     #[arg(long)]
-    once: bool,
+    pub once: bool,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]

@@ -174,6 +174,30 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The long-running commands, which wait for SIGINT or SIGTERM and stop gracefully
+    /// (see `pipeline::shutdown`).
+    fn stops_on_signal(&self) -> bool {
+        match self {
+            Command::Export(_)
+            | Command::Resume(_)
+            | Command::Replay(_)
+            | Command::Worker(_)
+            | Command::Scheduler(_)
+            | Command::ChorusSim(_)
+            | Command::Serve(_) => true,
+            Command::Purge(a) => !a.once,
+            Command::Verify(_)
+            | Command::Jobs(_)
+            | Command::Schedule(_)
+            | Command::SigningKey(_)
+            | Command::Backup(_)
+            | Command::Restore(_)
+            | Command::Schemas { .. } => false,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on.
@@ -351,8 +375,11 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         // Before anything starts a child: from here on SIGTERM is a request, never a
-        // kill that would orphan the embedded nats-server.
-        pipeline::shutdown::listen();
+        // kill that would orphan the embedded nats-server. Only for the commands that
+        // wait for it: the others keep the default, so Ctrl-C still stops them at once.
+        if cli.command.stops_on_signal() {
+            pipeline::shutdown::listen();
+        }
         match cli.command {
             Command::Export(args) => export::export(args).await,
             Command::Resume(args) => export::resume(args).await,

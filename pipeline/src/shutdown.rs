@@ -33,8 +33,16 @@ fn received() -> &'static tokio::sync::watch::Sender<Received> {
     RECEIVED.get_or_init(|| tokio::sync::watch::channel(Received::default()).0)
 }
 
-/// Starts listening for SIGINT and SIGTERM for the rest of the process; later calls do
-/// nothing. The binary calls it first thing, before it starts a `nats-server` or prints
+fn record(got: StopSignal) {
+    received().send_modify(|r| {
+        r.count += 1;
+        r.last = Some(got);
+    });
+}
+
+/// Starts listening for SIGINT and SIGTERM for the rest of the process (they no longer
+/// kill it); later calls do nothing. The binary calls it first thing for its
+/// long-running commands, before it starts a `nats-server` or prints
 /// that it is ready: a signal that arrives while a command is still starting up is then
 /// neither fatal (the default action would orphan the children started so far) nor
 /// lost (the command sees it as soon as it asks). Must run inside a Tokio runtime.
@@ -42,7 +50,6 @@ pub fn listen() {
     static LISTENING: OnceLock<()> = OnceLock::new();
     LISTENING.get_or_init(|| {
         use tokio::signal::unix::{SignalKind, signal};
-        let tx = received();
         match (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
@@ -54,10 +61,7 @@ pub fn listen() {
                             _ = int.recv() => StopSignal::Interrupt,
                             _ = term.recv() => StopSignal::Terminate,
                         };
-                        tx.send_modify(|r| {
-                            r.count += 1;
-                            r.last = Some(got);
-                        });
+                        record(got);
                     }
                 });
             }
@@ -68,10 +72,7 @@ pub fn listen() {
                         if tokio::signal::ctrl_c().await.is_err() {
                             return;
                         }
-                        tx.send_modify(|r| {
-                            r.count += 1;
-                            r.last = Some(StopSignal::Interrupt);
-                        });
+                        record(StopSignal::Interrupt);
                     }
                 });
             }
