@@ -552,9 +552,11 @@ async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
     let mut sim = Harness::sim_config(recordings, 73);
     sim.sizes.min = 256 * 1024;
     sim.sizes.max = 256 * 1024;
-    // Cut-short media bodies fail the fetch, which is retried: redelivered messages.
+    // Every media body is cut short until the worker has nakked a fetch (its own tries
+    // used up), then none: the nakked messages are redelivered and succeed. Chance plays
+    // no part (a 30 % rate once left every file to the in-stage retries).
     sim.faults = Faults {
-        rate_truncate: 0.3,
+        rate_truncate: 1.0,
         slow_media_bytes_per_sec: 1024 * 1024,
         ..Faults::default()
     };
@@ -594,6 +596,12 @@ async fn a_workers_metrics_show_its_lease_redeliveries_and_dead_letters() {
         if let Some(text) = scrape(&url).await
             && sample(&text, "portshift_worker_lease_held") == Some(1)
         {
+            if sample(&text, "portshift_stage_retries_total{stage=\"fetch\"}") >= Some(1) {
+                h.sim.set_faults(Faults {
+                    slow_media_bytes_per_sec: 1024 * 1024,
+                    ..Faults::default()
+                });
+            }
             scrapes += 1;
             last = Some(text);
         }
