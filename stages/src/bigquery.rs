@@ -202,11 +202,8 @@ impl BigQuerySink {
                 .check_url("BigQuery endpoint", &ep)
                 .map_err(|e| refused(e.to_string()))?;
         }
-        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
-            .map_err(|e| refused(e.to_string()))?
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| refused(format!("could not build the HTTP client: {e}")))?;
+        let http = crate::http::no_redirect_client(extra_ca_file, egress)
+            .map_err(|e| refused(e.to_string()))?;
         let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
         builder.with_client(http);
         if let Some(ep) = &target.endpoint {

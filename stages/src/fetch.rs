@@ -98,7 +98,7 @@ impl FetchStage {
         let (tee, digest) = hash::tee(body, expected);
         let written = match ctx
             .destination
-            .put(&rel, tee, &content_type, expected)
+            .put_hashed(&rel, tee, &content_type, expected, &digest)
             .await
         {
             Ok(w) => w,

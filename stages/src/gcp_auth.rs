@@ -123,10 +123,7 @@ impl TokenSource {
         extra_ca_file: Option<&Path>,
         egress: &Egress,
     ) -> Result<Self, GcpAuthError> {
-        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
-            .map_err(|e| GcpAuthError::Transient(e.to_string()))?
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let http = crate::http::no_redirect_client(extra_ca_file, egress)
             .map_err(|e| GcpAuthError::Transient(e.to_string()))?;
         if let Some(json) = key_json {
             let source = Self::service_account(json.expose_secret().as_bytes(), scope, http)?;

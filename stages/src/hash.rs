@@ -11,12 +11,17 @@ use bytes::Bytes;
 use futures::Stream;
 use sha2::{Digest, Sha256};
 
-use crate::destination::ByteStream;
+/// The same type as `destination::ByteStream`, named here so that the destinations may use
+/// [`DigestHandle`] without an import circle.
+type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, io::Error>>;
 
 /// The digest of a finished stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digested {
+    /// Hex, as the manifest writes it.
     pub sha256: String,
+    /// The same digest as bytes (for a store's checksum header).
+    pub sha256_bytes: [u8; 32],
     pub bytes: u64,
 }
 
@@ -113,8 +118,10 @@ impl Stream for Tee {
                 }
                 let hasher = std::mem::take(&mut st.hasher);
                 let bytes = st.bytes;
+                let sha256_bytes: [u8; 32] = hasher.finalize().into();
                 st.result = Some(Digested {
-                    sha256: hex::encode(hasher.finalize()),
+                    sha256: hex::encode(sha256_bytes),
+                    sha256_bytes,
                     bytes,
                 });
                 Poll::Ready(None)

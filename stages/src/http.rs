@@ -174,6 +174,18 @@ pub fn webhook_client(
         .map_err(|e| HttpSetupError::Build(error_chain(&e)))
 }
 
+/// A client with the job's guard that follows no redirect: for storage, BigQuery and
+/// token endpoints, where a redirect would resend the credentials somewhere else.
+pub fn no_redirect_client(
+    extra_ca_file: Option<&Path>,
+    egress: &Egress,
+) -> Result<reqwest::Client, HttpSetupError> {
+    guarded_client_builder(extra_ca_file, egress)?
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| HttpSetupError::Build(error_chain(&e)))
+}
+
 /// The shared client builder with the job's network guard applied.
 pub fn guarded_client_builder(
     extra_ca_file: Option<&Path>,

@@ -35,7 +35,7 @@ use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 
-use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_file};
 use super::url::GcsUrl;
 use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
 use crate::gcp_auth::{GcpAuthError, SCOPE_STORAGE, TokenSource};
@@ -112,11 +112,8 @@ impl GcsDestination {
         egress
             .check_url("storage endpoint", &endpoint)
             .map_err(|e| refused(e.to_string()))?;
-        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
-            .map_err(|e| refused(e.to_string()))?
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| refused(format!("could not build the HTTP client: {e}")))?;
+        let http = crate::http::no_redirect_client(extra_ca_file, egress)
+            .map_err(|e| refused(e.to_string()))?;
         Ok(Self(Arc::new(GcsClient {
             http,
             auth,
@@ -131,10 +128,6 @@ impl GcsDestination {
 }
 
 impl GcsClient {
-    fn key(&self, rel: &str) -> String {
-        pipeline::keys::join(&self.prefix, rel)
-    }
-
     fn transient(&self, detail: impl Into<String>) -> DestinationError {
         DestinationError::Transient {
             destination: self.location.clone(),
@@ -492,13 +485,16 @@ impl MultipartStore for GcsDestination {
         &self.location
     }
 
-    fn part_size(&self) -> usize {
-        self.chunk_size
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            part_size: self.chunk_size,
+            // A resumable session takes its chunks strictly in order.
+            parts_in_flight: 1,
+        }
     }
 
-    /// A resumable session takes its chunks strictly in order.
-    fn parts_in_flight(&self) -> usize {
-        1
+    fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     async fn put_whole(
@@ -506,6 +502,8 @@ impl MultipartStore for GcsDestination {
         key: &str,
         body: Bytes,
         content_type: &str,
+        // GCS takes an MD5 per request, which the store computes itself.
+        _sha256: Option<[u8; 32]>,
     ) -> Result<(), DestinationError> {
         self.put_single(key, body, content_type).await
     }
@@ -620,9 +618,7 @@ impl Destination for GcsDestination {
         content_type: &str,
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        let key = self.key(checked(relative_path)?);
-        let bytes = put_streaming(self, &key, body, content_type).await?;
-        Ok(Written { key, bytes })
+        put_file(self, relative_path, body, content_type, None).await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use self::url::{DestinationUrl, DestinationUrlError, Storage};
+use crate::hash::DigestHandle;
 use crate::http::Egress;
 
 /// File bytes as they stream through: never collected whole, never written to our disk.
@@ -77,6 +78,20 @@ pub trait Destination: Send + Sync {
         content_type: &str,
         size_hint: Option<u64>,
     ) -> Result<Written, DestinationError>;
+
+    /// [`Destination::put`] of a body that flows through [`crate::hash::tee`]: a store
+    /// whose one-request upload sends the body's SHA-256 (S3) takes it from `digest`
+    /// instead of hashing the same bytes a second time. The default ignores it.
+    async fn put_hashed(
+        &self,
+        relative_path: &str,
+        body: ByteStream,
+        content_type: &str,
+        size_hint: Option<u64>,
+        _digest: &DigestHandle,
+    ) -> Result<Written, DestinationError> {
+        self.put(relative_path, body, content_type, size_hint).await
+    }
 
     /// Writes a small in-memory document (metadata, transcript, manifest).
     async fn put_bytes(
@@ -214,7 +229,7 @@ pub async fn open_guarded(
 }
 
 /// Knobs that trade memory for throughput.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Tuning {
     /// Multipart part / Azure block / GCS chunk size (S3's minimum is 5 MiB; GCS rounds
     /// down to a multiple of 256 KiB). Files smaller than this go in one PUT.

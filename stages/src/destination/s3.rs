@@ -27,9 +27,10 @@ use bytes::Bytes;
 use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use sha2::{Digest, Sha256};
 
-use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_file};
 use super::url::{S3Encryption, S3Url};
 use super::{ByteStream, Destination, DestinationError, Tuning, UploadJournal, Written, checked};
+use crate::hash::DigestHandle;
 
 pub struct S3Destination {
     client: Client,
@@ -139,10 +140,6 @@ impl S3Destination {
         }
     }
 
-    fn key(&self, rel: &str) -> String {
-        pipeline::keys::join(&self.prefix, rel)
-    }
-
     fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
         what: &str,
@@ -207,12 +204,12 @@ impl MultipartStore for S3Destination {
         &self.location
     }
 
-    fn part_size(&self) -> usize {
-        self.tuning.part_size
+    fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
-    fn parts_in_flight(&self) -> usize {
-        self.tuning.parts_in_flight
+    fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     async fn put_whole(
@@ -220,8 +217,12 @@ impl MultipartStore for S3Destination {
         key: &str,
         body: Bytes,
         content_type: &str,
+        sha256: Option<[u8; 32]>,
     ) -> Result<(), DestinationError> {
-        let checksum = b64_sha256(&body);
+        let checksum = match sha256 {
+            Some(digest) => base64::engine::general_purpose::STANDARD.encode(digest),
+            None => b64_sha256(&body),
+        };
         let (sse, kms_key) = self.encryption();
         self.client
             .put_object()
@@ -447,9 +448,18 @@ impl Destination for S3Destination {
         content_type: &str,
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        let key = self.key(checked(relative_path)?);
-        let bytes = put_streaming(self, &key, body, content_type).await?;
-        Ok(Written { key, bytes })
+        put_file(self, relative_path, body, content_type, None).await
+    }
+
+    async fn put_hashed(
+        &self,
+        relative_path: &str,
+        body: ByteStream,
+        content_type: &str,
+        _size_hint: Option<u64>,
+        digest: &DigestHandle,
+    ) -> Result<Written, DestinationError> {
+        put_file(self, relative_path, body, content_type, Some(digest)).await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {

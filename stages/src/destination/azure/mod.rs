@@ -36,7 +36,7 @@ use md5::{Digest, Md5};
 use secrecy::{ExposeSecret, SecretString};
 
 use self::transport::{ContentMd5Policy, RustlsTransport};
-use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_streaming};
+use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_file};
 use super::url::AzureUrl;
 use super::{ByteStream, Destination, DestinationError, Tuning, Written, checked};
 
@@ -112,12 +112,9 @@ impl AzureDestination {
         egress
             .check_url("storage endpoint", &container_url)
             .map_err(|e| refused(e.to_string()))?;
-        let http = crate::http::guarded_client_builder(extra_ca_file, egress)
-            .map_err(|e| refused(e.to_string()))?
-            // The SDK follows no redirects either; a redirect would resend the SAS.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| refused(format!("could not build the HTTP client: {e}")))?;
+        // The SDK follows no redirects either; a redirect would resend the SAS.
+        let http = crate::http::no_redirect_client(extra_ca_file, egress)
+            .map_err(|e| refused(e.to_string()))?;
         let client_options = ClientOptions {
             per_call_policies: vec![Arc::new(ContentMd5Policy)],
             retry: RetryOptions::exponential(ExponentialRetryOptions {
@@ -138,10 +135,6 @@ impl AzureDestination {
             encryption_scope: url.encryption_scope.clone(),
             client_options,
         })
-    }
-
-    fn key(&self, rel: &str) -> String {
-        pipeline::keys::join(&self.prefix, rel)
     }
 
     /// The blob's URL with the SAS token as its query. Never logged or shown.
@@ -186,12 +179,12 @@ impl MultipartStore for AzureDestination {
         &self.location
     }
 
-    fn part_size(&self) -> usize {
-        self.tuning.part_size
+    fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
-    fn parts_in_flight(&self) -> usize {
-        self.tuning.parts_in_flight
+    fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     async fn put_whole(
@@ -199,6 +192,8 @@ impl MultipartStore for AzureDestination {
         key: &str,
         body: Bytes,
         content_type: &str,
+        // Azure and GCS take an MD5 per request, which the store computes itself.
+        _sha256: Option<[u8; 32]>,
     ) -> Result<(), DestinationError> {
         let client = self.block_client(key)?;
         let len = body.len();
@@ -404,9 +399,7 @@ impl Destination for AzureDestination {
         content_type: &str,
         _size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        let key = self.key(checked(relative_path)?);
-        let bytes = put_streaming(self, &key, body, content_type).await?;
-        Ok(Written { key, bytes })
+        put_file(self, relative_path, body, content_type, None).await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {
