@@ -414,7 +414,7 @@ async fn an_invitation_is_accepted_only_by_a_verified_owner_of_the_address() {
 
     // The impostor signs up with the invited address and their own password.
     let impostor_password = "impostor-Guess-Work-77";
-    let (status, _, _) = signup(&w, &cfo, &impostor_password).await;
+    let (status, _, _) = signup(&w, &cfo, impostor_password).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let imp = sign_in(&w, &cfo, impostor_password)
         .await
@@ -510,7 +510,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Sign-up (API and page).
     let mut answers = vec![];
     for email in [&existing.email, &nobody] {
-        let (status, json, headers) = signup(&w, &email, PASSWORD).await;
+        let (status, json, headers) = signup(&w, email, PASSWORD).await;
         assert!(headers.get("set-cookie").is_none());
         answers.push((status, masked(&json, email)));
     }
@@ -564,7 +564,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Invitations (API and page): nobody is added, whatever the address.
     let mut answers = vec![];
     for email in [&existing.email, &fresh("invitee", "example.com")] {
-        let (status, json, _) = invite(&w, &org.id, &owner_s, &email, "member").await;
+        let (status, json, _) = invite(&w, &org.id, &owner_s, email, "member").await;
         answers.push((status, masked(&json, email)));
     }
     assert_eq!(answers[0], answers[1], "invite API answers differ");
@@ -607,7 +607,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Password reset requests.
     let mut answers = vec![];
     for email in [&existing.email, &fresh("ghost", "example.com")] {
-        let (status, json, _) = request_reset(&w, &email).await;
+        let (status, json, _) = request_reset(&w, email).await;
         answers.push((status, masked(&json, email)));
     }
     assert_eq!(answers[0], answers[1], "reset answers differ");
@@ -659,7 +659,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(json["error"]["fields"]["password"].is_string(), "{json}");
     let reset_password = "lantern-Quiet-Meadow-31";
-    let (status, json, _) = reset_confirm(&w, &token, &reset_password).await;
+    let (status, json, _) = reset_confirm(&w, &token, reset_password).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     let (status, _, _) = api(&w, "GET", "/api/v1/me", Some(&a), None).await;
     assert_eq!(
@@ -687,7 +687,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
         )
         .await
         .unwrap();
-    let (status, _, _) = reset_confirm(&w, &stale, "expired-Link-Try-66").await;
+    let (status, _, _) = reset_confirm(&w, stale, "expired-Link-Try-66").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(sign_in(&w, &email, reset_password).await.is_some());
 }
