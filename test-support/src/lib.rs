@@ -2,7 +2,8 @@
 //! `stages/tests`, `ui/tests`), so each helper is written once: the variables the local
 //! servers export, buckets and containers on those servers, fresh PostgreSQL databases,
 //! loopback HTTP servers, searching files on disk, child processes stopped the way
-//! systemd stops them, stored-only jobs, and an organisation on a paid plan.
+//! systemd stops them, stored-only jobs, organisations with members and schedules, and an
+//! organisation on a paid plan.
 //!
 //! Nothing here starts the `portshift` binary: `env!("CARGO_BIN_EXE_portshift")` exists
 //! only in the binary's own tests, whose `tests/common` starts it and re-exports this
@@ -12,6 +13,7 @@ pub mod cloud;
 pub mod files;
 pub mod http;
 pub mod jobs;
+pub mod orgs;
 pub mod plans;
 pub mod postgres;
 pub mod process;

@@ -1,15 +1,16 @@
 //! Who is asking and what they may touch, above the shared state and below every area:
 //! the session behind a request's cookie and, for organisation routes, the caller's role
 //! checked against the permission table. Pages and the JSON API share this and differ
-//! only in how they say no: pages through the `org_ctx!` and `csrf!` macros (an error
-//! page), the API through `org_api` (a JSON error).
+//! only in how they say no: pages through `session_form`, `org_page`, `org_form` and the
+//! `org_ctx!` and `csrf!` macros (an error page), the API through `org_api` (a JSON error).
 
 use axum::http::HeaderMap;
+use axum::response::Response;
 use pipeline::accounts::{Organisation, Role, Session};
 
 use crate::auth;
 use crate::layout::Nav;
-use crate::respond::{Denied, csrf_header};
+use crate::respond::{Denied, csrf_header, refuse};
 use crate::roles::{Action, allows};
 use crate::state::AppState;
 
@@ -27,6 +28,11 @@ impl OrgCtx {
             csrf: self.session.csrf_token.clone(),
             org: Some((self.org.id.clone(), self.org.name.clone(), self.role)),
         }
+    }
+
+    /// The refusal page of `d`, with this member's page header.
+    pub fn refuse(&self, d: Denied) -> Response {
+        refuse(d, Some(self.nav()))
     }
 
     /// Records an action of this member in the organisation's audit trail. A failed write
@@ -196,19 +202,58 @@ pub async fn session_api_write(state: &AppState, headers: &HeaderMap) -> Result<
     Ok(s)
 }
 
+/// In a page handler that writes outside an organisation: the session, with the form's
+/// CSRF token checked; otherwise the refusal page.
+pub async fn session_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    submitted: Option<&str>,
+) -> Result<Session, Response> {
+    let s = session(state, headers).await.map_err(|d| refuse(d, None))?;
+    check_csrf(&s, submitted).map_err(|d| refuse(d, Some(Nav::signed_in(&s))))?;
+    Ok(s)
+}
+
+/// In a page handler: the caller's [`OrgCtx`] for an action, or the refusal page (with
+/// the caller's page header when they are signed in).
+pub async fn org_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    org_id: &str,
+    action: Action,
+) -> Result<OrgCtx, Response> {
+    match org(state, headers, org_id, action).await {
+        Ok(c) => Ok(c),
+        Err(d) => {
+            let nav = session(state, headers)
+                .await
+                .ok()
+                .map(|s| Nav::signed_in(&s));
+            Err(refuse(d, nav))
+        }
+    }
+}
+
+/// [`org_page`] for a form: the form's CSRF token is checked too.
+pub async fn org_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    org_id: &str,
+    action: Action,
+    submitted: Option<&str>,
+) -> Result<OrgCtx, Response> {
+    let c = org_page(state, headers, org_id, action).await?;
+    check_csrf(&c.session, submitted).map_err(|d| c.refuse(d))?;
+    Ok(c)
+}
+
 /// In a page handler: the caller's [`OrgCtx`] for an action, or the refusal page
 /// returned from the handler.
 macro_rules! org_ctx {
     ($state:expr, $headers:expr, $org:expr, $action:expr) => {
-        match $crate::ctx::org(&$state, &$headers, &$org, $action).await {
+        match $crate::ctx::org_page(&$state, &$headers, &$org, $action).await {
             Ok(c) => c,
-            Err(d) => {
-                let nav = $crate::ctx::session(&$state, &$headers)
-                    .await
-                    .ok()
-                    .map(|s| $crate::layout::Nav::signed_in(&s));
-                return $crate::respond::refuse(d, nav);
-            }
+            Err(r) => return r,
         }
     };
 }
@@ -218,7 +263,7 @@ pub(crate) use org_ctx;
 macro_rules! csrf {
     ($c:expr, $token:expr) => {
         if let Err(d) = $crate::ctx::check_csrf(&$c.session, $token) {
-            return $crate::respond::refuse(d, Some($c.nav()));
+            return $c.refuse(d);
         }
     };
 }

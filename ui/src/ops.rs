@@ -15,16 +15,21 @@ use axum::response::{IntoResponse, Response};
 
 use crate::state::Shared;
 
-fn public_key_response(text: String) -> Response {
+/// A public file of this type, which caches may keep for five minutes.
+fn public_file(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        text,
+        body,
     )
         .into_response()
+}
+
+fn public_key_response(text: String) -> Response {
+    public_file("text/plain; charset=utf-8", text)
 }
 
 /// The current signing key's public key, in minisign's format (`minisign -p` reads it).
@@ -97,45 +102,51 @@ pub async fn healthz(State(state): State<Shared>) -> Response {
     }
 }
 
+/// One Prometheus counter: its help and type lines, then its value.
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
 pub async fn metrics(State(state): State<Shared>) -> Response {
     let c = &state.counters;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        "portshift_console_requests_total",
-        "HTTP requests served by the console.",
-        c.requests.load(Ordering::Relaxed),
-    );
-    counter(
-        "portshift_console_sign_ins_total",
-        "Successful sign-ins.",
-        c.sign_ins.load(Ordering::Relaxed),
-    );
-    counter(
-        "portshift_console_failed_sign_ins_total",
-        "Refused sign-ins (wrong e-mail or password).",
-        c.failed_sign_ins.load(Ordering::Relaxed),
-    );
-    counter(
-        "portshift_console_rate_limited_total",
-        "Requests refused by a rate limit.",
-        c.rate_limited.load(Ordering::Relaxed),
-    );
-    counter(
-        "portshift_console_exports_started_total",
-        "Exports started from this console.",
-        c.exports_started.load(Ordering::Relaxed),
-    );
-    counter(
-        "portshift_console_stripe_webhooks_refused_total",
-        "Stripe webhooks refused: missing, forged or stale signature, or not an event.",
-        c.webhooks_refused.load(Ordering::Relaxed),
-    );
+    for (name, help, v) in [
+        (
+            "portshift_console_requests_total",
+            "HTTP requests served by the console.",
+            &c.requests,
+        ),
+        (
+            "portshift_console_sign_ins_total",
+            "Successful sign-ins.",
+            &c.sign_ins,
+        ),
+        (
+            "portshift_console_failed_sign_ins_total",
+            "Refused sign-ins (wrong e-mail or password).",
+            &c.failed_sign_ins,
+        ),
+        (
+            "portshift_console_rate_limited_total",
+            "Requests refused by a rate limit.",
+            &c.rate_limited,
+        ),
+        (
+            "portshift_console_exports_started_total",
+            "Exports started from this console.",
+            &c.exports_started,
+        ),
+        (
+            "portshift_console_stripe_webhooks_refused_total",
+            "Stripe webhooks refused: missing, forged or stale signature, or not an event.",
+            &c.webhooks_refused,
+        ),
+    ] {
+        counter(&mut out, name, help, v.load(Ordering::Relaxed));
+    }
     if let Ok(by_status) = state.accounts.jobs_by_status().await {
         let _ = writeln!(
             out,
@@ -146,30 +157,26 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         }
     }
     let [(hash_items, hash_bytes), (up_items, up_bytes)] = state.stats.totals().await;
-    let _ = writeln!(
-        out,
-        "# HELP portshift_stage_items_total Items seen per stage in jobs this console watched.\n# TYPE portshift_stage_items_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "portshift_stage_items_total{{stage=\"hash\"}} {hash_items}"
-    );
-    let _ = writeln!(
-        out,
-        "portshift_stage_items_total{{stage=\"upload\"}} {up_items}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP portshift_stage_bytes_total Bytes per stage in jobs this console watched.\n# TYPE portshift_stage_bytes_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "portshift_stage_bytes_total{{stage=\"hash\"}} {hash_bytes}"
-    );
-    let _ = writeln!(
-        out,
-        "portshift_stage_bytes_total{{stage=\"upload\"}} {up_bytes}"
-    );
+    for (name, help, hash, upload) in [
+        (
+            "portshift_stage_items_total",
+            "Items seen per stage in jobs this console watched.",
+            hash_items,
+            up_items,
+        ),
+        (
+            "portshift_stage_bytes_total",
+            "Bytes per stage in jobs this console watched.",
+            hash_bytes,
+            up_bytes,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n\
+             {name}{{stage=\"hash\"}} {hash}\n{name}{{stage=\"upload\"}} {upload}"
+        );
+    }
     if let Ok(t) = state.accounts.stage_totals().await {
         for (stage, items) in t {
             let _ = writeln!(
@@ -197,10 +204,7 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
             state.purge.failures.load(Ordering::Relaxed),
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
+        counter(&mut out, name, help, v);
     }
     state
         .supervisor
@@ -209,23 +213,12 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
 }
 
 pub async fn live_js() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-        ],
+    public_file(
+        "text/javascript; charset=utf-8",
         include_str!("../static/live.js"),
     )
-        .into_response()
 }
 
 pub async fn app_css() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-        ],
-        include_str!("../static/app.css"),
-    )
-        .into_response()
+    public_file("text/css; charset=utf-8", include_str!("../static/app.css"))
 }

@@ -86,6 +86,10 @@ pub(crate) fn refuse(d: Denied, nav: Option<Nav>) -> Response {
     }
 }
 
+/// A page handler's answer: the page, or the refusal page it stopped at. axum answers
+/// either, so a handler stops at a failed check with `?`.
+pub(crate) type Page = Result<Response, Response>;
+
 /// A form whose only field is its CSRF token (sign-out, pause, remove, ...).
 #[derive(Deserialize)]
 pub(crate) struct CsrfOnly {

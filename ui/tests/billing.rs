@@ -152,19 +152,8 @@ async fn org(w: &World) -> Org {
     let (admin_u, admin) = user(w, "admin").await;
     let (member_u, member) = user(w, "member").await;
     let (outsider_u, outsider) = user(w, "outsider").await;
-    let o = w
-        .accounts
-        .create_org("Billing Ltd", &owner_u)
-        .await
-        .unwrap();
-    w.accounts
-        .set_role(&o.id, &admin_u.id, Role::Admin)
-        .await
-        .unwrap();
-    w.accounts
-        .set_role(&o.id, &member_u.id, Role::Member)
-        .await
-        .unwrap();
+    let members = [(&admin_u, Role::Admin), (&member_u, Role::Member)];
+    let o = test_support::orgs::org_with(&w.accounts, "Billing Ltd", &owner_u, &members).await;
     w.accounts
         .create_org("Elsewhere Ltd", &outsider_u)
         .await

@@ -22,11 +22,12 @@ use common::{NoWorkers, nats_in};
 use pipeline::accounts::{Accounts, Role, TokenPurpose, User};
 use pipeline::billing::{Billing, Prices, StripeEvent};
 use pipeline::embedded_nats::EmbeddedNats;
-use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
 use serde_json::{Value, json};
 use sqlx::Row;
 use test_support::env_or_fail;
+use test_support::files::files_containing;
+use test_support::orgs::{org_with, tenant_schedule};
 use test_support::postgres::fresh_database_on;
 use ui::AppState;
 
@@ -70,6 +71,19 @@ async fn fresh_postgres_db(base: &str) -> String {
     fresh_database_on(base, "t").await.to_string()
 }
 
+/// Column `col` of every row that `sql` returns, as text.
+macro_rules! texts {
+    ($pool:expr, $sql:expr, $col:expr) => {
+        sqlx::query($sql)
+            .fetch_all($pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>($col))
+            .collect::<Vec<String>>()
+    };
+}
+
 /// Every table of the store with each row rendered as one text (all columns).
 async fn every_row(db: &Db) -> Vec<(String, Vec<String>)> {
     let mut out = vec![];
@@ -77,59 +91,33 @@ async fn every_row(db: &Db) -> Vec<(String, Vec<String>)> {
         Db::Sqlite(dir) => {
             let url = format!("sqlite://{}", dir.join("portshift.sqlite3").display());
             let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            let tables: Vec<String> = sqlx::query(
+            let tables: Vec<String> = texts!(
+                &pool,
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+                0
+            );
             for t in tables {
-                let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({t})"))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>("name"))
-                    .collect();
+                let cols = texts!(&pool, &format!("PRAGMA table_info({t})"), "name");
                 let expr = cols
                     .iter()
                     .map(|c| format!("quote({c})"))
                     .collect::<Vec<_>>()
                     .join(" || '|' || ");
-                let rows = sqlx::query(&format!("SELECT {expr} FROM {t}"))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect();
+                let rows = texts!(&pool, &format!("SELECT {expr} FROM {t}"), 0);
                 out.push((t, rows));
             }
             pool.close().await;
         }
         Db::Postgres(url) => {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
-            let tables: Vec<String> = sqlx::query(
+            let tables: Vec<String> = texts!(
+                &pool,
                 "SELECT table_name::text FROM information_schema.tables \
                  WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+                0
+            );
             for t in tables {
-                let rows = sqlx::query(&format!("SELECT t::text FROM {t} t"))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect();
+                let rows = texts!(&pool, &format!("SELECT t::text FROM {t} t"), 0);
                 out.push((t, rows));
             }
             pool.close().await;
@@ -176,19 +164,14 @@ async fn populate(w: &World) -> Canaries {
         users.push((u, s));
     }
     let (owner, admin, member) = (&users[0].0, &users[1].0, &users[2].0);
-    let org = w
-        .accounts
-        .create_org(&format!("Erasure Canary {tag}"), owner)
-        .await
-        .unwrap();
-    w.accounts
-        .set_role(&org.id, &admin.id, Role::Admin)
-        .await
-        .unwrap();
-    w.accounts
-        .set_role(&org.id, &member.id, Role::Member)
-        .await
-        .unwrap();
+    let members = [(admin, Role::Admin), (member, Role::Member)];
+    let org = org_with(
+        &w.accounts,
+        &format!("Erasure Canary {tag}"),
+        owner,
+        &members,
+    )
+    .await;
     let invitee = format!("erase-invitee-{tag}@canary.example");
     w.accounts
         .invite(&org.id, &invitee, Role::Member, &owner.email)
@@ -216,34 +199,7 @@ async fn populate(w: &World) -> Canaries {
         .or(b["job"].as_str())
         .expect("job id")
         .to_string();
-    let schedule = w
-        .store
-        .create_schedule(
-            &org.id,
-            &format!("nightly-{tag}"),
-            "0 2 * * *",
-            "Europe/Helsinki",
-            &ScheduleTemplate {
-                chorus_url: "https://chorus.example/".into(),
-                kinds: Default::default(),
-                destination: "file:///tmp/x".into(),
-                webhook_url: None,
-                lookback_s: 3600,
-                options: Default::default(),
-            },
-            &CredentialRefs {
-                chorus_token: "env:CHORUS_API_TOKEN".into(),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Tenant,
-        )
-        .await
-        .unwrap()
-        .id;
+    let schedule = tenant_schedule(&w.store, &org.id, &format!("nightly-{tag}"), 3600).await;
     // The rows a worker and the scheduler write.
     let now = chrono::Utc::now().timestamp_millis();
     let sql = [
@@ -305,11 +261,7 @@ async fn populate(w: &World) -> Canaries {
         .create_user(&format!("erase-keeper-{tag}@canary.example"), &hash)
         .await
         .unwrap();
-    let other = w.accounts.create_org("Other Ltd", &keeper).await.unwrap();
-    w.accounts
-        .set_role(&other.id, &admin.id, Role::Member)
-        .await
-        .unwrap();
+    let other = org_with(&w.accounts, "Other Ltd", &keeper, &[(admin, Role::Member)]).await;
     w.accounts
         .audit(
             &other.id,
@@ -443,25 +395,6 @@ async fn erase_and_check_every_table(w: &World) -> Canaries {
 
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn bytes_under(dir: &Path) -> Vec<u8> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.extend(b);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -634,31 +567,28 @@ async fn postgres_keeps_erased_bytes_until_vacuum_full_and_a_wal_switch() {
     let emails: Vec<&str> = c.users.iter().map(|(u, _)| u.email.as_str()).collect();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
-    let found = |bytes: &[u8]| -> Vec<String> {
+    let found = |needle: &str| !files_containing(&pg.data(), needle.as_bytes()).is_empty();
+    let found_erased = || -> Vec<String> {
         emails
             .iter()
-            .filter(|e| contains(bytes, e))
+            .filter(|e| found(e))
             .map(|e| e.to_string())
             .collect()
     };
     // Control: deleted rows are only marked dead, and the WAL holds every insert: the
     // byte search finds the addresses after the rows are gone from every table.
-    let before = found(&bytes_under(&pg.data()));
+    let before = found_erased();
     assert!(
         !before.is_empty(),
         "the byte search found no erased address before VACUUM: it could not fail"
     );
     // The documented procedure: rewrite the tables, move to a new WAL segment twice
     // (the old ones are removed, not recycled), checkpoint.
-    let tables: Vec<String> = sqlx::query(
+    let tables: Vec<String> = texts!(
+        &pool,
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+        0
+    );
     for t in &tables {
         sqlx::query(&format!("VACUUM FULL {t}"))
             .execute(&pool)
@@ -673,12 +603,11 @@ async fn postgres_keeps_erased_bytes_until_vacuum_full_and_a_wal_switch() {
         sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
     }
     pool.close().await;
-    let bytes = bytes_under(&pg.data());
     assert!(
-        contains(&bytes, &c.kept_email),
+        found(&c.kept_email),
         "the byte search finds the kept address"
     );
-    let after = found(&bytes);
+    let after = found_erased();
     assert!(
         after.is_empty(),
         "erased addresses still in PostgreSQL's data directory: {after:?}"

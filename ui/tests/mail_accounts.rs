@@ -93,6 +93,64 @@ async fn api(
     common::api(&w.state, method, path, session, body).await
 }
 
+/// What the API answered: status, JSON body, headers.
+type Answer = (StatusCode, Value, HeaderMap);
+
+/// A signed-out JSON post (sign-up, e-mail confirmation, password reset).
+async fn public_api(w: &World, path: &str, body: Value) -> Answer {
+    api(w, "POST", path, None, Some(body)).await
+}
+
+async fn signup(w: &World, email: &str, password: &str) -> Answer {
+    let body = json!({"email": email, "password": password});
+    public_api(w, "/api/v1/signup", body).await
+}
+
+/// Confirms an address with the link's token and the sign-up password.
+async fn verify(w: &World, token: &str, password: &str) -> Answer {
+    let body = json!({"token": token, "password": password});
+    public_api(w, "/api/v1/verify-email", body).await
+}
+
+async fn request_reset(w: &World, email: &str) -> Answer {
+    public_api(w, "/api/v1/password-reset", json!({"email": email})).await
+}
+
+/// Sets a new password with a reset link's token.
+async fn reset_confirm(w: &World, token: &str, password: &str) -> Answer {
+    let body = json!({"token": token, "password": password});
+    public_api(w, "/api/v1/password-reset/confirm", body).await
+}
+
+/// `s` invites `email` into `org` in `role`.
+async fn invite(w: &World, org: &str, s: &Sess, email: &str, role: &str) -> Answer {
+    let path = format!("/api/v1/orgs/{org}/members");
+    let body = json!({"email": email, "role": role});
+    api(w, "POST", &path, Some(s), Some(body)).await
+}
+
+/// `s`'s request without a body.
+async fn call(w: &World, method: &str, path: &str, s: &Sess) -> Answer {
+    api(w, method, path, Some(s), None).await
+}
+
+async fn create_org(w: &World, s: &Sess, name: &str) -> Answer {
+    let body = json!({"name": name});
+    api(w, "POST", "/api/v1/orgs", Some(s), Some(body)).await
+}
+
+/// `s` changes their password, giving `current` as the current one.
+async fn change_password(w: &World, s: &Sess, current: &str, new: &str) -> Answer {
+    let body = json!({"current_password": current, "new_password": new});
+    api(w, "PUT", "/api/v1/me/password", Some(s), Some(body)).await
+}
+
+/// `s` deletes their own account, confirming with `password`.
+async fn delete_me(w: &World, s: &Sess, password: &str) -> Answer {
+    let body = json!({"password": password});
+    api(w, "DELETE", "/api/v1/me", Some(s), Some(body)).await
+}
+
 /// A pre-session form post (sign-up, sign-in, reset): the double-submit cookie and field.
 async fn public_form(
     w: &World,
@@ -120,14 +178,8 @@ async fn public_form(
 }
 
 async fn sign_in(w: &World, email: &str, password: &str) -> Option<Sess> {
-    let (status, json, headers) = api(
-        w,
-        "POST",
-        "/api/v1/session",
-        None,
-        Some(json!({"email": email, "password": password})),
-    )
-    .await;
+    let body = json!({"email": email, "password": password});
+    let (status, json, headers) = public_api(w, "/api/v1/session", body).await;
     if status != StatusCode::OK {
         return None;
     }
@@ -276,14 +328,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 async fn sign_up_mails_a_link_that_with_the_password_confirms_the_address() {
     let w = world().await;
     let email = fresh("ada", "example.com");
-    let (status, json, headers) = api(
-        &w,
-        "POST",
-        "/api/v1/signup",
-        None,
-        Some(json!({"email": email, "password": PASSWORD})),
-    )
-    .await;
+    let (status, json, headers) = signup(&w, &email, PASSWORD).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{json}");
     assert_eq!(json["status"], "check_your_inbox");
     assert!(
@@ -303,14 +348,7 @@ async fn sign_up_mails_a_link_that_with_the_password_confirms_the_address() {
     let s = sign_in(&w, &email, PASSWORD).await.expect("sign in");
     let (_, me, _) = api(&w, "GET", "/api/v1/me", Some(&s), None).await;
     assert_eq!(me["email_verified"], false, "{me}");
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/orgs",
-        Some(&s),
-        Some(json!({"name": "Early"})),
-    )
-    .await;
+    let (status, json, _) = create_org(&w, &s, "Early").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{json}");
     assert!(
         json["error"]["message"]
@@ -320,14 +358,7 @@ async fn sign_up_mails_a_link_that_with_the_password_confirms_the_address() {
     );
 
     // The link alone is not enough: the password chosen at sign-up goes with it.
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/verify-email",
-        None,
-        Some(json!({"token": token, "password": "someone-elses-Password-9"})),
-    )
-    .await;
+    let (status, json, _) = verify(&w, &token, "someone-elses-Password-9").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
     // The page shows the form for the link.
     let req = Request::builder()
@@ -338,14 +369,7 @@ async fn sign_up_mails_a_link_that_with_the_password_confirms_the_address() {
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&html).contains(&token));
 
-    let (status, json, headers) = api(
-        &w,
-        "POST",
-        "/api/v1/verify-email",
-        None,
-        Some(json!({"token": token, "password": PASSWORD})),
-    )
-    .await;
+    let (status, json, headers) = verify(&w, &token, PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert!(
         headers["set-cookie"]
@@ -355,25 +379,11 @@ async fn sign_up_mails_a_link_that_with_the_password_confirms_the_address() {
     );
     let (_, me, _) = api(&w, "GET", "/api/v1/me", Some(&s), None).await;
     assert_eq!(me["email_verified"], true, "{me}");
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/orgs",
-        Some(&s),
-        Some(json!({"name": "Confirmed"})),
-    )
-    .await;
+    let (status, json, _) = create_org(&w, &s, "Confirmed").await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
 
     // The link works once.
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/verify-email",
-        None,
-        Some(json!({"token": token, "password": PASSWORD})),
-    )
-    .await;
+    let (status, _, _) = verify(&w, &token, PASSWORD).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Only the token's hash is stored.
     assert!(
@@ -391,14 +401,7 @@ async fn an_invitation_is_accepted_only_by_a_verified_owner_of_the_address() {
     let org = w.accounts.create_org("Victim Corp", &owner).await.unwrap();
     let cfo = fresh("cfo", "victim.example");
 
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        &format!("/api/v1/orgs/{}/members", org.id),
-        Some(&owner_s),
-        Some(json!({"email": cfo, "role": "admin"})),
-    )
-    .await;
+    let (status, json, _) = invite(&w, &org.id, &owner_s, &cfo, "admin").await;
     assert_eq!(status, StatusCode::CREATED, "{json}");
     assert_eq!(json["status"], "invited");
     let invitation = nth_mail(&cfo, 1).await;
@@ -411,14 +414,7 @@ async fn an_invitation_is_accepted_only_by_a_verified_owner_of_the_address() {
 
     // The impostor signs up with the invited address and their own password.
     let impostor_password = "impostor-Guess-Work-77";
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/signup",
-        None,
-        Some(json!({"email": cfo, "password": impostor_password})),
-    )
-    .await;
+    let (status, _, _) = signup(&w, &cfo, impostor_password).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let imp = sign_in(&w, &cfo, impostor_password)
         .await
@@ -458,89 +454,34 @@ async fn an_invitation_is_accepted_only_by_a_verified_owner_of_the_address() {
     // password confirms nothing.
     let link = nth_mail(&cfo, 2).await;
     let token = token_in(&link, "/verify-email");
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/verify-email",
-        None,
-        Some(json!({"token": token, "password": PASSWORD})),
-    )
-    .await;
+    let (status, _, _) = verify(&w, &token, PASSWORD).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (_, me, _) = api(&w, "GET", "/api/v1/me", Some(&imp), None).await;
     assert_eq!(me["email_verified"], false);
 
     // Positive control: a verified owner of an invited address sees and accepts it.
     let bob = fresh("bob", "example.com");
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/signup",
-        None,
-        Some(json!({"email": bob, "password": PASSWORD})),
-    )
-    .await;
+    let (status, _, _) = signup(&w, &bob, PASSWORD).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let token = token_in(&nth_mail(&bob, 1).await, "/verify-email");
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/verify-email",
-        None,
-        Some(json!({"token": token, "password": PASSWORD})),
-    )
-    .await;
+    let (status, _, _) = verify(&w, &token, PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
     let bob_s = sign_in(&w, &bob, PASSWORD).await.unwrap();
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        &format!("/api/v1/orgs/{}/members", org.id),
-        Some(&owner_s),
-        Some(json!({"email": bob, "role": "member"})),
-    )
-    .await;
+    let (status, _, _) = invite(&w, &org.id, &owner_s, &bob, "member").await;
     assert_eq!(status, StatusCode::CREATED);
     // Invited, not yet a member.
-    let (status, _, _) = api(
-        &w,
-        "GET",
-        &format!("/api/v1/orgs/{}/jobs", org.id),
-        Some(&bob_s),
-        None,
-    )
-    .await;
+    let (status, _, _) = call(&w, "GET", &format!("/api/v1/orgs/{}/jobs", org.id), &bob_s).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, list, _) = api(&w, "GET", "/api/v1/me/invitations", Some(&bob_s), None).await;
     assert_eq!(list["invitations"][0]["organisation"], org.id, "{list}");
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        &format!("/api/v1/me/invitations/{}/accept", org.id),
-        Some(&bob_s),
-        None,
-    )
-    .await;
+    let accept = format!("/api/v1/me/invitations/{}/accept", org.id);
+    let (status, json, _) = call(&w, "POST", &accept, &bob_s).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(json["role"], "member");
-    let (status, _, _) = api(
-        &w,
-        "GET",
-        &format!("/api/v1/orgs/{}/jobs", org.id),
-        Some(&bob_s),
-        None,
-    )
-    .await;
+    let (status, _, _) = call(&w, "GET", &format!("/api/v1/orgs/{}/jobs", org.id), &bob_s).await;
     assert_eq!(status, StatusCode::OK);
     // Used up: accepting again finds nothing.
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        &format!("/api/v1/me/invitations/{}/accept", org.id),
-        Some(&bob_s),
-        None,
-    )
-    .await;
+    let (status, _, _) = call(&w, "POST", &accept, &bob_s).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let log = w.accounts.audit_log(&org.id, 50).await.unwrap();
     assert!(
@@ -569,14 +510,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Sign-up (API and page).
     let mut answers = vec![];
     for email in [&existing.email, &nobody] {
-        let (status, json, headers) = api(
-            &w,
-            "POST",
-            "/api/v1/signup",
-            None,
-            Some(json!({"email": email, "password": PASSWORD})),
-        )
-        .await;
+        let (status, json, headers) = signup(&w, email, PASSWORD).await;
         assert!(headers.get("set-cookie").is_none());
         answers.push((status, masked(&json, email)));
     }
@@ -609,14 +543,8 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Sign-in with a wrong password vs an unknown address (API and page).
     let mut answers = vec![];
     for email in [&existing.email, &fresh("ghost", "example.com")] {
-        let (status, json, _) = api(
-            &w,
-            "POST",
-            "/api/v1/session",
-            None,
-            Some(json!({"email": email, "password": "wrong-Password-123x"})),
-        )
-        .await;
+        let body = json!({"email": email, "password": "wrong-Password-123x"});
+        let (status, json, _) = public_api(&w, "/api/v1/session", body).await;
         answers.push((status, masked(&json, email)));
     }
     assert_eq!(answers[0], answers[1], "sign-in API answers differ");
@@ -636,14 +564,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Invitations (API and page): nobody is added, whatever the address.
     let mut answers = vec![];
     for email in [&existing.email, &fresh("invitee", "example.com")] {
-        let (status, json, _) = api(
-            &w,
-            "POST",
-            &format!("/api/v1/orgs/{}/members", org.id),
-            Some(&owner_s),
-            Some(json!({"email": email, "role": "member"})),
-        )
-        .await;
+        let (status, json, _) = invite(&w, &org.id, &owner_s, email, "member").await;
         answers.push((status, masked(&json, email)));
     }
     assert_eq!(answers[0], answers[1], "invite API answers differ");
@@ -686,14 +607,7 @@ async fn no_answer_tells_whether_an_address_has_an_account() {
     // Password reset requests.
     let mut answers = vec![];
     for email in [&existing.email, &fresh("ghost", "example.com")] {
-        let (status, json, _) = api(
-            &w,
-            "POST",
-            "/api/v1/password-reset",
-            None,
-            Some(json!({"email": email})),
-        )
-        .await;
+        let (status, json, _) = request_reset(&w, email).await;
         answers.push((status, masked(&json, email)));
     }
     assert_eq!(answers[0], answers[1], "reset answers differ");
@@ -708,14 +622,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
     let b = sign_in(&w, &email, PASSWORD).await.unwrap();
     let new_password = "marmalade-Comet-Harbour-8";
 
-    let (status, json, _) = api(
-        &w,
-        "PUT",
-        "/api/v1/me/password",
-        Some(&a),
-        Some(json!({"current_password": "not-the-Password-1", "new_password": new_password})),
-    )
-    .await;
+    let (status, json, _) = change_password(&w, &a, "not-the-Password-1", new_password).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
     assert!(
         json["error"]["fields"]["current_password"].is_string(),
@@ -724,14 +631,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
     let (status, _, _) = api(&w, "GET", "/api/v1/me", Some(&b), None).await;
     assert_eq!(status, StatusCode::OK, "a refused change ends nothing");
 
-    let (status, json, _) = api(
-        &w,
-        "PUT",
-        "/api/v1/me/password",
-        Some(&a),
-        Some(json!({"current_password": PASSWORD, "new_password": new_password})),
-    )
-    .await;
+    let (status, json, _) = change_password(&w, &a, PASSWORD, new_password).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert_eq!(json["other_sessions_ended"], 1);
     let (status, _, _) = api(&w, "GET", "/api/v1/me", Some(&b), None).await;
@@ -746,14 +646,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
     assert!(sign_in(&w, &email, new_password).await.is_some());
 
     // Reset by e-mail link.
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/password-reset",
-        None,
-        Some(json!({"email": email})),
-    )
-    .await;
+    let (status, _, _) = request_reset(&w, &email).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let mail = nth_mail(&email, 1).await;
     assert!(mail.subject.contains("Reset"), "{}", mail.subject);
@@ -762,25 +655,11 @@ async fn password_change_and_reset_end_the_other_sessions() {
         !contains(&db_bytes(w.tmp.path()), &token),
         "raw reset token stored"
     );
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/password-reset/confirm",
-        None,
-        Some(json!({"token": token, "password": "short"})),
-    )
-    .await;
+    let (status, json, _) = reset_confirm(&w, &token, "short").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(json["error"]["fields"]["password"].is_string(), "{json}");
     let reset_password = "lantern-Quiet-Meadow-31";
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/password-reset/confirm",
-        None,
-        Some(json!({"token": token, "password": reset_password})),
-    )
-    .await;
+    let (status, json, _) = reset_confirm(&w, &token, reset_password).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     let (status, _, _) = api(&w, "GET", "/api/v1/me", Some(&a), None).await;
     assert_eq!(
@@ -788,14 +667,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
         StatusCode::UNAUTHORIZED,
         "a session survived the reset"
     );
-    let (status, json, _) = api(
-        &w,
-        "POST",
-        "/api/v1/password-reset/confirm",
-        None,
-        Some(json!({"token": token, "password": "another-Fresh-Pass-55"})),
-    )
-    .await;
+    let (status, json, _) = reset_confirm(&w, &token, "another-Fresh-Pass-55").await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -815,14 +687,7 @@ async fn password_change_and_reset_end_the_other_sessions() {
         )
         .await
         .unwrap();
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        "/api/v1/password-reset/confirm",
-        None,
-        Some(json!({"token": stale, "password": "expired-Link-Try-66"})),
-    )
-    .await;
+    let (status, _, _) = reset_confirm(&w, stale, "expired-Link-Try-66").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(sign_in(&w, &email, reset_password).await.is_some());
 }
@@ -864,14 +729,8 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
         )
         .await
         .unwrap();
-    let (status, _, _) = api(
-        &w,
-        "POST",
-        &format!("/api/v1/orgs/{}/members", shared.id),
-        Some(&s),
-        Some(json!({"email": fresh("guest", "example.com"), "role": "member"})),
-    )
-    .await;
+    let guest = fresh("guest", "example.com");
+    let (status, _, _) = invite(&w, &shared.id, &s, &guest, "member").await;
     assert_eq!(status, StatusCode::CREATED);
     w.accounts
         .invite(&own.id, &email, Role::Member, &boss.email)
@@ -913,14 +772,7 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
     );
 
     // The last owner of an organisation must hand it over or delete it first.
-    let (status, json, _) = api(
-        &w,
-        "DELETE",
-        "/api/v1/me",
-        Some(&s),
-        Some(json!({"password": PASSWORD})),
-    )
-    .await;
+    let (status, json, _) = delete_me(&w, &s, PASSWORD).await;
     assert_eq!(status, StatusCode::CONFLICT, "{json}");
     assert!(
         json["error"]["message"]
@@ -929,32 +781,11 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
             .contains("Erin Solo"),
         "{json}"
     );
-    let (status, _, _) = api(
-        &w,
-        "DELETE",
-        &format!("/api/v1/orgs/{}", own.id),
-        Some(&s),
-        None,
-    )
-    .await;
+    let (status, _, _) = call(&w, "DELETE", &format!("/api/v1/orgs/{}", own.id), &s).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, json, _) = api(
-        &w,
-        "DELETE",
-        "/api/v1/me",
-        Some(&s),
-        Some(json!({"password": "wrong-Password-000"})),
-    )
-    .await;
+    let (status, json, _) = delete_me(&w, &s, "wrong-Password-000").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
-    let (status, json, headers) = api(
-        &w,
-        "DELETE",
-        "/api/v1/me",
-        Some(&s),
-        Some(json!({"password": PASSWORD})),
-    )
-    .await;
+    let (status, json, headers) = delete_me(&w, &s, PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{json}");
     assert!(
         headers["set-cookie"]
@@ -1002,14 +833,8 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
         "{log:?}"
     );
     assert_eq!(w.store.job(&job).await.unwrap().started_by, alias);
-    let (_, members, _) = api(
-        &w,
-        "GET",
-        &format!("/api/v1/orgs/{}/members", shared.id),
-        Some(&boss_s),
-        None,
-    )
-    .await;
+    let members_path = format!("/api/v1/orgs/{}/members", shared.id);
+    let (_, members, _) = call(&w, "GET", &members_path, &boss_s).await;
     assert!(!members.to_string().contains(&email), "{members}");
     assert!(
         members.to_string().contains(&alias),

@@ -20,7 +20,6 @@ use common::{Recorder, api_request, console_in, send};
 use pipeline::JobId;
 use pipeline::accounts::{Accounts, Role, User};
 use pipeline::embedded_nats::EmbeddedNats;
-use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
 use pipeline::store::JobStore;
 use test_support::plans::on_team_plan;
 use ui::roles::{API_ROUTES, Action, ApiRoute, UNVERIFIED_OK, allows};
@@ -147,33 +146,8 @@ async fn cell(w: &World, n: usize) -> Cell {
 
 /// A schedule in `org` (references only, as always); returns its id.
 async fn new_schedule(store: &JobStore, org: &str) -> String {
-    store
-        .create_schedule(
-            org,
-            &format!("nightly-{}", uuid::Uuid::new_v4().simple()),
-            "0 2 * * *",
-            "Europe/Helsinki",
-            &ScheduleTemplate {
-                chorus_url: "https://chorus.example/".into(),
-                kinds: Default::default(),
-                destination: "file:///tmp/x".into(),
-                webhook_url: None,
-                lookback_s: 7 * 24 * 3600,
-                options: Default::default(),
-            },
-            &CredentialRefs {
-                chorus_token: "env:CHORUS_API_TOKEN".into(),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Tenant,
-        )
-        .await
-        .unwrap()
-        .id
+    let name = format!("nightly-{}", uuid::Uuid::new_v4().simple());
+    test_support::orgs::tenant_schedule(store, org, &name, 7 * 24 * 3600).await
 }
 
 fn path_of(route: &ApiRoute, c: &Cell, schedule: &str) -> String {

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{
@@ -15,16 +16,16 @@ use super::{
 };
 use crate::auth;
 use crate::ctx;
+use crate::layout::Errors;
 use crate::respond::{ApiResult, Denied, api_error, body, invalid, with_cookie};
-use crate::state::{ClientKey, Shared};
+use crate::state::{AppState, ClientKey, Shared};
 
 pub(crate) async fn sign_in(
     State(state): State<Shared>,
     Extension(ClientKey(key)): Extension<ClientKey>,
     raw: Bytes,
 ) -> ApiResult {
-    sign_in_allowed(&state, &key).await?;
-    let b: Credentials = body(&raw)?;
+    let b: Credentials = signed_out_body(&state, &key, &raw).await?;
     match authenticate(&state, &b.email, &b.password).await? {
         Some((user, token, csrf)) => {
             let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf}))
@@ -55,17 +56,31 @@ pub(crate) async fn me(State(state): State<Shared>, headers: HeaderMap) -> ApiRe
     .into_response())
 }
 
-/// The one answer of a valid sign-up, whether the address had an account or not.
-fn inbox_answer(email: &str) -> Response {
+/// The one answer of a valid sign-up or reset request, whether the address had an account
+/// or not.
+fn inbox_answer(email: &str, message: &str) -> Response {
     (
         StatusCode::ACCEPTED,
-        Json(json!({
-            "email": email,
-            "status": "check_your_inbox",
-            "message": "We sent a mail to this address: open its link to confirm the address and finish signing up.",
-        })),
+        Json(json!({"email": email, "status": "check_your_inbox", "message": message})),
     )
         .into_response()
+}
+
+/// What every signed-out request checks and reads first: the client's sign-in rate limit,
+/// then its JSON body.
+async fn signed_out_body<T: DeserializeOwned>(
+    state: &AppState,
+    key: &str,
+    raw: &Bytes,
+) -> Result<T, Denied> {
+    sign_in_allowed(state, key).await?;
+    body(raw)
+}
+
+/// The answer of an action that checks its fields: `done` with its outcome, or the
+/// field errors (422).
+fn checked<T>(outcome: Result<T, Errors>, done: impl FnOnce(T) -> Response) -> ApiResult {
+    Ok(outcome.map_or_else(|e| invalid(&e), done))
 }
 
 pub(crate) async fn sign_up(
@@ -73,12 +88,16 @@ pub(crate) async fn sign_up(
     Extension(ClientKey(key)): Extension<ClientKey>,
     raw: Bytes,
 ) -> ApiResult {
-    sign_in_allowed(&state, &key).await?;
-    let b: Credentials = body(&raw)?;
-    match super::sign_up(&state, &b.email, &b.password).await? {
-        Ok(email) => Ok(inbox_answer(&email)),
-        Err(e) => Ok(invalid(&e)),
-    }
+    let b: Credentials = signed_out_body(&state, &key, &raw).await?;
+    checked(
+        super::sign_up(&state, &b.email, &b.password).await?,
+        |email| {
+            inbox_answer(
+                &email,
+                "We sent a mail to this address: open its link to confirm the address and finish signing up.",
+            )
+        },
+    )
 }
 
 pub(crate) async fn verify_email(
@@ -86,8 +105,7 @@ pub(crate) async fn verify_email(
     Extension(ClientKey(key)): Extension<ClientKey>,
     raw: Bytes,
 ) -> ApiResult {
-    sign_in_allowed(&state, &key).await?;
-    let b: TokenPassword = body(&raw)?;
+    let b: TokenPassword = signed_out_body(&state, &key, &raw).await?;
     let (user, token, csrf) = verify(&state, &b.token, &b.password).await?;
     let r = Json(json!({"user": {"id": user.id, "email": user.email}, "csrf_token": csrf, "email_verified": true}))
         .into_response();
@@ -99,20 +117,13 @@ pub(crate) async fn password_reset(
     Extension(ClientKey(key)): Extension<ClientKey>,
     raw: Bytes,
 ) -> ApiResult {
-    sign_in_allowed(&state, &key).await?;
-    let b: EmailOnly = body(&raw)?;
-    match request_reset(&state, &b.email).await? {
-        Ok(email) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "email": email,
-                "status": "check_your_inbox",
-                "message": "If this address has an account, we sent it a link to choose a new password.",
-            })),
+    let b: EmailOnly = signed_out_body(&state, &key, &raw).await?;
+    checked(request_reset(&state, &b.email).await?, |email| {
+        inbox_answer(
+            &email,
+            "If this address has an account, we sent it a link to choose a new password.",
         )
-            .into_response()),
-        Err(e) => Ok(invalid(&e)),
-    }
+    })
 }
 
 pub(crate) async fn password_reset_confirm(
@@ -120,12 +131,10 @@ pub(crate) async fn password_reset_confirm(
     Extension(ClientKey(key)): Extension<ClientKey>,
     raw: Bytes,
 ) -> ApiResult {
-    sign_in_allowed(&state, &key).await?;
-    let b: TokenPassword = body(&raw)?;
-    match reset(&state, &b.token, &b.password).await? {
-        Ok(()) => Ok(Json(json!({"password_reset": true, "sessions_ended": true})).into_response()),
-        Err(e) => Ok(invalid(&e)),
-    }
+    let b: TokenPassword = signed_out_body(&state, &key, &raw).await?;
+    checked(reset(&state, &b.token, &b.password).await?, |()| {
+        Json(json!({"password_reset": true, "sessions_ended": true})).into_response()
+    })
 }
 
 pub(crate) async fn my_data(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {
@@ -145,12 +154,11 @@ pub(crate) async fn change_password(
 ) -> ApiResult {
     ctx::session_api_write(&state, &headers).await?;
     let b: PasswordChange = body(&raw)?;
-    match super::change_password(&state, &headers, &b.current_password, &b.new_password).await? {
-        Ok(ended) => Ok(
-            Json(json!({"password_changed": true, "other_sessions_ended": ended})).into_response(),
-        ),
-        Err(e) => Ok(invalid(&e)),
-    }
+    let outcome =
+        super::change_password(&state, &headers, &b.current_password, &b.new_password).await?;
+    checked(outcome, |ended| {
+        Json(json!({"password_changed": true, "other_sessions_ended": ended})).into_response()
+    })
 }
 
 pub(crate) async fn delete_me(
@@ -160,13 +168,10 @@ pub(crate) async fn delete_me(
 ) -> ApiResult {
     ctx::session_api_write(&state, &headers).await?;
     let b: PasswordConfirm = body(&raw)?;
-    match delete_account(&state, &headers, &b.password).await? {
-        Ok(()) => {
-            let r = Json(json!({"deleted": true})).into_response();
-            Ok(with_cookie(r, Some(auth::clear_session_cookie())))
-        }
-        Err(e) => Ok(invalid(&e)),
-    }
+    checked(delete_account(&state, &headers, &b.password).await?, |()| {
+        let r = Json(json!({"deleted": true})).into_response();
+        with_cookie(r, Some(auth::clear_session_cookie()))
+    })
 }
 
 pub(crate) async fn my_invitations(State(state): State<Shared>, headers: HeaderMap) -> ApiResult {

@@ -195,6 +195,28 @@ pub(crate) async fn sign_up(
     Ok(Ok(email))
 }
 
+/// The user behind a live e-mail link (by its token's hash), with their password hash;
+/// the link stays live until [`use_up_link`].
+async fn link_owner(
+    state: &AppState,
+    sha: &str,
+    purpose: TokenPurpose,
+) -> Result<Option<(User, String, bool)>, Denied> {
+    match state.accounts.peek_email_token(sha, purpose).await? {
+        Some(id) => Ok(state.accounts.user_by_id(&id).await?),
+        None => Ok(None),
+    }
+}
+
+/// Uses up an e-mail link: false if it was not live any more (used meanwhile, or expired).
+async fn use_up_link(state: &AppState, sha: &str, purpose: TokenPurpose) -> Result<bool, Denied> {
+    Ok(state
+        .accounts
+        .take_email_token(sha, purpose)
+        .await?
+        .is_some())
+}
+
 /// Confirms the address behind a sign-up link: the link must be live and the password
 /// the account's (so whoever signed up with someone else's address cannot have that
 /// person confirm it by clicking). Returns a new session for the now verified user.
@@ -204,14 +226,7 @@ pub(crate) async fn verify(
     password: &str,
 ) -> Result<(User, String, String), Denied> {
     let sha = auth::sha256_hex(token.as_bytes());
-    let user = match state
-        .accounts
-        .peek_email_token(&sha, TokenPurpose::Verify)
-        .await?
-    {
-        Some(id) => state.accounts.user_by_id(&id).await?,
-        None => None,
-    };
+    let user = link_owner(state, &sha, TokenPurpose::Verify).await?;
     let Some((user, hash, _)) = user else {
         auth::verify_password(password, auth::dummy_hash());
         return Err(Denied::Invalid(BAD_LINK.into()));
@@ -219,12 +234,7 @@ pub(crate) async fn verify(
     if !auth::verify_password(password, &hash) {
         return Err(Denied::Invalid(BAD_LINK.into()));
     }
-    if state
-        .accounts
-        .take_email_token(&sha, TokenPurpose::Verify)
-        .await?
-        .is_none()
-    {
+    if !use_up_link(state, &sha, TokenPurpose::Verify).await? {
         return Err(Denied::Invalid(BAD_LINK.into()));
     }
     state.accounts.mark_verified(&user.id).await?;
@@ -240,9 +250,7 @@ pub(crate) async fn request_reset(
     let email = match auth::normalise_email(email) {
         Ok(e) => e,
         Err(m) => {
-            let mut e = Errors::new();
-            e.insert("email", m);
-            return Ok(Err(e));
+            return Ok(Err(Errors::from([("email", m)])));
         }
     };
     if let Some((user, _)) = state.accounts.user_by_email(&email).await? {
@@ -279,38 +287,18 @@ pub(crate) async fn reset(
     password: &str,
 ) -> Result<Result<(), Errors>, Denied> {
     let sha = auth::sha256_hex(token.as_bytes());
-    let bad = || {
-        let mut e = Errors::new();
-        e.insert(
-            "token",
-            "This reset link is not valid: it was used already or it expired. Ask for a new one."
-                .to_string(),
-        );
-        e
-    };
-    let user = match state
-        .accounts
-        .peek_email_token(&sha, TokenPurpose::Reset)
-        .await?
-    {
-        Some(id) => state.accounts.user_by_id(&id).await?,
-        None => None,
-    };
+    const BAD_RESET: &str =
+        "This reset link is not valid: it was used already or it expired. Ask for a new one.";
+    let bad = || Errors::from([("token", BAD_RESET.to_string())]);
+    let user = link_owner(state, &sha, TokenPurpose::Reset).await?;
     let Some((user, _, _)) = user else {
         return Ok(Err(bad()));
     };
     if let Err(m) = auth::check_password(password, &user.email) {
-        let mut e = Errors::new();
-        e.insert("password", m);
-        return Ok(Err(e));
+        return Ok(Err(Errors::from([("password", m)])));
     }
     let hash = auth::hash_password(password).map_err(Denied::Internal)?;
-    if state
-        .accounts
-        .take_email_token(&sha, TokenPurpose::Reset)
-        .await?
-        .is_none()
-    {
+    if !use_up_link(state, &sha, TokenPurpose::Reset).await? {
         return Ok(Err(bad()));
     }
     state.accounts.set_password(&user.id, &hash).await?;
@@ -374,9 +362,10 @@ pub(crate) async fn delete_account(
         return Err(Denied::SignIn);
     };
     if !auth::verify_password(password, &hash) {
-        let mut e = Errors::new();
-        e.insert("password", "This is not your password.".into());
-        return Ok(Err(e));
+        return Ok(Err(Errors::from([(
+            "password",
+            "This is not your password.".into(),
+        )])));
     }
     match state.accounts.delete_user(&s.user.id).await {
         Ok(()) => {

@@ -19,7 +19,7 @@ use super::{
 use crate::auth;
 use crate::ctx;
 use crate::layout::{Errors, Nav};
-use crate::respond::{CsrfOnly, Denied, pre_ok, pre_token, refuse, with_cookie};
+use crate::respond::{CsrfOnly, Denied, Page, pre_ok, pre_token, refuse, with_cookie};
 use crate::state::{AppState, ClientKey, Shared};
 
 pub fn routes() -> Router<Shared> {
@@ -49,30 +49,67 @@ const EXPIRED: &str = "The form expired: submit it again.";
 
 /// [`EXPIRED`] against a form's field.
 fn expired_error(field: &'static str) -> Errors {
-    let mut e = Errors::new();
-    e.insert(field, EXPIRED.into());
-    e
+    Errors::from([(field, EXPIRED.into())])
 }
 
 /// What every signed-out form checks before it acts (sign-in, sign-up, e-mail
 /// confirmation, password reset): its pre-session CSRF token, whose failure shows the form
-/// again (403, rendered by `expired`, with the pre-session cookie `set` if new), then the
-/// client's sign-in rate limit.
+/// again (403, rendered by `expired` from the pre-session token, with the pre-session
+/// cookie set if new), then the client's sign-in rate limit. Returns the pre-session token
+/// for the pages that follow (it came with the request, so no cookie is to be set).
 async fn signed_out_checks(
     state: &AppState,
     key: &str,
     headers: &HeaderMap,
     submitted: Option<&str>,
-    set: Option<String>,
-    expired: impl FnOnce() -> String,
-) -> Result<(), Response> {
+    expired: impl FnOnce(&str) -> String,
+) -> Result<String, Response> {
+    let (pre, set) = pre_token(headers);
     if !pre_ok(headers, submitted) {
-        let page = (StatusCode::FORBIDDEN, Html(expired())).into_response();
+        let page = (StatusCode::FORBIDDEN, Html(expired(&pre))).into_response();
         return Err(with_cookie(page, set));
     }
     sign_in_allowed(state, key)
         .await
-        .map_err(|d| refuse(d, None))
+        .map_err(|d| refuse(d, None))?;
+    Ok(pre)
+}
+
+/// How a form whose action checks its fields answers: `done` with the action's outcome,
+/// the form `again` with its field errors (422), or the refusal page (with `nav`).
+fn answer<T>(
+    outcome: Result<Result<T, Errors>, Denied>,
+    nav: Option<Nav>,
+    done: impl FnOnce(T) -> Response,
+    again: impl FnOnce(&Errors) -> String,
+) -> Response {
+    match outcome {
+        Ok(Ok(v)) => done(v),
+        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, Html(again(&e))).into_response(),
+        Err(d) => refuse(d, nav),
+    }
+}
+
+/// A signed-out form's page, rendered with the pre-session token (its cookie set if new).
+fn signed_out_form(headers: &HeaderMap, page: impl FnOnce(&str) -> String) -> Response {
+    let (pre, set) = pre_token(headers);
+    with_cookie(Html(page(&pre)).into_response(), set)
+}
+
+/// Where a signed-out visitor lands, with the session cookie cleared.
+fn signed_out_to(to: &str) -> Response {
+    with_cookie(
+        Redirect::to(to).into_response(),
+        Some(auth::clear_session_cookie()),
+    )
+}
+
+/// A new session: its cookie, and on to the organisations.
+fn signed_in(token: &str) -> Response {
+    with_cookie(
+        Redirect::to("/orgs").into_response(),
+        Some(auth::session_cookie(token)),
+    )
 }
 
 async fn index(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -89,7 +126,6 @@ struct Notice {
 }
 
 async fn sign_in_form(headers: HeaderMap, Query(q): Query<Notice>) -> Response {
-    let (pre, set) = pre_token(&headers);
     let notice = q.notice.as_deref().map(|n| match n {
         "signed-out" => "You are signed out.".to_string(),
         "everywhere" => "You are signed out on every device.".to_string(),
@@ -100,16 +136,9 @@ async fn sign_in_form(headers: HeaderMap, Query(q): Query<Notice>) -> Response {
         "deleted" => "Your account is deleted.".to_string(),
         _ => String::new(),
     });
-    with_cookie(
-        Html(pages::sign_in(
-            &pre,
-            "",
-            None,
-            notice.filter(|n| !n.is_empty()),
-        ))
-        .into_response(),
-        set,
-    )
+    signed_out_form(&headers, |pre| {
+        pages::sign_in(pre, "", None, notice.filter(|n| !n.is_empty()))
+    })
 }
 
 async fn sign_in(
@@ -117,18 +146,11 @@ async fn sign_in(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<Credentials>,
-) -> Response {
-    let (pre, set) = pre_token(&headers);
-    let expired = || pages::sign_in(&pre, &f.email, Some(EXPIRED.into()), None);
-    if let Err(r) = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), set, expired).await
-    {
-        return r;
-    }
-    match authenticate(&state, &f.email, &f.password).await {
-        Ok(Some((_, token, _))) => with_cookie(
-            Redirect::to("/orgs").into_response(),
-            Some(auth::session_cookie(&token)),
-        ),
+) -> Page {
+    let expired = |pre: &str| pages::sign_in(pre, &f.email, Some(EXPIRED.into()), None);
+    let pre = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), expired).await?;
+    Ok(match authenticate(&state, &f.email, &f.password).await {
+        Ok(Some((_, token, _))) => signed_in(&token),
         Ok(None) => (
             StatusCode::UNAUTHORIZED,
             Html(pages::sign_in(
@@ -140,15 +162,11 @@ async fn sign_in(
         )
             .into_response(),
         Err(d) => refuse(d, None),
-    }
+    })
 }
 
 async fn sign_up_form(headers: HeaderMap) -> Response {
-    let (pre, set) = pre_token(&headers);
-    with_cookie(
-        Html(pages::sign_up(&pre, "", &Errors::new())).into_response(),
-        set,
-    )
+    signed_out_form(&headers, |pre| pages::sign_up(pre, "", &Errors::new()))
 }
 
 async fn sign_up(
@@ -156,24 +174,17 @@ async fn sign_up(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<Credentials>,
-) -> Response {
-    let (pre, set) = pre_token(&headers);
-    let expired = || pages::sign_up(&pre, &f.email, &expired_error("email"));
-    if let Err(r) = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), set, expired).await
-    {
-        return r;
-    }
+) -> Page {
+    let expired = |pre: &str| pages::sign_up(pre, &f.email, &expired_error("email"));
+    let pre = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), expired).await?;
     // No session here, new address or not: the answer is "check your inbox" either way
     // (see account::sign_up), so it tells nobody whether the address has an account.
-    match super::sign_up(&state, &f.email, &f.password).await {
-        Ok(Ok(email)) => Html(pages::check_inbox(&email)).into_response(),
-        Ok(Err(errors)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(pages::sign_up(&pre, &f.email, &errors)),
-        )
-            .into_response(),
-        Err(d) => refuse(d, None),
-    }
+    Ok(answer(
+        super::sign_up(&state, &f.email, &f.password).await,
+        None,
+        |email| Html(pages::check_inbox(&email)).into_response(),
+        |errors| pages::sign_up(&pre, &f.email, errors),
+    ))
 }
 
 async fn sign_out(
@@ -192,31 +203,19 @@ async fn sign_out(
                 .await;
         }
     }
-    with_cookie(
-        Redirect::to("/signin?notice=signed-out").into_response(),
-        Some(auth::clear_session_cookie()),
-    )
+    signed_out_to("/signin?notice=signed-out")
 }
 
 async fn sign_out_everywhere(
     State(state): State<Shared>,
     headers: HeaderMap,
     Form(f): Form<CsrfOnly>,
-) -> Response {
-    let s = match ctx::session(&state, &headers).await {
-        Ok(s) => s,
-        Err(d) => return refuse(d, None),
-    };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, None);
-    }
+) -> Page {
+    let s = ctx::session_form(&state, &headers, f.csrf.as_deref()).await?;
     if let Err(e) = state.accounts.delete_sessions_of(&s.user.id).await {
-        return refuse(e.into(), None);
+        return Err(refuse(e.into(), None));
     }
-    with_cookie(
-        Redirect::to("/signin?notice=everywhere").into_response(),
-        Some(auth::clear_session_cookie()),
-    )
+    Ok(signed_out_to("/signin?notice=everywhere"))
 }
 
 #[derive(Deserialize)]
@@ -226,11 +225,7 @@ struct TokenQuery {
 }
 
 async fn verify_form(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    let (pre, set) = pre_token(&headers);
-    with_cookie(
-        Html(pages::verify_email(&pre, &q.token, None)).into_response(),
-        set,
-    )
+    signed_out_form(&headers, |pre| pages::verify_email(pre, &q.token, None))
 }
 
 async fn verify_post(
@@ -238,39 +233,15 @@ async fn verify_post(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<TokenPassword>,
-) -> Response {
-    let (pre, set) = pre_token(&headers);
-    let again = |status: StatusCode, m: &str| {
-        with_cookie(
-            (
-                status,
-                Html(pages::verify_email(&pre, &f.token, Some(m.to_string()))),
-            )
-                .into_response(),
-            set.clone(),
-        )
-    };
-    let expired = || pages::verify_email(&pre, &f.token, Some(EXPIRED.into()));
-    if let Err(r) = signed_out_checks(
-        &state,
-        &key,
-        &headers,
-        f.csrf.as_deref(),
-        set.clone(),
-        expired,
-    )
-    .await
-    {
-        return r;
-    }
-    match verify(&state, &f.token, &f.password).await {
-        Ok((_, token, _)) => with_cookie(
-            Redirect::to("/orgs").into_response(),
-            Some(auth::session_cookie(&token)),
-        ),
-        Err(Denied::Invalid(m)) => again(StatusCode::BAD_REQUEST, &m),
+) -> Page {
+    let page = |pre: &str, m: &str| pages::verify_email(pre, &f.token, Some(m.to_string()));
+    let expired = |pre: &str| page(pre, EXPIRED);
+    let pre = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), expired).await?;
+    Ok(match verify(&state, &f.token, &f.password).await {
+        Ok((_, token, _)) => signed_in(&token),
+        Err(Denied::Invalid(m)) => (StatusCode::BAD_REQUEST, Html(page(&pre, &m))).into_response(),
         Err(d) => refuse(d, None),
-    }
+    })
 }
 
 async fn resend_post(
@@ -278,31 +249,21 @@ async fn resend_post(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<CsrfOnly>,
-) -> Response {
-    let s = match ctx::session(&state, &headers).await {
-        Ok(s) => s,
-        Err(d) => return refuse(d, None),
+) -> Page {
+    let s = ctx::session_form(&state, &headers, f.csrf.as_deref()).await?;
+    let sent = match sign_in_allowed(&state, &key).await {
+        Ok(()) if s.email_verified => Ok(()),
+        Ok(()) => send_verification(&state, &s.user).await,
+        Err(d) => Err(d),
     };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, None);
-    }
-    if let Err(d) = sign_in_allowed(&state, &key).await {
-        return refuse(d, None);
-    }
-    if !s.email_verified
-        && let Err(d) = send_verification(&state, &s.user).await
-    {
-        return refuse(d, None);
-    }
-    Redirect::to("/orgs").into_response()
+    sent.map_err(|d| refuse(d, None))?;
+    Ok(Redirect::to("/orgs").into_response())
 }
 
 async fn reset_form(headers: HeaderMap) -> Response {
-    let (pre, set) = pre_token(&headers);
-    with_cookie(
-        Html(pages::reset_request(&pre, "", &Errors::new(), false)).into_response(),
-        set,
-    )
+    signed_out_form(&headers, |pre| {
+        pages::reset_request(pre, "", &Errors::new(), false)
+    })
 }
 
 async fn reset_post(
@@ -310,32 +271,21 @@ async fn reset_post(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<EmailOnly>,
-) -> Response {
-    let (pre, set) = pre_token(&headers);
-    let expired = || pages::reset_request(&pre, &f.email, &expired_error("email"), false);
-    if let Err(r) = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), set, expired).await
-    {
-        return r;
-    }
-    match request_reset(&state, &f.email).await {
-        Ok(Ok(email)) => {
-            Html(pages::reset_request(&pre, &email, &Errors::new(), true)).into_response()
-        }
-        Ok(Err(e)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(pages::reset_request(&pre, &f.email, &e, false)),
-        )
-            .into_response(),
-        Err(d) => refuse(d, None),
-    }
+) -> Page {
+    let expired = |pre: &str| pages::reset_request(pre, &f.email, &expired_error("email"), false);
+    let pre = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), expired).await?;
+    Ok(answer(
+        request_reset(&state, &f.email).await,
+        None,
+        |email| Html(pages::reset_request(&pre, &email, &Errors::new(), true)).into_response(),
+        |e| pages::reset_request(&pre, &f.email, e, false),
+    ))
 }
 
 async fn reset_confirm_form(headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    let (pre, set) = pre_token(&headers);
-    with_cookie(
-        Html(pages::reset_confirm(&pre, &q.token, &Errors::new())).into_response(),
-        set,
-    )
+    signed_out_form(&headers, |pre| {
+        pages::reset_confirm(pre, &q.token, &Errors::new())
+    })
 }
 
 async fn reset_confirm_post(
@@ -343,25 +293,15 @@ async fn reset_confirm_post(
     Extension(ClientKey(key)): Extension<ClientKey>,
     headers: HeaderMap,
     Form(f): Form<TokenPassword>,
-) -> Response {
-    let (pre, set) = pre_token(&headers);
-    let expired = || pages::reset_confirm(&pre, &f.token, &expired_error("token"));
-    if let Err(r) = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), set, expired).await
-    {
-        return r;
-    }
-    match reset(&state, &f.token, &f.password).await {
-        Ok(Ok(())) => with_cookie(
-            Redirect::to("/signin?notice=password-reset").into_response(),
-            Some(auth::clear_session_cookie()),
-        ),
-        Ok(Err(e)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(pages::reset_confirm(&pre, &f.token, &e)),
-        )
-            .into_response(),
-        Err(d) => refuse(d, None),
-    }
+) -> Page {
+    let expired = |pre: &str| pages::reset_confirm(pre, &f.token, &expired_error("token"));
+    let pre = signed_out_checks(&state, &key, &headers, f.csrf.as_deref(), expired).await?;
+    Ok(answer(
+        reset(&state, &f.token, &f.password).await,
+        None,
+        |()| signed_out_to("/signin?notice=password-reset"),
+        |e| pages::reset_confirm(&pre, &f.token, e),
+    ))
 }
 
 async fn account_page(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -375,30 +315,18 @@ async fn password_post(
     State(state): State<Shared>,
     headers: HeaderMap,
     Form(f): Form<PasswordChange>,
-) -> Response {
-    let s = match ctx::session(&state, &headers).await {
-        Ok(s) => s,
-        Err(d) => return refuse(d, None),
-    };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, Some(Nav::signed_in(&s)));
-    }
-    match change_password(&state, &headers, &f.current_password, &f.new_password).await {
-        Ok(Ok(ended)) => Html(pages::account(
-            Nav::signed_in(&s),
-            &Errors::new(),
-            Some(format!(
-                "Password changed. {ended} other session(s) signed out."
-            )),
-        ))
-        .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(pages::account(Nav::signed_in(&s), &e, None)),
-        )
-            .into_response(),
-        Err(d) => refuse(d, Some(Nav::signed_in(&s))),
-    }
+) -> Page {
+    let s = ctx::session_form(&state, &headers, f.csrf.as_deref()).await?;
+    let nav = || Nav::signed_in(&s);
+    Ok(answer(
+        change_password(&state, &headers, &f.current_password, &f.new_password).await,
+        Some(nav()),
+        |ended| {
+            let notice = format!("Password changed. {ended} other session(s) signed out.");
+            Html(pages::account(nav(), &Errors::new(), Some(notice))).into_response()
+        },
+        |e| pages::account(nav(), e, None),
+    ))
 }
 
 async fn data_download(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -423,26 +351,14 @@ async fn delete_post(
     State(state): State<Shared>,
     headers: HeaderMap,
     Form(f): Form<PasswordConfirm>,
-) -> Response {
-    let s = match ctx::session(&state, &headers).await {
-        Ok(s) => s,
-        Err(d) => return refuse(d, None),
-    };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, Some(Nav::signed_in(&s)));
-    }
-    match delete_account(&state, &headers, &f.password).await {
-        Ok(Ok(())) => with_cookie(
-            Redirect::to("/signin?notice=deleted").into_response(),
-            Some(auth::clear_session_cookie()),
-        ),
-        Ok(Err(e)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(pages::account(Nav::signed_in(&s), &e, None)),
-        )
-            .into_response(),
-        Err(d) => refuse(d, Some(Nav::signed_in(&s))),
-    }
+) -> Page {
+    let s = ctx::session_form(&state, &headers, f.csrf.as_deref()).await?;
+    Ok(answer(
+        delete_account(&state, &headers, &f.password).await,
+        Some(Nav::signed_in(&s)),
+        |()| signed_out_to("/signin?notice=deleted"),
+        |e| pages::account(Nav::signed_in(&s), e, None),
+    ))
 }
 
 async fn invitation_post(
@@ -451,14 +367,8 @@ async fn invitation_post(
     org: String,
     f: CsrfOnly,
     yes: bool,
-) -> Response {
-    let s = match ctx::session(&state, &headers).await {
-        Ok(s) => s,
-        Err(d) => return refuse(d, None),
-    };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, Some(Nav::signed_in(&s)));
-    }
+) -> Page {
+    let s = ctx::session_form(&state, &headers, f.csrf.as_deref()).await?;
     let done = if yes {
         accept(&state, &headers, &org)
             .await
@@ -468,10 +378,8 @@ async fn invitation_post(
             .await
             .map(|_| "/orgs".to_string())
     };
-    match done {
-        Ok(to) => Redirect::to(&to).into_response(),
-        Err(d) => refuse(d, Some(Nav::signed_in(&s))),
-    }
+    let to = done.map_err(|d| refuse(d, Some(Nav::signed_in(&s))))?;
+    Ok(Redirect::to(&to).into_response())
 }
 
 async fn accept_post(
@@ -479,7 +387,7 @@ async fn accept_post(
     headers: HeaderMap,
     Path(org): Path<String>,
     Form(f): Form<CsrfOnly>,
-) -> Response {
+) -> Page {
     invitation_post(state, headers, org, f, true).await
 }
 
@@ -488,6 +396,6 @@ async fn decline_post(
     headers: HeaderMap,
     Path(org): Path<String>,
     Form(f): Form<CsrfOnly>,
-) -> Response {
+) -> Page {
     invitation_post(state, headers, org, f, false).await
 }

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use super::{ExportForm, HistoryQuery, RetryForm, history_page, pages};
 use crate::ctx::{self, OrgCtx, csrf, org_ctx};
 use crate::layout::Errors;
-use crate::respond::{CsrfOnly, Denied, refuse};
+use crate::respond::{CsrfOnly, Denied, Page, refuse};
 use crate::roles::{Action, allows};
 use crate::state::{AppState, Shared};
 
@@ -99,32 +99,35 @@ async fn render_panel(
     Ok((view, panel))
 }
 
+/// The job a job route names, once it is known to be the organisation's (the caller's
+/// role and, for a form, its CSRF token are checked before it, in `ctx`); otherwise the
+/// not-found page.
+async fn job_of(state: &AppState, c: &OrgCtx, job: &str) -> Result<pipeline::JobId, Response> {
+    ctx::job_in_org(state, &c.org.id, job)
+        .await
+        .map_err(|d| c.refuse(d))
+}
+
 async fn job_page(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path((org, job)): Path<(String, String)>,
-) -> Response {
-    let c = org_ctx!(state, headers, org, Action::ViewJobs);
-    let job = match ctx::job_in_org(&state, &org, &job).await {
-        Ok(j) => j,
-        Err(d) => return refuse(d, Some(c.nav())),
-    };
-    match render_panel(&state, &c, &job).await {
-        Ok((view, panel)) => Html(pages::job(c.nav(), &c.org, &view, panel)).into_response(),
-        Err(d) => refuse(d, Some(c.nav())),
-    }
+) -> Page {
+    let c = ctx::org_page(&state, &headers, &org, Action::ViewJobs).await?;
+    let job = job_of(&state, &c, &job).await?;
+    let (view, panel) = render_panel(&state, &c, &job)
+        .await
+        .map_err(|d| c.refuse(d))?;
+    Ok(Html(pages::job(c.nav(), &c.org, &view, panel)).into_response())
 }
 
 async fn job_events(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path((org, job)): Path<(String, String)>,
-) -> Response {
-    let c = org_ctx!(state, headers, org, Action::ViewJobs);
-    let job = match ctx::job_in_org(&state, &org, &job).await {
-        Ok(j) => j,
-        Err(d) => return refuse(d, Some(c.nav())),
-    };
+) -> Page {
+    let c = ctx::org_page(&state, &headers, &org, Action::ViewJobs).await?;
+    let job = job_of(&state, &c, &job).await?;
     let stream =
         futures::stream::unfold((state, c, job, false), |(state, c, job, done)| async move {
             if done {
@@ -149,43 +152,54 @@ async fn job_events(
             };
             Some((Ok::<_, Infallible>(event), (state, c, job, finished)))
         });
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
+}
+
+/// What the job page's buttons ask for, with their forms.
+enum JobChange<'a> {
+    Cancel(&'a CsrfOnly),
+    Retry(&'a RetryForm),
+}
+
+/// Cancel and retry: the caller's role for the change, the form's CSRF token and that
+/// the job is the organisation's are checked, in this order; then the change, and back
+/// to the job page.
+async fn change_job(
+    state: &AppState,
+    headers: &HeaderMap,
+    (org, job): (String, String),
+    change: JobChange<'_>,
+) -> Page {
+    let (action, csrf) = match &change {
+        JobChange::Cancel(f) => (Action::CancelExport, f.csrf.as_deref()),
+        JobChange::Retry(f) => (Action::RetryFailed, f.csrf.as_deref()),
+    };
+    let c = ctx::org_form(state, headers, &org, action, csrf).await?;
+    let job = job_of(state, &c, &job).await?;
+    let done = match change {
+        JobChange::Cancel(_) => super::cancel(state, &c, &job).await,
+        JobChange::Retry(f) => super::retry(state, &c, &job, f).await.map(|_| ()),
+    };
+    done.map_err(|d| c.refuse(d))?;
+    Ok(Redirect::to(&format!("/orgs/{org}/jobs/{job}")).into_response())
 }
 
 async fn cancel_job(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((org, job)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Form(f): Form<CsrfOnly>,
-) -> Response {
-    let c = org_ctx!(state, headers, org, Action::CancelExport);
-    csrf!(c, f.csrf.as_deref());
-    let job = match ctx::job_in_org(&state, &org, &job).await {
-        Ok(j) => j,
-        Err(d) => return refuse(d, Some(c.nav())),
-    };
-    match super::cancel(&state, &c, &job).await {
-        Ok(()) => Redirect::to(&format!("/orgs/{org}/jobs/{job}")).into_response(),
-        Err(d) => refuse(d, Some(c.nav())),
-    }
+) -> Page {
+    change_job(&state, &headers, at, JobChange::Cancel(&f)).await
 }
 
 async fn retry_job(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path((org, job)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Form(f): Form<RetryForm>,
-) -> Response {
-    let c = org_ctx!(state, headers, org, Action::RetryFailed);
-    csrf!(c, f.csrf.as_deref());
-    let job = match ctx::job_in_org(&state, &org, &job).await {
-        Ok(j) => j,
-        Err(d) => return refuse(d, Some(c.nav())),
-    };
-    match super::retry(&state, &c, &job, &f).await {
-        Ok(_) => Redirect::to(&format!("/orgs/{org}/jobs/{job}")).into_response(),
-        Err(d) => refuse(d, Some(c.nav())),
-    }
+) -> Page {
+    change_job(&state, &headers, at, JobChange::Retry(&f)).await
 }

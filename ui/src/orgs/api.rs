@@ -30,11 +30,7 @@ pub(crate) async fn create_org(
     let s = ctx::verified_session(&state, &headers).await?;
     ctx::check_csrf(&s, csrf_header(&headers))?;
     let b: NewOrg = body(&raw)?;
-    let name = check_org_name(&b.name).map_err(|m| {
-        let mut e = Errors::new();
-        e.insert("name", m);
-        e
-    });
+    let name = check_org_name(&b.name).map_err(|m| Errors::from([("name", m)]));
     let name = match name {
         Ok(n) => n,
         Err(e) => return Ok(invalid(&e)),

@@ -61,11 +61,7 @@ pub(crate) async fn do_invite(
         .accounts
         .invite(&c.org.id, &email, role, &c.session.user.email)
         .await
-        .map_err(|err| {
-            let mut e = Errors::new();
-            e.insert("email", format!("{err}"));
-            e
-        })?;
+        .map_err(|err| Errors::from([("email", format!("{err}"))]))?;
     let link = state
         .mail
         .as_ref()
@@ -87,12 +83,8 @@ pub(crate) async fn do_invite(
         .await
         .is_err()
     {
-        let mut e = Errors::new();
-        e.insert(
-            "email",
-            "The invitation was made, but the audit trail could not record it: try again in a moment, or tell your operator.".into(),
-        );
-        return Err(e);
+        const UNRECORDED: &str = "The invitation was made, but the audit trail could not record it: try again in a moment, or tell your operator.";
+        return Err(Errors::from([("email", UNRECORDED.into())]));
     }
     Ok((email, role))
 }

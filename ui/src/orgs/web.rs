@@ -57,13 +57,10 @@ async fn create_org(
     headers: HeaderMap,
     Form(f): Form<OrgForm>,
 ) -> Response {
-    let s = match ctx::session(&state, &headers).await {
+    let s = match ctx::session_form(&state, &headers, f.csrf.as_deref()).await {
         Ok(s) => s,
-        Err(d) => return refuse(d, None),
+        Err(r) => return r,
     };
-    if ctx::check_csrf(&s, f.csrf.as_deref()).is_err() {
-        return refuse(Denied::Csrf, None);
-    }
     if !s.email_verified {
         return refuse(ctx::unverified(&s), None);
     }
