@@ -11,6 +11,7 @@ use crate::{JobId, JobSpec};
 /// Why a job could not be started. Each variant says what its source says: the caller
 /// shows the same message as when it called the store or NATS itself.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
