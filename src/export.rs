@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::config::Services;
-use pipeline::messages::ListTask;
+use pipeline::human::human_bytes;
 use pipeline::rate_budget::BudgetConfig;
 use pipeline::secrets::Credentials;
 use pipeline::topology::{self, Stage};
@@ -363,21 +363,8 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let result = command_body(async {
         let job = JobId::new();
         let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-        services
-            .store
-            .create_job(&job, "local", &who, &spec)
+        pipeline::start::start_job(&services.store, &services.js, &job, "local", &who, &spec)
             .await?;
-        topology::publish_json(
-            &services.js,
-            Stage::List.subject(&job),
-            &topology::msg_id(&job, "list", &["0"]),
-            &ListTask {
-                job: job.clone(),
-                page: 0,
-                continuation_key: None,
-            },
-        )
-        .await?;
         eprintln!(
             "Job {job}: exporting {} .. {} to {}",
             from.date_naive(),
@@ -713,21 +700,6 @@ pub fn human_duration(d: Duration) -> String {
         format!("{} min {:02} s", s / 60, s % 60)
     } else {
         format!("{s} s")
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

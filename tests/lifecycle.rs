@@ -441,20 +441,13 @@ async fn sigterm_stops_a_worker_which_leaves_its_job_to_the_next() {
         options: Default::default(),
         trust: pipeline::Trust::Operator,
     };
-    services
-        .store
-        .create_job(&job, "local", "tester", &spec)
-        .await
-        .unwrap();
-    pipeline::topology::publish_json(
+    pipeline::start::start_job(
+        &services.store,
         &services.js,
-        pipeline::topology::Stage::List.subject(&job),
-        &pipeline::topology::msg_id(&job, "list", &["0"]),
-        &pipeline::messages::ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
+        &job,
+        "local",
+        "tester",
+        &spec,
     )
     .await
     .unwrap();

@@ -485,22 +485,9 @@ async fn a_replayed_webhook_on_a_finished_job_is_delivered() {
         options: Default::default(),
         trust: pipeline::Trust::Operator,
     };
-    h.store
-        .create_job(&job, "org", "tester", &spec)
+    pipeline::start::start_job(&h.store, &h.js, &job, "org", "tester", &spec)
         .await
         .unwrap();
-    pipeline::topology::publish_json(
-        &h.js,
-        Stage::List.subject(&job),
-        &pipeline::topology::msg_id(&job, "list", &["0"]),
-        &pipeline::messages::ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
     let mut options = fast_options();
     options.runner.max_deliveries = 1;
     let (status, _) = h.run_worker(&job, options, Duration::from_secs(60)).await;

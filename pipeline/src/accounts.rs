@@ -11,13 +11,10 @@
 //! owner accepts it, and erasing an account leaves a pseudonym where audit rows and job
 //! records must outlive the person.
 
-use std::fmt;
-use std::str::FromStr;
-
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::store::{Bound, DAY_MS, JobStore, delete_some, now_ms};
+use crate::store::{Bound, DAY_MS, JobStore, delete_some, is_unique_violation, now_ms};
 use crate::{JobId, JobStatus};
 
 /// An organisation's retention period unless its admins choose another (the purge
@@ -91,34 +88,13 @@ pub enum Role {
 
 impl Role {
     pub const ALL: [Role; 3] = [Role::Owner, Role::Admin, Role::Member];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
-        }
-    }
 }
 
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "owner" => Ok(Role::Owner),
-            "admin" => Ok(Role::Admin),
-            "member" => Ok(Role::Member),
-            other => Err(format!(
-                "unknown role {other:?}: use owner, admin or member"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+word_enum!(Role, "role", {
+    Owner => "owner",
+    Admin => "admin",
+    Member => "member",
+});
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -210,17 +186,6 @@ fn org_of_row(row: &AnyRow) -> Result<Organisation, AccountsError> {
         retention_days: row.try_get("retention_days")?,
         billing_plan: row.try_get("billing_plan")?,
     })
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            d.is_unique_violation()
-                || d.message().contains("UNIQUE")
-                || d.code().as_deref() == Some("23505")
-        }
-        _ => false,
-    }
 }
 
 impl Accounts {
@@ -383,15 +348,12 @@ impl Accounts {
         token_sha256: &str,
         purpose: TokenPurpose,
     ) -> Result<Option<String>, AccountsError> {
-        let row = sqlx::query(
+        self.live_email_token(
             "SELECT user_id FROM email_tokens WHERE token_sha256 = $1 AND purpose = $2 AND expires_ms > $3",
+            token_sha256,
+            purpose,
         )
-        .bind(token_sha256)
-        .bind(purpose.as_str())
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok(r.try_get("user_id")?)).transpose()
+        .await
     }
 
     /// Uses a live link up: returns its user only to the one caller that deleted it, so
@@ -401,14 +363,28 @@ impl Accounts {
         token_sha256: &str,
         purpose: TokenPurpose,
     ) -> Result<Option<String>, AccountsError> {
-        let row = sqlx::query(
+        self.live_email_token(
             "DELETE FROM email_tokens WHERE token_sha256 = $1 AND purpose = $2 AND expires_ms > $3 RETURNING user_id",
+            token_sha256,
+            purpose,
         )
-        .bind(token_sha256)
-        .bind(purpose.as_str())
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// Runs `sql` (a SELECT or a DELETE .. RETURNING of `user_id`, bound to the token's
+    /// hash, its purpose and now) and returns the user of the live link it found.
+    async fn live_email_token(
+        &self,
+        sql: &'static str,
+        token_sha256: &str,
+        purpose: TokenPurpose,
+    ) -> Result<Option<String>, AccountsError> {
+        let row = sqlx::query(sql)
+            .bind(token_sha256)
+            .bind(purpose.as_str())
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| Ok(r.try_get("user_id")?)).transpose()
     }
 

@@ -9,14 +9,11 @@
 //! Stripe: the console does, with the operator's key. No card data exists here: Stripe's
 //! hosted pages take the card.
 
-use std::fmt;
-use std::str::FromStr;
-
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::{AnyPool, Row};
 
-use crate::store::{JobStore, now_ms};
+use crate::store::{JobStore, is_unique_violation, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
@@ -71,14 +68,6 @@ impl Plan {
     pub const ALL: [Plan; 3] = [Plan::Trial, Plan::Team, Plan::Enterprise];
     pub const PAID: [Plan; 2] = [Plan::Team, Plan::Enterprise];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Plan::Trial => "trial",
-            Plan::Team => "team",
-            Plan::Enterprise => "enterprise",
-        }
-    }
-
     /// The limits documented in docs/billing.md.
     pub fn limits(self) -> PlanLimits {
         match self {
@@ -103,25 +92,11 @@ impl Plan {
     }
 }
 
-impl FromStr for Plan {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "trial" => Ok(Plan::Trial),
-            "team" => Ok(Plan::Team),
-            "enterprise" => Ok(Plan::Enterprise),
-            other => Err(format!(
-                "unknown plan {other:?}: use trial, team or enterprise"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+word_enum!(Plan, "plan", {
+    Trial => "trial",
+    Team => "team",
+    Enterprise => "enterprise",
+});
 
 /// The operator's Stripe prices for the paid plans (never from a user).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -303,17 +278,6 @@ fn next_month_start(month: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Billing {
     pool: AnyPool,
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            d.is_unique_violation()
-                || d.message().contains("UNIQUE")
-                || d.code().as_deref() == Some("23505")
-        }
-        _ => false,
-    }
 }
 
 impl Billing {

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::backoff;
 use crate::messages::Validate;
 use crate::topology::{self, Stage, TopologyError};
-use crate::{JobId, messages};
+use crate::{FileKind, JobId, messages};
 
 /// Payloads larger than this are dead-lettered as a prefix of this size (plus the
 /// `Portshift-Payload-Bytes` header with the original size): the DLQ message must stay
@@ -77,14 +77,55 @@ pub trait JobTask: DeserializeOwned + Clone + Send + Sync + Validate + 'static {
     }
 }
 
-impl JobTask for messages::ListTask {
-    fn job(&self) -> &JobId {
-        &self.job
-    }
-    fn canonical_msg_id(&self) -> String {
-        topology::msg_id(&self.job, "list", &[&self.page.to_string()])
-    }
+/// Implements [`JobTask`] for a message with a `job` field; the message types differ
+/// only in their msg-id (and the fetch task, written out below, in naming a recording).
+macro_rules! job_task {
+    ($ty:ty, |$task:ident| $msg_id:expr) => {
+        impl JobTask for $ty {
+            fn job(&self) -> &JobId {
+                &self.job
+            }
+            fn canonical_msg_id(&self) -> String {
+                let $task = self;
+                $msg_id
+            }
+        }
+    };
 }
+
+/// `<job>.<stage>.<recording>.<file>`: the msg-id of a hash or upload record.
+fn file_msg_id(stage: &str, job: &JobId, recording_id: &str, file: FileKind) -> String {
+    let id = crate::keys::sanitize_segment(recording_id);
+    topology::msg_id(job, stage, &[&id, file.as_str()])
+}
+
+job_task!(messages::ListTask, |t| topology::msg_id(
+    &t.job,
+    "list",
+    &[&t.page.to_string()]
+));
+job_task!(messages::HashRecord, |t| file_msg_id(
+    "hash",
+    &t.job,
+    &t.recording_id,
+    t.file
+));
+job_task!(messages::UploadRecord, |t| file_msg_id(
+    "upload",
+    &t.job,
+    &t.recording_id,
+    t.file
+));
+job_task!(messages::ManifestTask, |t| topology::msg_id(
+    &t.job,
+    "manifest",
+    &[]
+));
+job_task!(messages::NotifyTask, |t| topology::msg_id(
+    &t.job,
+    "notify",
+    &[]
+));
 
 impl JobTask for messages::FetchTask {
     fn job(&self) -> &JobId {
@@ -96,44 +137,6 @@ impl JobTask for messages::FetchTask {
     fn canonical_msg_id(&self) -> String {
         let id = crate::keys::sanitize_segment(&self.recording_id);
         topology::msg_id(&self.job, "fetch", &[&id])
-    }
-}
-
-impl JobTask for messages::HashRecord {
-    fn job(&self) -> &JobId {
-        &self.job
-    }
-    fn canonical_msg_id(&self) -> String {
-        let id = crate::keys::sanitize_segment(&self.recording_id);
-        topology::msg_id(&self.job, "hash", &[&id, self.file.as_str()])
-    }
-}
-
-impl JobTask for messages::UploadRecord {
-    fn job(&self) -> &JobId {
-        &self.job
-    }
-    fn canonical_msg_id(&self) -> String {
-        let id = crate::keys::sanitize_segment(&self.recording_id);
-        topology::msg_id(&self.job, "upload", &[&id, self.file.as_str()])
-    }
-}
-
-impl JobTask for messages::ManifestTask {
-    fn job(&self) -> &JobId {
-        &self.job
-    }
-    fn canonical_msg_id(&self) -> String {
-        topology::msg_id(&self.job, "manifest", &[])
-    }
-}
-
-impl JobTask for messages::NotifyTask {
-    fn job(&self) -> &JobId {
-        &self.job
-    }
-    fn canonical_msg_id(&self) -> String {
-        topology::msg_id(&self.job, "notify", &[])
     }
 }
 
@@ -447,54 +450,46 @@ async fn process<H: StageHandler>(
         }
     };
 
-    match outcome {
+    // Every arm that does not return settles the message as a dead letter, for this reason.
+    let reason = match outcome {
         Ok(()) => {
             counters.processed.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = guarded.settle(AckKind::Ack).await {
                 // The effect is durable and idempotent; a redelivery repeats it harmlessly.
                 tracing::warn!(stage = stage.as_str(), error = %e, "ack not confirmed; the message may be redelivered");
             }
+            return;
         }
         Err(StageError::Transient(reason)) if delivered >= config.max_deliveries => {
-            let reason = format!("gave up after {delivered} attempts: {reason}");
-            dead_letter(
-                js,
-                job,
-                handler,
-                guarded,
-                Some(task),
-                &reason,
-                delivered,
-                counters,
-            )
-            .await;
+            format!("gave up after {delivered} attempts: {reason}")
         }
         Err(StageError::Transient(reason)) => {
             counters.retried.fetch_add(1, Ordering::Relaxed);
             let delay = backoff::delay(delivered as u32 - 1, config.retry_base, config.retry_max);
             tracing::info!(stage = stage.as_str(), attempt = delivered, retry_in_ms = delay.as_millis() as u64, %reason, "will retry");
             let _ = guarded.settle(AckKind::Nak(Some(delay))).await;
+            return;
         }
-        Err(StageError::Invalid(reason)) => {
-            dead_letter(
-                js,
-                job,
-                handler,
-                guarded,
-                Some(task),
-                &reason,
-                delivered,
-                counters,
-            )
-            .await;
-        }
+        Err(StageError::Invalid(reason)) => reason,
         Err(StageError::NeedsCredentials(reason)) => {
             tracing::warn!(stage = stage.as_str(), %reason, "credentials refused; leaving the message for a resumed worker");
             let _ = guarded
                 .settle(AckKind::Nak(Some(Duration::from_secs(60))))
                 .await;
+            return;
         }
-    }
+    };
+    dead_letter(
+        js,
+        job,
+        handler,
+        guarded,
+        Some(task),
+        &reason,
+        delivered,
+        counters,
+    )
+    .await;
 }
 
 #[allow(clippy::too_many_arguments)]

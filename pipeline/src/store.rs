@@ -177,6 +177,19 @@ pub struct JobStore {
     pub(crate) pool: AnyPool,
 }
 
+/// A unique-key conflict, on either database: SQLite names the constraint in its
+/// message, PostgreSQL answers SQLSTATE 23505.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.message().contains("UNIQUE")
+                || d.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -771,24 +784,7 @@ impl JobStore {
 
     /// Non-personal facts about each exported recording (for the manifest JSON).
     pub async fn recording_facts(&self, job: &JobId) -> Result<Vec<ListedRecording>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
-             WHERE job_id = $1 AND status = 'exported' ORDER BY recording_id",
-        )
-        .bind(job.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ListedRecording {
-                    recording_id: r.try_get(0)?,
-                    recorded_at: r.try_get(1)?,
-                    duration_s: r.try_get(2)?,
-                    engagement_type: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        self.recordings_in(job, "exported").await
     }
 
     /// Recordings still pending (what a resumed job must fetch again when the queue
@@ -797,11 +793,21 @@ impl JobStore {
         &self,
         job: &JobId,
     ) -> Result<Vec<ListedRecording>, StoreError> {
+        self.recordings_in(job, "pending").await
+    }
+
+    /// The job's recordings in one status, as listed, in recording-id order.
+    async fn recordings_in(
+        &self,
+        job: &JobId,
+        status: &str,
+    ) -> Result<Vec<ListedRecording>, StoreError> {
         let rows = sqlx::query(
             "SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
-             WHERE job_id = $1 AND status = 'pending' ORDER BY recording_id",
+             WHERE job_id = $1 AND status = $2 ORDER BY recording_id",
         )
         .bind(job.as_str())
+        .bind(status)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

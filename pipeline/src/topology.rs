@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use serde::Serialize;
 
 use crate::JobId;
+use crate::messages::ListTask;
 
 /// How long a JetStream management request (make a stream or a consumer) is tried again
 /// while a cluster elects a leader, after a node was lost or while one rejoins. Meant for
@@ -283,6 +284,25 @@ pub async fn stage_consumer(
         name,
         source: Box::new(e),
     })
+}
+
+/// Publishes the task that lists a job's first page. Its msg-id is fixed, so a second
+/// publish (a resume while the first is still queued) is dropped by JetStream.
+pub async fn publish_first_list_task(
+    js: &jetstream::Context,
+    job: &JobId,
+) -> Result<(), TopologyError> {
+    publish_json(
+        js,
+        Stage::List.subject(job),
+        &msg_id(job, "list", &["0"]),
+        &ListTask {
+            job: job.clone(),
+            page: 0,
+            continuation_key: None,
+        },
+    )
+    .await
 }
 
 /// Publishes a JSON message with `Nats-Msg-Id` and waits for JetStream's ack, so the

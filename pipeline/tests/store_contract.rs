@@ -260,25 +260,18 @@ async fn file_rows_are_idempotent(store: JobStore) {
         .add_listed(&id, &[listed("A"), listed("B")])
         .await
         .unwrap();
-    for _ in 0..3 {
+    let repeated = [("B", FileKind::Media, 'b'), ("A", FileKind::Media, 'a')].repeat(3);
+    // The last: a redelivery that re-uploads replaces the row, not adds one.
+    let then = [
+        ("A", FileKind::Transcript, 'c'),
+        ("A", FileKind::Media, 'd'),
+    ];
+    for (recording, kind, fill) in repeated.into_iter().chain(then) {
         store
-            .record_file(&id, &file("B", FileKind::Media, 'b'))
-            .await
-            .unwrap();
-        store
-            .record_file(&id, &file("A", FileKind::Media, 'a'))
+            .record_file(&id, &file(recording, kind, fill))
             .await
             .unwrap();
     }
-    store
-        .record_file(&id, &file("A", FileKind::Transcript, 'c'))
-        .await
-        .unwrap();
-    // A redelivery that re-uploads replaces the row, not adds one.
-    store
-        .record_file(&id, &file("A", FileKind::Media, 'd'))
-        .await
-        .unwrap();
     let entries = store.manifest_entries(&id).await.unwrap();
     let keys: Vec<&str> = entries.iter().map(|f| f.key.as_str()).collect();
     let mut sorted = keys.clone();

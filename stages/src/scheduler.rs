@@ -22,11 +22,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use pipeline::leases::{OrphanedRun, SupervisorCounters, abandoned_reason};
-use pipeline::messages::ListTask;
 use pipeline::schedules::{CronSchedule, Schedule};
 use pipeline::store::{JobStore, StoreError};
 use pipeline::tenancy::{Allowances, Trust};
-use pipeline::topology::{self, Stage};
 use pipeline::worker_process::{WorkerCommand, WorkerSecrets};
 use pipeline::{JobId, JobSpec, JobStatus};
 use tokio::sync::watch;
@@ -278,24 +276,13 @@ impl Scheduler {
             trust,
         };
         let job = JobId::new();
-        store
-            .create_job(
-                &job,
-                &schedule.organisation,
-                &format!("schedule {} ({})", schedule.name, self.name),
-                &spec,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        topology::publish_json(
+        pipeline::start::start_job(
+            store,
             &self.js,
-            Stage::List.subject(&job),
-            &topology::msg_id(&job, "list", &["0"]),
-            &ListTask {
-                job: job.clone(),
-                page: 0,
-                continuation_key: None,
-            },
+            &job,
+            &schedule.organisation,
+            &format!("schedule {} ({})", schedule.name, self.name),
+            &spec,
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -512,24 +512,15 @@ pub struct Requeued {
 /// copy within its duplicate window) and a recording fetched twice is written to the
 /// same keys, files already exported are skipped.
 pub async fn requeue_outstanding(ctx: &JobContext) -> Result<Requeued, WorkerError> {
-    use pipeline::messages::{FetchTask, ListTask};
+    use pipeline::messages::FetchTask;
     use pipeline::topology;
     let record = ctx.store.job(&ctx.job).await?;
     let mut out = Requeued::default();
     let failed = |e: topology::TopologyError| WorkerError::Requeue(e.to_string());
     if !record.listing_complete {
-        topology::publish_json(
-            &ctx.js,
-            Stage::List.subject(&ctx.job),
-            &topology::msg_id(&ctx.job, "list", &["0"]),
-            &ListTask {
-                job: ctx.job.clone(),
-                page: 0,
-                continuation_key: None,
-            },
-        )
-        .await
-        .map_err(failed)?;
+        topology::publish_first_list_task(&ctx.js, &ctx.job)
+            .await
+            .map_err(failed)?;
         out.listing = true;
     }
     for r in ctx.store.pending_recordings(&ctx.job).await? {

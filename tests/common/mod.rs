@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use pipeline::embedded_nats::EmbeddedNats;
-use pipeline::messages::ListTask;
 use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
 use pipeline::secrets::{Credentials, S3Credentials};
 use pipeline::store::JobStore;
@@ -200,19 +199,9 @@ pub async fn create_and_list(
     by: &str,
 ) -> JobId {
     let job = JobId::new();
-    store.create_job(&job, org, by, spec).await.unwrap();
-    topology::publish_json(
-        js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
-    )
-    .await
-    .unwrap();
+    pipeline::start::start_job(store, js, &job, org, by, spec)
+        .await
+        .unwrap();
     job
 }
 

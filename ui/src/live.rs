@@ -413,20 +413,8 @@ pub fn chart_svg(series: &[u64]) -> String {
     )
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+// The pages name it through this module, next to the other figures it renders.
+pub use pipeline::human::human_bytes;
 
 #[cfg(test)]
 mod tests {

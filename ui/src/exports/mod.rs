@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 
 use chrono::{NaiveDate, NaiveTime};
 use pipeline::destination_url::DestinationUrl;
-use pipeline::messages::ListTask;
 use pipeline::tenancy::{Refusal, Supplied};
-use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, JobId, JobSpec, JobStatus, Trust};
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
@@ -499,19 +497,13 @@ async fn start_counted(
     form: &ExportForm,
 ) -> Result<JobId, Denied> {
     let job = JobId::new();
-    state
-        .store
-        .create_job(&job, &ctx.org.id, &ctx.session.user.email, &spec)
-        .await?;
-    topology::publish_json(
+    pipeline::start::start_job(
+        &state.store,
         &state.js,
-        Stage::List.subject(&job),
-        &topology::msg_id(&job, "list", &["0"]),
-        &ListTask {
-            job: job.clone(),
-            page: 0,
-            continuation_key: None,
-        },
+        &job,
+        &ctx.org.id,
+        &ctx.session.user.email,
+        &spec,
     )
     .await?;
     let creds = credentials_json(&form.credentials);
