@@ -109,7 +109,7 @@ impl S3Destination {
             bucket: url.bucket.clone(),
             prefix: url.prefix.clone(),
             location,
-            tuning: tuning.clone(),
+            tuning: *tuning,
             sse: url.sse.clone(),
             journal: None,
         })

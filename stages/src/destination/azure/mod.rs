@@ -131,7 +131,7 @@ impl AzureDestination {
             sas: SecretString::from(sas),
             prefix: url.prefix.clone(),
             location,
-            tuning: tuning.clone(),
+            tuning: *tuning,
             encryption_scope: url.encryption_scope.clone(),
             client_options,
         })
