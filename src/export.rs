@@ -24,6 +24,35 @@ use tokio::sync::watch;
 
 use crate::{SigningArgs, StateArgs};
 
+/// Where the recordings come from and what of each is exported: `export` and
+/// `schedule create` alike.
+#[derive(clap::Args)]
+pub struct SourceArgs {
+    /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
+    #[arg(
+        long,
+        env = "PORTSHIFT_CHORUS_URL",
+        default_value = "https://chorus.ai/"
+    )]
+    chorus_url: String,
+    /// What to export per recording.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "media,transcript,metadata"
+    )]
+    include: Vec<String>,
+}
+
+impl SourceArgs {
+    /// The Chorus URL, checked, and the file kinds.
+    pub fn checked(self) -> anyhow::Result<(String, ExportKinds)> {
+        url::Url::parse(&self.chorus_url)
+            .with_context(|| format!("--chorus-url {:?} is not a URL", self.chorus_url))?;
+        Ok((self.chorus_url, parse_kinds(&self.include)?))
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ExportArgs {
     /// First day (YYYY-MM-DD, UTC) or an RFC 3339 time.
@@ -39,20 +68,8 @@ pub struct ExportArgs {
     /// %3F, %25 and %20. See docs/permissions.md and docs/bigquery.md.
     #[arg(long)]
     dest: String,
-    /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
-    #[arg(
-        long,
-        env = "PORTSHIFT_CHORUS_URL",
-        default_value = "https://chorus.ai/"
-    )]
-    chorus_url: String,
-    /// What to export per recording.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "media,transcript,metadata"
-    )]
-    include: Vec<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// POST a signed job summary here when the job ends (secret: PORTSHIFT_WEBHOOK_SECRET).
     #[arg(long)]
     webhook_url: Option<String>,
@@ -249,7 +266,7 @@ pub fn parse_time(s: &str, end_of_day: bool) -> anyhow::Result<DateTime<Utc>> {
     Ok(day.and_time(time.unwrap_or_default()).and_utc())
 }
 
-pub fn parse_kinds(list: &[String]) -> anyhow::Result<ExportKinds> {
+fn parse_kinds(list: &[String]) -> anyhow::Result<ExportKinds> {
     let mut kinds = ExportKinds {
         media: false,
         transcript: false,
@@ -319,9 +336,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         bail!("--from ({from}) is after --to ({to})");
     }
     let destination: DestinationUrl = a.dest.parse()?;
-    url::Url::parse(&a.chorus_url)
-        .with_context(|| format!("--chorus-url {:?} is not a URL", a.chorus_url))?;
-    let kinds = parse_kinds(&a.include)?;
+    let (chorus_url, kinds) = a.source.checked()?;
     let options = a.tuning.options()?;
     // Before the job exists: found later, it would leave a job that can never run.
     if matches!(destination.storage, stages::destination::Storage::S3(_))
@@ -339,7 +354,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let spec = JobSpec {
-        chorus_url: a.chorus_url.clone(),
+        chorus_url,
         from,
         to,
         kinds,

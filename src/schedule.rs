@@ -64,20 +64,8 @@ pub struct CreateArgs {
     /// Where each run writes, in the URL grammar of `export --dest` (BigQuery included).
     #[arg(long)]
     dest: String,
-    /// The Chorus API root (PORTSHIFT_CHORUS_URL; the simulator's for demos and tests).
-    #[arg(
-        long,
-        env = "PORTSHIFT_CHORUS_URL",
-        default_value = "https://chorus.ai/"
-    )]
-    chorus_url: String,
-    /// What each run exports per recording.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "media,transcript,metadata"
-    )]
-    include: Vec<String>,
+    #[command(flatten)]
+    source: crate::export::SourceArgs,
     /// The first run exports from this day (YYYY-MM-DD).
     #[arg(long)]
     start: String,
@@ -172,10 +160,10 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ScheduleCommand::Create(a) => {
             let dest: DestinationUrl = a.dest.parse()?;
-            let kinds = crate::export::parse_kinds(&a.include)?;
+            let (chorus_url, kinds) = a.source.checked()?;
             let start = crate::export::parse_time(&a.start, false)?;
             let template = ScheduleTemplate {
-                chorus_url: a.chorus_url,
+                chorus_url,
                 kinds,
                 destination: dest.to_string(),
                 webhook_url: a.webhook_url,

@@ -166,12 +166,7 @@ impl RoleGrant {
         session_token: &str,
         signing_key: Option<&crate::signing::SigningKeyMaterial>,
     ) -> zeroize::Zeroizing<Vec<u8>> {
-        #[derive(serde::Serialize)]
-        struct Signing<'a> {
-            secret_key: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            password: Option<&'a str>,
-        }
+        use crate::signing::ExposedSigningKey;
         #[derive(serde::Serialize)]
         struct Doc<'a> {
             role_arn: &'a str,
@@ -183,7 +178,7 @@ impl RoleGrant {
             webhook_secret_secret: Option<&'a str>,
             s3: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
-            signing_key: Option<Signing<'a>>,
+            signing_key: Option<ExposedSigningKey<'a>>,
         }
         let doc = Doc {
             role_arn: &plan.role_arn,
@@ -193,15 +188,12 @@ impl RoleGrant {
             chorus_token_secret: &plan.chorus_token_secret,
             webhook_secret_secret: plan.webhook_secret_secret.as_deref(),
             s3: plan.s3,
-            signing_key: signing_key.map(|k| Signing {
-                secret_key: k.secret_key.expose_secret(),
-                password: k.password.as_ref().map(|p| p.expose_secret()),
-            }),
+            signing_key: signing_key.map(|k| k.exposed()),
         };
         let key_len = doc
             .signing_key
             .as_ref()
-            .map_or(0, |k| k.secret_key.len() + k.password.map_or(0, str::len));
+            .map_or(0, ExposedSigningKey::secret_len);
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
             4096 + 2 * (secret_access_key.len() + session_token.len() + key_len),
         ));

@@ -126,17 +126,12 @@ impl Credentials {
         struct Sas<'a> {
             sas_token: &'a str,
         }
-        #[derive(serde::Serialize)]
-        struct Signing<'a> {
-            secret_key: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            password: Option<&'a str>,
-        }
+        use crate::signing::ExposedSigningKey;
         #[derive(serde::Serialize)]
         struct Doc<'a> {
             chorus_token: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
-            signing_key: Option<Signing<'a>>,
+            signing_key: Option<ExposedSigningKey<'a>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             s3: Option<S3<'a>>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,10 +150,7 @@ impl Credentials {
         }
         let doc = Doc {
             chorus_token: self.chorus_token.expose_secret(),
-            signing_key: self.signing_key.as_ref().map(|k| Signing {
-                secret_key: k.secret_key.expose_secret(),
-                password: k.password.as_ref().map(|p| p.expose_secret()),
-            }),
+            signing_key: self.signing_key.as_ref().map(|k| k.exposed()),
             s3: self.s3.as_ref().map(|s| S3 {
                 access_key_id: &s.access_key_id,
                 secret_access_key: s.secret_access_key.expose_secret(),
@@ -182,9 +174,7 @@ impl Credentials {
             doc.azure.as_ref().map(|a| a.sas_token.len()),
             doc.gcs.as_ref().map(|g| g.service_account_json.len()),
             doc.bigquery.as_ref().map(|g| g.service_account_json.len()),
-            doc.signing_key
-                .as_ref()
-                .map(|k| k.secret_key.len() + k.password.map_or(0, str::len)),
+            doc.signing_key.as_ref().map(ExposedSigningKey::secret_len),
         ];
         let capacity = 512 + 2 * sizes.iter().flatten().sum::<usize>();
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(capacity));

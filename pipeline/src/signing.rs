@@ -108,7 +108,32 @@ impl fmt::Debug for SigningKeyMaterial {
     }
 }
 
+/// The key material written back into a worker's credentials document (the scheduler's
+/// resolved references, a role grant): borrowed, exposed only into the caller's
+/// zeroed-on-drop buffer.
+#[derive(serde::Serialize)]
+pub struct ExposedSigningKey<'a> {
+    pub secret_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<&'a str>,
+}
+
+impl ExposedSigningKey<'_> {
+    /// Bytes of secret text (for sizing the buffer up front).
+    pub fn secret_len(&self) -> usize {
+        self.secret_key.len() + self.password.map_or(0, str::len)
+    }
+}
+
 impl SigningKeyMaterial {
+    /// The material as it goes into a worker's credentials document.
+    pub fn exposed(&self) -> ExposedSigningKey<'_> {
+        ExposedSigningKey {
+            secret_key: self.secret_key.expose_secret(),
+            password: self.password.as_ref().map(|p| p.expose_secret()),
+        }
+    }
+
     /// Reads the key a reference names; the password, if any, from
     /// `PORTSHIFT_SIGNING_KEY_PASSWORD`.
     pub fn load(reference: &SigningKeyRef) -> Result<Self, SigningError> {

@@ -9,7 +9,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use serde::Serialize;
 
 use crate::JobId;
-use crate::messages::ListTask;
+use crate::keys;
+use crate::messages::{FetchTask, ListTask};
 
 /// How long a JetStream management request (make a stream or a consumer) is tried again
 /// while a cluster elects a leader, after a node was lost or while one rejoins. Meant for
@@ -300,6 +301,29 @@ pub async fn publish_first_list_task(
             job: job.clone(),
             page: 0,
             continuation_key: None,
+        },
+    )
+    .await
+}
+
+/// Publishes the fetch task of one listed recording. Its msg-id is the recording's, so a
+/// task published again (a list page retried, `resume` requeueing pending work) within
+/// the duplicate window is dropped by JetStream.
+pub async fn publish_fetch_task(
+    js: &jetstream::Context,
+    job: &JobId,
+    recording_id: &str,
+    recorded_at: Option<i64>,
+) -> Result<(), TopologyError> {
+    let id_token = keys::sanitize_segment(recording_id);
+    publish_json(
+        js,
+        Stage::Fetch.subject(job),
+        &msg_id(job, "fetch", &[&id_token]),
+        &FetchTask {
+            job: job.clone(),
+            recording_id: recording_id.to_string(),
+            recorded_at,
         },
     )
     .await

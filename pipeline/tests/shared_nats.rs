@@ -134,3 +134,29 @@ async fn a_server_left_by_a_vanished_user_is_reused_then_stopped() {
     next.leave().await;
     assert!(servers_on(tmp.path()).is_empty());
 }
+
+#[tokio::test]
+async fn the_server_inherits_nothing_but_its_memory_target() {
+    // This test's own environment (PATH, HOME, the harness's variables) would show up
+    // if it were inherited.
+    assert!(std::env::var_os("PATH").is_some());
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = pipeline::embedded_nats::EmbeddedNats::start(tmp.path())
+        .await
+        .unwrap();
+    let pid = nats.pid().expect("the server runs");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(
+        vars,
+        vec![format!(
+            "GOMEMLIMIT={}",
+            pipeline::embedded_nats::MEMORY_TARGET
+        )]
+    );
+    nats.stop().await;
+}

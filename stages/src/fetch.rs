@@ -160,20 +160,18 @@ impl FetchStage {
             bytes: row.bytes,
             elapsed_ms: took.as_millis() as u64,
         };
-        let r1 = topology::publish_json(
-            &ctx.js,
-            topology::hash_subject(&ctx.job),
-            &topology::msg_id(&ctx.job, "hash", &[&id, kind.as_str()]),
-            &hash,
-        )
-        .await;
-        let r2 = topology::publish_json(
-            &ctx.js,
-            topology::upload_subject(&ctx.job),
-            &topology::msg_id(&ctx.job, "upload", &[&id, kind.as_str()]),
-            &upload,
-        )
-        .await;
+        let hash_id = topology::msg_id(&ctx.job, "hash", &[&id, kind.as_str()]);
+        let upload_id = topology::msg_id(&ctx.job, "upload", &[&id, kind.as_str()]);
+        // Both in flight at once: one round trip to JetStream per file, not two.
+        let (r1, r2) = futures::join!(
+            topology::publish_json(&ctx.js, topology::hash_subject(&ctx.job), &hash_id, &hash),
+            topology::publish_json(
+                &ctx.js,
+                topology::upload_subject(&ctx.job),
+                &upload_id,
+                &upload
+            ),
+        );
         if let Err(e) = r1.and(r2) {
             tracing::warn!(job = %ctx.job, error = %e, "could not publish a progress record");
         }

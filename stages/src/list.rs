@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pipeline::messages::{FetchTask, ListTask};
+use pipeline::JobStatus;
+use pipeline::messages::ListTask;
 use pipeline::runner::{StageError, StageHandler};
 use pipeline::store::ListedRecording;
 use pipeline::topology::{self, Stage};
-use pipeline::{JobStatus, keys};
 
 use crate::context::{JobContext, publish_err, store_err};
 
@@ -79,24 +79,19 @@ impl StageHandler for ListStage {
                 .map_err(store_err)?;
         }
 
-        for row in listed
+        // The page's tasks are published together and their acks awaited together: one
+        // round trip to JetStream per page rather than per recording. The list task is
+        // acked only after every one is stored; a failure redelivers the page, and the
+        // tasks stored already are dropped as duplicates by their msg-ids.
+        let publishes = listed
             .iter()
             .filter(|r| !no_media.iter().any(|(id, _)| *id == r.recording_id))
-        {
-            let id_token = keys::sanitize_segment(&row.recording_id);
-            topology::publish_json(
-                &ctx.js,
-                Stage::Fetch.subject(&ctx.job),
-                &topology::msg_id(&ctx.job, "fetch", &[&id_token]),
-                &FetchTask {
-                    job: ctx.job.clone(),
-                    recording_id: row.recording_id.clone(),
-                    recorded_at: row.recorded_at,
-                },
-            )
+            .map(|row| {
+                topology::publish_fetch_task(&ctx.js, &ctx.job, &row.recording_id, row.recorded_at)
+            });
+        futures::future::try_join_all(publishes)
             .await
             .map_err(publish_err)?;
-        }
 
         match page.next_key(task.continuation_key.as_deref()) {
             Some(next) => {

@@ -288,17 +288,17 @@ impl ManifestStage {
     async fn write_bag(
         &self,
         root: &str,
-        files: &[FileRow],
         doc: &ManifestDocument,
         json_sha: &str,
     ) -> Result<(), StageError> {
         let ctx = &self.0;
+        let files = &doc.files;
         let mut manifest = String::with_capacity(files.len() * 120);
         for f in files {
-            let Some(inside) = f.key.strip_prefix(root).filter(|k| k.starts_with("data/")) else {
+            let Some(inside) = f.path.strip_prefix(root).filter(|k| k.starts_with("data/")) else {
                 return Err(StageError::Invalid(format!(
                     "{} is outside the bag's data/ folder",
-                    f.key
+                    f.path
                 )));
             };
             manifest.push_str(&format!("{}  {inside}\n", f.sha256));
@@ -384,7 +384,7 @@ impl ManifestStage {
         &self,
         txt_name: &str,
         txt_sha: &str,
-        files: &[FileRow],
+        files: &[ManifestFile],
         recordings: &[ManifestRecording],
     ) -> Result<(), StageError> {
         let ctx = &self.0;
@@ -425,7 +425,7 @@ impl ManifestStage {
         }
         let tag = Utc::now().timestamp_millis().to_string();
         for (path, what) in bad {
-            let Some(row) = files.iter().find(|f| f.key == path) else {
+            let Some(row) = files.iter().find(|f| f.path == path) else {
                 continue;
             };
             let reason = format!(
@@ -450,7 +450,7 @@ impl ManifestStage {
             .await
             .map_err(|e| StageError::Transient(e.to_string()))?;
             ctx.store
-                .mark_unverified(&ctx.job, &row.recording_id, &row.key, &reason)
+                .mark_unverified(&ctx.job, &row.recording_id, &row.path, &reason)
                 .await
                 .map_err(store_err)?;
         }
@@ -566,19 +566,24 @@ impl StageHandler for ManifestStage {
                 skipped: skipped.len() as u64,
                 failed: failed.len() as u64,
             },
+            // The rows move into the document (no second copy of a 100,000-recording
+            // job's file list is held while the JSON is rendered).
             files: files
-                .iter()
-                .map(|f| ManifestFile {
-                    path: f.key.clone(),
-                    sha256: f.sha256.clone(),
-                    bytes: f.bytes,
-                    recording_id: f.recording_id.clone(),
-                    kind: f.file,
-                    content_type: f.content_type.clone(),
-                    source_modified_at: version_of(f).and_then(|v| v.source_modified_at.clone()),
-                    exported_at: version_of(f)
-                        .and_then(|v| v.exported_ms)
-                        .and_then(DateTime::from_timestamp_millis),
+                .into_iter()
+                .map(|f| {
+                    let version = versions.get(&(f.recording_id.clone(), f.file));
+                    ManifestFile {
+                        source_modified_at: version.and_then(|v| v.source_modified_at.clone()),
+                        exported_at: version
+                            .and_then(|v| v.exported_ms)
+                            .and_then(DateTime::from_timestamp_millis),
+                        path: f.key,
+                        sha256: f.sha256,
+                        bytes: f.bytes,
+                        recording_id: f.recording_id,
+                        kind: f.file,
+                        content_type: f.content_type,
+                    }
                 })
                 .collect(),
             recordings: facts
@@ -603,6 +608,7 @@ impl StageHandler for ManifestStage {
             layout: ctx.spec.options.layout,
             bag: ctx.spec.bag_root(&ctx.job),
         };
+        drop(versions);
         let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
         let sig_name = pipeline::signing::signature_name(&txt_name);
         if let Some(key) = &ctx.signing_key {
@@ -643,7 +649,7 @@ impl StageHandler for ManifestStage {
         };
         if let Some(root) = ctx.spec.bag_root(&ctx.job) {
             let json_sha = hex::encode(Sha256::digest(&json));
-            self.write_bag(&root, &files, &doc, &json_sha).await?;
+            self.write_bag(&root, &doc, &json_sha).await?;
         }
         let written = ctx
             .destination
@@ -677,7 +683,7 @@ impl StageHandler for ManifestStage {
             .await
             .map_err(store_err)?;
         if ctx.spec.options.verify_after {
-            self.verify_after(&txt_name, &txt_sha, &files, &doc.recordings)
+            self.verify_after(&txt_name, &txt_sha, &doc.files, &doc.recordings)
                 .await?;
         }
         self.request_notify().await

@@ -512,7 +512,6 @@ pub struct Requeued {
 /// copy within its duplicate window) and a recording fetched twice is written to the
 /// same keys, files already exported are skipped.
 pub async fn requeue_outstanding(ctx: &JobContext) -> Result<Requeued, WorkerError> {
-    use pipeline::messages::FetchTask;
     use pipeline::topology;
     let record = ctx.store.job(&ctx.job).await?;
     let mut out = Requeued::default();
@@ -524,19 +523,9 @@ pub async fn requeue_outstanding(ctx: &JobContext) -> Result<Requeued, WorkerErr
         out.listing = true;
     }
     for r in ctx.store.pending_recordings(&ctx.job).await? {
-        let id_token = pipeline::keys::sanitize_segment(&r.recording_id);
-        topology::publish_json(
-            &ctx.js,
-            Stage::Fetch.subject(&ctx.job),
-            &topology::msg_id(&ctx.job, "fetch", &[&id_token]),
-            &FetchTask {
-                job: ctx.job.clone(),
-                recording_id: r.recording_id,
-                recorded_at: r.recorded_at,
-            },
-        )
-        .await
-        .map_err(failed)?;
+        topology::publish_fetch_task(&ctx.js, &ctx.job, &r.recording_id, r.recorded_at)
+            .await
+            .map_err(failed)?;
         out.fetches += 1;
     }
     ctx.maybe_request_manifest()

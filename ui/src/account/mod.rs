@@ -125,23 +125,42 @@ impl Drop for PasswordConfirm {
 
 // --- the shared logic ------------------------------------------------------------------
 
-/// Mails a new sign-up link to `user` (earlier links stop working).
-pub(crate) async fn send_verification(state: &AppState, user: &User) -> Result<(), Denied> {
+/// A new single-use link for `user` to `path` (only its hash is stored), valid for
+/// `minutes`; empty when the server sends no mail.
+async fn email_link(
+    state: &AppState,
+    user: &User,
+    purpose: TokenPurpose,
+    minutes: i64,
+    path: &str,
+) -> Result<String, Denied> {
     let token = auth::random_token();
     state
         .accounts
         .create_email_token(
             &auth::sha256_hex(token.as_bytes()),
             &user.id,
-            TokenPurpose::Verify,
-            in_ms(VERIFY_HOURS * 60),
+            purpose,
+            in_ms(minutes),
         )
         .await?;
-    let link = state
+    Ok(state
         .mail
         .as_ref()
-        .map(|m| m.link(&format!("/verify-email?token={token}")))
-        .unwrap_or_default();
+        .map(|m| m.link(&format!("{path}?token={token}")))
+        .unwrap_or_default())
+}
+
+/// Mails a new sign-up link to `user` (earlier links stop working).
+pub(crate) async fn send_verification(state: &AppState, user: &User) -> Result<(), Denied> {
+    let link = email_link(
+        state,
+        user,
+        TokenPurpose::Verify,
+        VERIFY_HOURS * 60,
+        "/verify-email",
+    )
+    .await?;
     mail::send_later(
         state.mail.as_ref(),
         user.email.clone(),
@@ -254,21 +273,14 @@ pub(crate) async fn request_reset(
         }
     };
     if let Some((user, _)) = state.accounts.user_by_email(&email).await? {
-        let token = auth::random_token();
-        state
-            .accounts
-            .create_email_token(
-                &auth::sha256_hex(token.as_bytes()),
-                &user.id,
-                TokenPurpose::Reset,
-                in_ms(RESET_MINUTES),
-            )
-            .await?;
-        let link = state
-            .mail
-            .as_ref()
-            .map(|m| m.link(&format!("/reset-password/confirm?token={token}")))
-            .unwrap_or_default();
+        let link = email_link(
+            state,
+            &user,
+            TokenPurpose::Reset,
+            RESET_MINUTES,
+            "/reset-password/confirm",
+        )
+        .await?;
         mail::send_later(
             state.mail.as_ref(),
             user.email,
