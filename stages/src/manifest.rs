@@ -277,6 +277,76 @@ pub fn manifest_text(files: &[FileRow]) -> String {
     out
 }
 
+/// Bytes per chunk of the streamed manifest JSON.
+const JSON_CHUNK: usize = 256 * 1024;
+
+/// Renders `doc` as pretty JSON on a blocking thread into a stream of bounded chunks,
+/// so a 100,000-recording manifest is never whole in memory as text; the handle gives
+/// the JSON's SHA-256 once the stream has ended. A rendering error ends the stream with
+/// an error, so the destination commits nothing.
+fn json_stream(
+    doc: Arc<ManifestDocument>,
+) -> (
+    crate::destination::ByteStream,
+    tokio::task::JoinHandle<std::io::Result<[u8; 32]>>,
+) {
+    struct ChunkSender {
+        buf: Vec<u8>,
+        sha: Sha256,
+        tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    }
+    impl ChunkSender {
+        fn send_chunk(&mut self) -> std::io::Result<()> {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(JSON_CHUNK));
+            self.sha.update(&chunk);
+            self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the destination stopped reading the manifest",
+                )
+            })
+        }
+    }
+    impl std::io::Write for ChunkSender {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= JSON_CHUNK {
+                self.send_chunk()?;
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            buf: Vec::with_capacity(JSON_CHUNK),
+            sha: Sha256::new(),
+            tx,
+        };
+        let result = serde_json::to_writer_pretty(&mut out, &*doc)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.send_chunk());
+        match result {
+            Ok(()) => Ok(out.sha.finalize().into()),
+            Err(e) => {
+                // Fails only when the destination already stopped reading: it has its
+                // own error then.
+                let _ = out
+                    .tx
+                    .blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    });
+    let body = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    (body, rendered)
+}
+
 pub struct ManifestStage(pub Arc<JobContext>);
 
 impl ManifestStage {
@@ -629,17 +699,32 @@ impl StageHandler for ManifestStage {
             // history (in the job store) says it ran and found nothing.
             return self.request_notify().await;
         }
-        let json =
-            serde_json::to_vec_pretty(&doc).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let doc = Arc::new(doc);
         let txt_sha = hex::encode(Sha256::digest(text.as_bytes()));
-        // Signed before anything is written, so a key problem leaves no half-set behind.
+        // The key is tried before anything is written, so a key problem leaves no
+        // half-set behind (the real signature needs the JSON's SHA-256, known once the
+        // JSON is written).
+        if let Some(key) = &ctx.signing_key {
+            key.sign(b"", "portshift key check")
+                .map_err(|e| StageError::Invalid(e.to_string()))?;
+        }
+        let (body, json_sha) = json_stream(doc.clone());
+        if let Err(e) = ctx
+            .destination
+            .put(&json_name, body, "application/json", None)
+            .await
+        {
+            return Err(ctx.destination_error(e).await);
+        }
+        let json_sha = json_sha
+            .await
+            .map_err(|e| StageError::Transient(format!("rendering the manifest JSON: {e}")))?
+            .map_err(|e| StageError::Transient(format!("rendering the manifest JSON: {e}")))?;
+        let json_sha = hex::encode(json_sha);
         let signature = match &ctx.signing_key {
             Some(key) => {
-                let comment = pipeline::signing::trusted_comment(
-                    &doc.job_id,
-                    &doc.exported_at,
-                    &hex::encode(Sha256::digest(&json)),
-                );
+                let comment =
+                    pipeline::signing::trusted_comment(&doc.job_id, &doc.exported_at, &json_sha);
                 Some(
                     key.sign(text.as_bytes(), &comment)
                         .map_err(|e| StageError::Invalid(e.to_string()))?,
@@ -648,7 +733,6 @@ impl StageHandler for ManifestStage {
             None => None,
         };
         if let Some(root) = ctx.spec.bag_root(&ctx.job) {
-            let json_sha = hex::encode(Sha256::digest(&json));
             self.write_bag(&root, &doc, &json_sha).await?;
         }
         let written = ctx
@@ -659,13 +743,6 @@ impl StageHandler for ManifestStage {
             Ok(w) => w,
             Err(e) => return Err(ctx.destination_error(e).await),
         };
-        if let Err(e) = ctx
-            .destination
-            .put_bytes(&json_name, Bytes::from(json), "application/json")
-            .await
-        {
-            return Err(ctx.destination_error(e).await);
-        }
         if let Some(signature) = signature
             && let Err(e) = ctx
                 .destination
