@@ -281,24 +281,17 @@ pub fn manifest_text(files: &[FileRow]) -> String {
 const JSON_CHUNK: usize = 256 * 1024;
 
 /// Renders `doc` as pretty JSON on a blocking thread into a stream of bounded chunks,
-/// so a 100,000-recording manifest is never whole in memory as text; the handle gives
-/// the JSON's SHA-256 once the stream has ended. A rendering error ends the stream with
-/// an error, so the destination commits nothing.
-fn json_stream(
-    doc: Arc<ManifestDocument>,
-) -> (
-    crate::destination::ByteStream,
-    tokio::task::JoinHandle<std::io::Result<[u8; 32]>>,
-) {
+/// so a 100,000-recording manifest is never whole in memory as text. A rendering error
+/// ends the stream with an error, so the destination commits nothing. (The caller
+/// hashes the stream with [`crate::hash::tee`], as it does every exported file.)
+fn json_stream(doc: Arc<ManifestDocument>) -> crate::destination::ByteStream {
     struct ChunkSender {
         buf: Vec<u8>,
-        sha: Sha256,
         tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
     }
     impl ChunkSender {
         fn send_chunk(&mut self) -> std::io::Result<()> {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(JSON_CHUNK));
-            self.sha.update(&chunk);
             self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,
@@ -320,31 +313,23 @@ fn json_stream(
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let rendered = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut out = ChunkSender {
             buf: Vec::with_capacity(JSON_CHUNK),
-            sha: Sha256::new(),
             tx,
         };
-        let result = serde_json::to_writer_pretty(&mut out, &*doc)
+        let rendered = serde_json::to_writer_pretty(&mut out, &*doc)
             .map_err(std::io::Error::other)
             .and_then(|()| out.send_chunk());
-        match result {
-            Ok(()) => Ok(out.sha.finalize().into()),
-            Err(e) => {
-                // Fails only when the destination already stopped reading: it has its
-                // own error then.
-                let _ = out
-                    .tx
-                    .blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                Err(e)
-            }
+        if let Err(e) = rendered {
+            // Fails only when the destination already stopped reading: it has its own
+            // error then.
+            let _ = out.tx.blocking_send(Err(e));
         }
     });
-    let body = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
-    }));
-    (body, rendered)
+    }))
 }
 
 pub struct ManifestStage(pub Arc<JobContext>);
@@ -708,7 +693,7 @@ impl StageHandler for ManifestStage {
             key.sign(b"", "portshift key check")
                 .map_err(|e| StageError::Invalid(e.to_string()))?;
         }
-        let (body, json_sha) = json_stream(doc.clone());
+        let (body, digest) = crate::hash::tee(json_stream(doc.clone()), None);
         if let Err(e) = ctx
             .destination
             .put(&json_name, body, "application/json", None)
@@ -716,11 +701,12 @@ impl StageHandler for ManifestStage {
         {
             return Err(ctx.destination_error(e).await);
         }
-        let json_sha = json_sha
-            .await
-            .map_err(|e| StageError::Transient(format!("rendering the manifest JSON: {e}")))?
-            .map_err(|e| StageError::Transient(format!("rendering the manifest JSON: {e}")))?;
-        let json_sha = hex::encode(json_sha);
+        let json_sha = digest
+            .result()
+            .ok_or_else(|| {
+                StageError::Transient("the manifest JSON was not read to its end".into())
+            })?
+            .sha256;
         let signature = match &ctx.signing_key {
             Some(key) => {
                 let comment =
