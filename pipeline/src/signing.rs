@@ -271,6 +271,16 @@ impl SigningKey {
 
     /// A minisign signature file for `data` with this trusted comment.
     pub fn sign(&self, data: &[u8], trusted_comment: &str) -> Result<String, SigningError> {
+        self.sign_reader(Cursor::new(data), trusted_comment)
+    }
+
+    /// [`Self::sign`] of what `data` reads to its end: minisign hashes it as it reads
+    /// (BLAKE2b, its prehashed mode), so a manifest of any size is signed as it streams.
+    pub fn sign_reader(
+        &self,
+        data: impl std::io::Read,
+        trusted_comment: &str,
+    ) -> Result<String, SigningError> {
         let untrusted = format!(
             "signature from portshift key {} (public key: {PUBLIC_KEYS_DIR}/{}.pub on the console)",
             self.key_id(),
@@ -279,7 +289,7 @@ impl SigningKey {
         let sig = minisign::sign(
             Some(&self.pk),
             &self.sk,
-            Cursor::new(data),
+            data,
             Some(trusted_comment),
             Some(&untrusted),
         )

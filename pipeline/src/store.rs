@@ -109,6 +109,30 @@ pub struct FileRow {
     pub content_type: String,
 }
 
+/// One line of the manifest: a file durably written in this job, with its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub file: FileRow,
+    /// Chorus's `_modified_at` as read when the file was fetched (see [`FileVersion`]).
+    pub source_modified_at: Option<String>,
+    /// When these bytes were written at their key (epoch milliseconds).
+    pub exported_ms: Option<i64>,
+}
+
+/// Where the next page of [`JobStore::manifest_page`] starts: after this row's key,
+/// recording and file (a key alone need not be unique, the triple is).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestCursor(Option<(String, String, String)>);
+
+/// An exported recording with the version and write time of each of its files, for
+/// the manifest's `recordings` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordingWithFiles {
+    pub recording: ListedRecording,
+    /// `(source_modified_at, exported_ms)` of each file written for it.
+    pub files: Vec<(Option<String>, Option<i64>)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct JobRecord {
     pub id: JobId,
@@ -782,6 +806,137 @@ impl JobStore {
         rows.iter().map(file_from_row).collect()
     }
 
+    /// Up to `limit` manifest rows after `after`, in key order, and the cursor of the
+    /// page after them (the manifest stage streams a job of any size this way).
+    pub async fn manifest_page(
+        &self,
+        job: &JobId,
+        after: &ManifestCursor,
+        limit: u32,
+    ) -> Result<(Vec<ManifestRow>, ManifestCursor), StoreError> {
+        let (key, recording, file) = after.0.clone().unwrap_or_default();
+        // Row values compare in order on SQLite and PostgreSQL alike; the first page
+        // starts after ("", "", ""), below every key (keys are never empty).
+        let rows = sqlx::query(
+            "SELECT recording_id, file, object_key, bytes, sha256, content_type, source_modified_at, exported_ms \
+             FROM files WHERE job_id = $1 AND (object_key, recording_id, file) > ($2, $3, $4) \
+             ORDER BY object_key, recording_id, file LIMIT $5",
+        )
+        .bind(job.as_str())
+        .bind(key)
+        .bind(recording)
+        .bind(file)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let page = rows
+            .iter()
+            .map(|r| {
+                Ok(ManifestRow {
+                    file: file_from_row(r)?,
+                    source_modified_at: r.try_get(6)?,
+                    exported_ms: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let next = match page.last() {
+            Some(last) => ManifestCursor(Some((
+                last.file.key.clone(),
+                last.file.recording_id.clone(),
+                last.file.file.as_str().to_string(),
+            ))),
+            None => after.clone(),
+        };
+        Ok((page, next))
+    }
+
+    /// Up to `limit` exported recordings with ids after `after`, in id order, each with
+    /// the versions of its files (the manifest's `recordings` section, page by page).
+    pub async fn exported_recordings_page(
+        &self,
+        job: &JobId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordingWithFiles>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.recording_id, r.recorded_at, r.duration_s, r.engagement_type, f.source_modified_at, f.exported_ms, f.file \
+             FROM (SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
+                   WHERE job_id = $1 AND status = 'exported' AND recording_id > $2 \
+                   ORDER BY recording_id LIMIT $3) r \
+             LEFT JOIN files f ON f.job_id = $1 AND f.recording_id = r.recording_id \
+             ORDER BY r.recording_id, f.file",
+        )
+        .bind(job.as_str())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut page: Vec<RecordingWithFiles> = Vec::new();
+        for r in &rows {
+            let recording_id: String = r.try_get(0)?;
+            if page.last().map(|p| &p.recording.recording_id) != Some(&recording_id) {
+                page.push(RecordingWithFiles {
+                    recording: ListedRecording {
+                        recording_id,
+                        recorded_at: r.try_get(1)?,
+                        duration_s: r.try_get(2)?,
+                        engagement_type: r.try_get(3)?,
+                    },
+                    files: Vec::new(),
+                });
+            }
+            // A recording with no file row (metadata-less export) joins to NULLs.
+            let file: Option<String> = r.try_get(6)?;
+            if file.is_some()
+                && let Some(last) = page.last_mut()
+            {
+                last.files.push((r.try_get(4)?, r.try_get(5)?));
+            }
+        }
+        Ok(page)
+    }
+
+    /// Up to `limit` recordings in `status` (`skipped` or `dead`) with ids after
+    /// `after`, in id order, with reasons (the manifest's problem sections, page by page).
+    pub async fn problems_page(
+        &self,
+        job: &JobId,
+        status: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Problem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT recording_id, status, COALESCE(reason, ''), source_state, updated_ms FROM recordings \
+             WHERE job_id = $1 AND status = $2 AND recording_id > $3 ORDER BY recording_id LIMIT $4",
+        )
+        .bind(job.as_str())
+        .bind(status)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(problem_from_row).collect()
+    }
+
+    /// The recording a file key belongs to and when it was recorded (read-back
+    /// verification parks that recording's fetch).
+    pub async fn recording_at_key(
+        &self,
+        job: &JobId,
+        key: &str,
+    ) -> Result<Option<(String, Option<i64>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.recording_id, r.recorded_at FROM files f \
+             LEFT JOIN recordings r ON r.job_id = f.job_id AND r.recording_id = f.recording_id \
+             WHERE f.job_id = $1 AND f.object_key = $2 ORDER BY f.recording_id LIMIT 1",
+        )
+        .bind(job.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
     /// Non-personal facts about each exported recording (for the manifest JSON).
     pub async fn recording_facts(&self, job: &JobId) -> Result<Vec<ListedRecording>, StoreError> {
         self.recordings_in(job, "exported").await
@@ -832,18 +987,7 @@ impl JobStore {
         .bind(job.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Problem {
-                    recording_id: r.try_get(0)?,
-                    status: r.try_get(1)?,
-                    reason: r.try_get(2)?,
-                    source_state: r.try_get(3)?,
-                    at_ms: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        rows.iter().map(problem_from_row).collect()
     }
 
     pub async fn set_manifest(
@@ -1173,6 +1317,16 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
         listing_complete: row.try_get::<i64, _>(8)? != 0,
         manifest_key: row.try_get(9)?,
         manifest_sha256: row.try_get(10)?,
+    })
+}
+
+fn problem_from_row(row: &AnyRow) -> Result<Problem, StoreError> {
+    Ok(Problem {
+        recording_id: row.try_get(0)?,
+        status: row.try_get(1)?,
+        reason: row.try_get(2)?,
+        source_state: row.try_get(3)?,
+        at_ms: row.try_get(4)?,
     })
 }
 

@@ -452,6 +452,99 @@ async fn an_organisations_recent_runs_come_in_one_list(store: JobStore) {
     assert_eq!(runs[&b.id].len(), 2);
 }
 
+/// The manifest reads a job page by page (so memory stays flat in the number of
+/// recordings): with pages of two, every row comes exactly once, in the order the
+/// whole-list reads give, and each section ends with an empty page.
+async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    let ids = ["E", "A", "D", "B", "C", "F", "G"];
+    store.add_listed(&id, &ids.map(listed)).await.unwrap();
+    for rec in ["E", "A", "D", "B"] {
+        for (kind, fill) in [(FileKind::Media, 'a'), (FileKind::Transcript, 'b')] {
+            store
+                .record_file_version(&id, &file(rec, kind, fill), Some("2024-05-29T10:00:00Z"))
+                .await
+                .unwrap();
+        }
+        store.mark_exported(&id, rec).await.unwrap();
+    }
+    // Exported with no file row (nothing of the asked kinds existed).
+    store.mark_exported(&id, "C").await.unwrap();
+    store.mark_skipped(&id, "F", "private").await.unwrap();
+    store.mark_dead(&id, "G", "gave up").await.unwrap();
+
+    let mut paged = Vec::new();
+    let mut cursor = pipeline::store::ManifestCursor::default();
+    loop {
+        let (rows, next) = store.manifest_page(&id, &cursor, 2).await.unwrap();
+        assert!(rows.len() <= 2);
+        if rows.is_empty() {
+            break;
+        }
+        paged.extend(rows);
+        cursor = next;
+    }
+    let whole = store.manifest_entries(&id).await.unwrap();
+    assert_eq!(whole.len(), 8);
+    assert_eq!(
+        paged.iter().map(|r| r.file.clone()).collect::<Vec<_>>(),
+        whole
+    );
+    assert!(paged.iter().all(
+        |r| r.source_modified_at.as_deref() == Some("2024-05-29T10:00:00Z")
+            && r.exported_ms.is_some()
+    ));
+
+    let mut recordings = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store
+            .exported_recordings_page(&id, &after, 2)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.recording.recording_id.clone();
+        recordings.extend(page);
+    }
+    assert_eq!(
+        recordings
+            .iter()
+            .map(|r| (r.recording.recording_id.as_str(), r.files.len()))
+            .collect::<Vec<_>>(),
+        [("A", 2), ("B", 2), ("C", 0), ("D", 2), ("E", 2)]
+    );
+    assert_eq!(recordings[0].recording, listed("A"));
+
+    for (status, expected) in [("skipped", "F"), ("dead", "G")] {
+        let page = store.problems_page(&id, status, "", 2).await.unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|p| p.recording_id.as_str())
+                .collect::<Vec<_>>(),
+            [expected]
+        );
+        assert!(
+            store
+                .problems_page(&id, status, expected, 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        store
+            .recording_at_key(&id, &file("D", FileKind::Media, 'a').key)
+            .await
+            .unwrap(),
+        Some(("D".to_string(), Some(1_717_000_000)))
+    );
+    assert_eq!(
+        store.recording_at_key(&id, "no/such/key").await.unwrap(),
+        None
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -467,7 +560,8 @@ contract!(
     file_rows_are_idempotent,
     a_repeated_continuation_key_is_reported_as_a_loop,
     versions_states_and_the_manifest_generation,
-    an_organisations_recent_runs_come_in_one_list
+    an_organisations_recent_runs_come_in_one_list,
+    manifest_pages_cover_every_row_once_in_order
 );
 
 #[tokio::test]

@@ -135,12 +135,6 @@ impl JobContext {
     pub async fn manifest_signature(&self) -> Result<String, StageError> {
         use sha2::{Digest, Sha256};
         let p = self.store.progress(&self.job).await.map_err(store_err)?;
-        let files = self
-            .store
-            .manifest_entries(&self.job)
-            .await
-            .map_err(store_err)?;
-        let problems = self.store.problems(&self.job).await.map_err(store_err)?;
         let generation = self
             .store
             .manifest_generation(&self.job)
@@ -155,22 +149,48 @@ impl JobContext {
             "g{generation}\n{}-{}-{}\n",
             p.exported, p.skipped, p.dead
         ));
-        for f in &files {
-            h.update(format!(
-                "{}\0{}\0{}\0{}\n",
-                f.recording_id,
-                f.file.as_str(),
-                f.key,
-                f.sha256
-            ));
+        // Page by page, as the manifest itself: a large job is never whole in memory.
+        let mut cursor = pipeline::store::ManifestCursor::default();
+        loop {
+            let (rows, next) = self
+                .store
+                .manifest_page(&self.job, &cursor, PAGE_ROWS)
+                .await
+                .map_err(store_err)?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let f = &row.file;
+                h.update(format!(
+                    "{}\0{}\0{}\0{}\n",
+                    f.recording_id,
+                    f.file.as_str(),
+                    f.key,
+                    f.sha256
+                ));
+            }
+            cursor = next;
         }
-        for pr in &problems {
-            h.update(format!(
-                "{}\0{}\0{}\n",
-                pr.recording_id,
-                pr.status,
-                pr.source_state.as_deref().unwrap_or_default()
-            ));
+        for status in ["dead", "skipped"] {
+            let mut after = String::new();
+            loop {
+                let page = self
+                    .store
+                    .problems_page(&self.job, status, &after, PAGE_ROWS)
+                    .await
+                    .map_err(store_err)?;
+                let Some(last) = page.last() else { break };
+                after = last.recording_id.clone();
+                for pr in &page {
+                    h.update(format!(
+                        "{}\0{}\0{}\n",
+                        pr.recording_id,
+                        pr.status,
+                        pr.source_state.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
         }
         Ok(format!(
             "{}-{}-{}-{}",
@@ -181,6 +201,10 @@ impl JobContext {
         ))
     }
 }
+
+/// Rows per page wherever a stage reads a whole job's rows from the store (the
+/// manifest and its digest): bounded memory whatever the job's size.
+pub const PAGE_ROWS: u32 = 1000;
 
 pub fn store_err(e: StoreError) -> StageError {
     StageError::Transient(format!("job store: {e}"))

@@ -6,21 +6,21 @@
 //! recording appears once however often it was delivered. Its SHA-256 goes into the
 //! job record so later tampering is evident.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pipeline::messages::{ManifestTask, NotifyTask};
 use pipeline::runner::{StageError, StageHandler};
-use pipeline::store::FileRow;
+use pipeline::store::{FileRow, ManifestCursor, ManifestRow, RecordingWithFiles};
 use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, FileKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::context::{JobContext, publish_err, store_err};
+use crate::context::{JobContext, PAGE_ROWS, publish_err, store_err};
 
 pub use pipeline::keys::{MANIFEST_JSON, MANIFEST_TXT};
 
@@ -37,9 +37,16 @@ pub fn manifest_names(spec: &pipeline::JobSpec, job: &pipeline::JobId) -> (Strin
     }
 }
 
+/// `portshift-manifest.json` as it is read back: every section in memory.
+pub type ManifestDocument =
+    ManifestDocumentOf<Vec<ManifestFile>, Vec<ManifestRecording>, Vec<ManifestProblem>>;
+
 /// `portshift-manifest.json`. Stable; its schema is `schemas/manifest.schema.json`.
+/// (The manifest stage writes it with its four lists as [`Paged`] sections read from
+/// the job store as they are rendered; readers use [`ManifestDocument`].)
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-pub struct ManifestDocument {
+#[schemars(rename = "ManifestDocument")]
+pub struct ManifestDocumentOf<Files, Recordings, Problems> {
     /// Always `portshift-manifest/1` for this layout.
     pub format: String,
     pub job_id: String,
@@ -48,12 +55,12 @@ pub struct ManifestDocument {
     pub destination: String,
     pub filter: ManifestFilter,
     pub totals: ManifestTotals,
-    pub files: Vec<ManifestFile>,
-    pub recordings: Vec<ManifestRecording>,
+    pub files: Files,
+    pub recordings: Recordings,
     /// Recordings not exported on purpose (deleted, private, nothing recorded).
-    pub skipped: Vec<ManifestProblem>,
+    pub skipped: Problems,
     /// Recordings that failed after every retry (replayable, see docs/replay.md).
-    pub failed: Vec<ManifestProblem>,
+    pub failed: Problems,
     /// Whether the `.txt` manifest is signed, and with which key. Absent in manifests
     /// written before signing existed (read it as unsigned).
     #[serde(default)]
@@ -265,26 +272,280 @@ pub async fn previous_run_manifest(
     Ok(None)
 }
 
-/// The `sha256sum` text for these rows (GNU format: hash, two spaces, path).
-pub fn manifest_text(files: &[FileRow]) -> String {
-    let mut out = String::with_capacity(files.len() * 120);
-    for f in files {
-        out.push_str(&f.sha256);
-        out.push_str("  ");
-        out.push_str(&f.key);
-        out.push('\n');
+/// A failure met while a section was read from the store for a write already under
+/// way: the stage reports it as what it is (an unsafe key is [`StageError::Invalid`],
+/// a store hiccup transient), not as the destination's error that the cut-short body
+/// causes.
+type SectionFailure = Arc<Mutex<Option<StageError>>>;
+
+fn record_failure(slot: &SectionFailure, e: StageError) -> std::io::Error {
+    let message = e.to_string();
+    if let Ok(mut slot) = slot.lock() {
+        slot.get_or_insert(e);
     }
-    out
+    std::io::Error::other(message)
+}
+
+fn take_failure(slot: &SectionFailure) -> Option<StageError> {
+    slot.lock().ok().and_then(|mut s| s.take())
+}
+
+/// One JSON array of the manifest, read from the job store a page at a time while it
+/// is rendered, so a 100,000-recording manifest is never whole in memory. An empty
+/// page ends the array. Rendered once (a second rendering would find it exhausted).
+pub struct Paged<T> {
+    next_page: Mutex<Box<dyn FnMut() -> Result<Vec<T>, StageError> + Send>>,
+    failure: SectionFailure,
+}
+
+impl<T> Paged<T> {
+    fn new(
+        failure: &SectionFailure,
+        next_page: impl FnMut() -> Result<Vec<T>, StageError> + Send + 'static,
+    ) -> Self {
+        Self {
+            next_page: Mutex::new(Box::new(next_page)),
+            failure: failure.clone(),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Paged<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut next_page = self
+            .next_page
+            .lock()
+            .map_err(|_| S::Error::custom("manifest section poisoned"))?;
+        let mut seq = serializer.serialize_seq(None)?;
+        let next_page = &mut **next_page;
+        loop {
+            let page = match next_page() {
+                Ok(page) => page,
+                Err(e) => return Err(S::Error::custom(record_failure(&self.failure, e))),
+            };
+            if page.is_empty() {
+                break;
+            }
+            for item in &page {
+                seq.serialize_element(item)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// The manifest as the stage writes it.
+type StreamedDocument =
+    ManifestDocumentOf<Paged<ManifestFile>, Paged<ManifestRecording>, Paged<ManifestProblem>>;
+
+/// A manifest row as the JSON's `files` entry; a key that is not a safe relative path
+/// (a corrupt row) stops the manifest.
+fn manifest_file(row: ManifestRow) -> Result<ManifestFile, StageError> {
+    let f = row.file;
+    if !pipeline::keys::is_safe_relative(&f.key) {
+        return Err(StageError::Invalid(format!(
+            "unsafe path {:?} in the progress rows",
+            f.key
+        )));
+    }
+    Ok(ManifestFile {
+        source_modified_at: row.source_modified_at,
+        exported_at: row.exported_ms.and_then(DateTime::from_timestamp_millis),
+        path: f.key,
+        sha256: f.sha256,
+        bytes: f.bytes,
+        recording_id: f.recording_id,
+        kind: f.file,
+        content_type: f.content_type,
+    })
+}
+
+/// An exported recording as the JSON's `recordings` entry: the newest version and the
+/// last write among its files.
+fn manifest_recording(r: RecordingWithFiles) -> ManifestRecording {
+    let (source_modified_at, exported_ms) = r.files.iter().fold(
+        (None, None),
+        |(newest_so_far, last), (modified, written)| {
+            (newest(newest_so_far, modified.as_ref()), last.max(*written))
+        },
+    );
+    let r = r.recording;
+    ManifestRecording {
+        recorded_at: r.recorded_at.and_then(|s| DateTime::from_timestamp(s, 0)),
+        recording_id: r.recording_id,
+        duration_s: r.duration_s,
+        engagement_type: r.engagement_type,
+        source_modified_at,
+        exported_at: exported_ms.and_then(DateTime::from_timestamp_millis),
+    }
+}
+
+/// The manifest's four lists, each read from the store page by page (on the blocking
+/// thread that renders the JSON, hence `block_on`).
+fn paged_sections(
+    ctx: &JobContext,
+    failure: &SectionFailure,
+) -> (
+    Paged<ManifestFile>,
+    Paged<ManifestRecording>,
+    Paged<ManifestProblem>,
+    Paged<ManifestProblem>,
+) {
+    let runtime = tokio::runtime::Handle::current();
+    let files = {
+        let (store, job, runtime) = (ctx.store.clone(), ctx.job.clone(), runtime.clone());
+        let mut cursor = ManifestCursor::default();
+        Paged::new(failure, move || {
+            let (rows, next) = runtime
+                .block_on(store.manifest_page(&job, &cursor, PAGE_ROWS))
+                .map_err(store_err)?;
+            cursor = next;
+            rows.into_iter().map(manifest_file).collect()
+        })
+    };
+    let recordings = {
+        let (store, job, runtime) = (ctx.store.clone(), ctx.job.clone(), runtime.clone());
+        let mut after = String::new();
+        Paged::new(failure, move || {
+            let page = runtime
+                .block_on(store.exported_recordings_page(&job, &after, PAGE_ROWS))
+                .map_err(store_err)?;
+            if let Some(last) = page.last() {
+                after = last.recording.recording_id.clone();
+            }
+            Ok(page.into_iter().map(manifest_recording).collect())
+        })
+    };
+    let problems = |status: &'static str| {
+        let (store, job, runtime) = (ctx.store.clone(), ctx.job.clone(), runtime.clone());
+        let mut after = String::new();
+        Paged::new(failure, move || {
+            let page = runtime
+                .block_on(store.problems_page(&job, status, &after, PAGE_ROWS))
+                .map_err(store_err)?;
+            if let Some(last) = page.last() {
+                after = last.recording_id.clone();
+            }
+            Ok(page.into_iter().map(problem).collect())
+        })
+    };
+    (files, recordings, problems("skipped"), problems("dead"))
+}
+
+/// A text file of one line per manifest row (in key order, read from the store page by
+/// page), then `tail`. Each chunk goes to `copy` (the signer) before the destination
+/// sees it; a failure reaches `copy` as an error too, so nothing signs a cut-short
+/// text.
+fn lines_stream(
+    ctx: &JobContext,
+    line: impl Fn(&FileRow, &mut String) -> Result<(), StageError> + Send + 'static,
+    tail: String,
+    copy: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+    failure: &SectionFailure,
+) -> crate::destination::ByteStream {
+    struct Lines<L> {
+        store: pipeline::store::JobStore,
+        job: pipeline::JobId,
+        cursor: ManifestCursor,
+        line: L,
+        tail: Option<String>,
+        copy: Option<tokio::sync::mpsc::Sender<std::io::Result<Bytes>>>,
+        failure: SectionFailure,
+        first: bool,
+    }
+    impl<L: Fn(&FileRow, &mut String) -> Result<(), StageError>> Lines<L> {
+        /// The next chunk, and whether another may follow.
+        async fn next_chunk(&mut self) -> Result<Option<(String, bool)>, StageError> {
+            let (rows, next) = self
+                .store
+                .manifest_page(&self.job, &self.cursor, PAGE_ROWS)
+                .await
+                .map_err(store_err)?;
+            if rows.is_empty() {
+                let tail = self.tail.take().unwrap_or_default();
+                // An empty file is still one (empty) chunk: a body, not no body.
+                return Ok((self.first || !tail.is_empty()).then_some((tail, false)));
+            }
+            self.cursor = next;
+            let mut chunk = String::with_capacity(rows.len() * 120);
+            for row in &rows {
+                (self.line)(&row.file, &mut chunk)?;
+            }
+            Ok(Some((chunk, true)))
+        }
+    }
+    let lines = Lines {
+        store: ctx.store.clone(),
+        job: ctx.job.clone(),
+        cursor: ManifestCursor::default(),
+        line,
+        tail: Some(tail),
+        copy,
+        failure: failure.clone(),
+        first: true,
+    };
+    Box::pin(futures::stream::unfold(Some(lines), |lines| async move {
+        let mut lines = lines?;
+        let item = match lines.next_chunk().await {
+            Ok(Some((chunk, more))) => {
+                lines.first = false;
+                let chunk = Bytes::from(chunk);
+                let copied = match &lines.copy {
+                    Some(copy) => copy.send(Ok(chunk.clone())).await.is_ok(),
+                    None => true,
+                };
+                if copied {
+                    Some((Ok(chunk), more.then_some(lines)))
+                } else {
+                    let e = StageError::Transient("the manifest signer stopped".into());
+                    Some((Err(record_failure(&lines.failure, e)), None))
+                }
+            }
+            // Dropping `lines` closes `copy`: the signer has the whole text.
+            Ok(None) => None,
+            Err(e) => {
+                if let Some(copy) = &lines.copy {
+                    let _ = copy.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+                Some((Err(record_failure(&lines.failure, e)), None))
+            }
+        };
+        item
+    }))
+}
+
+/// Reads the chunks of [`lines_stream`]'s copy as one text (for minisign, which hashes
+/// what it signs from a reader).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Bytes per chunk of the streamed manifest JSON.
 const JSON_CHUNK: usize = 256 * 1024;
 
-/// Renders `doc` as pretty JSON on a blocking thread into a stream of bounded chunks,
-/// so a 100,000-recording manifest is never whole in memory as text. A rendering error
-/// ends the stream with an error, so the destination commits nothing. (The caller
-/// hashes the stream with [`crate::hash::tee`], as it does every exported file.)
-fn json_stream(doc: Arc<ManifestDocument>) -> crate::destination::ByteStream {
+/// Renders `doc` as pretty JSON on a blocking thread into a stream of bounded chunks
+/// (its [`Paged`] sections read the store as they go). A rendering error ends the
+/// stream with an error, so the destination commits nothing. (The caller hashes the
+/// stream with [`crate::hash::tee`], as it does every exported file.)
+fn json_stream<D: Serialize + Send + Sync + 'static>(
+    doc: Arc<D>,
+) -> crate::destination::ByteStream {
     struct ChunkSender {
         buf: Vec<u8>,
         tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
@@ -340,25 +601,59 @@ impl ManifestStage {
     /// the bag), `bagit.txt`, `bag-info.txt` (source, job, dates, counts, Payload-Oxum),
     /// `tagmanifest-sha256.txt` over those three, and with a signing key
     /// `tagmanifest-sha256.txt.minisig`, whose trust covers the whole bag.
-    async fn write_bag(
+    async fn write_bag<F, R, P>(
         &self,
         root: &str,
-        doc: &ManifestDocument,
+        doc: &ManifestDocumentOf<F, R, P>,
         json_sha: &str,
     ) -> Result<(), StageError> {
         let ctx = &self.0;
-        let files = &doc.files;
-        let mut manifest = String::with_capacity(files.len() * 120);
-        for f in files {
-            let Some(inside) = f.path.strip_prefix(root).filter(|k| k.starts_with("data/")) else {
+        let failure = SectionFailure::default();
+        let inside_root = root.to_string();
+        let payload_line = move |f: &FileRow, out: &mut String| -> Result<(), StageError> {
+            let Some(inside) = f
+                .key
+                .strip_prefix(inside_root.as_str())
+                .filter(|k| k.starts_with("data/"))
+            else {
                 return Err(StageError::Invalid(format!(
                     "{} is outside the bag's data/ folder",
-                    f.path
+                    f.key
                 )));
             };
-            manifest.push_str(&format!("{}  {inside}\n", f.sha256));
+            out.push_str(&f.sha256);
+            out.push_str("  ");
+            out.push_str(inside);
+            out.push('\n');
+            Ok(())
+        };
+        let (body, digest) = crate::hash::tee(
+            lines_stream(ctx, payload_line, String::new(), None, &failure),
+            None,
+        );
+        let written = ctx
+            .destination
+            .put(
+                &format!("{root}manifest-sha256.txt"),
+                body,
+                "text/plain; charset=utf-8",
+                None,
+            )
+            .await;
+        if let Some(e) = take_failure(&failure) {
+            return Err(e);
         }
-        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        if let Err(e) = written {
+            return Err(ctx.destination_error(e).await);
+        }
+        let manifest_sha = digest
+            .result()
+            .ok_or_else(|| {
+                StageError::Transient(
+                    "the bag's manifest-sha256.txt was not read to its end".into(),
+                )
+            })?
+            .sha256;
         let bagit = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n".to_string();
         let one_line = |s: &str| s.replace(['\r', '\n'], " ");
         let info = format!(
@@ -371,7 +666,7 @@ impl ManifestStage {
              Portshift-Recordings: {}\n\
              Portshift-Skipped: {}\n\
              Portshift-Failed: {}\n\
-             Payload-Oxum: {bytes}.{}\n",
+             Payload-Oxum: {}.{}\n",
             one_line(&doc.source),
             doc.job_id,
             doc.filter.from.to_rfc3339(),
@@ -382,18 +677,16 @@ impl ManifestStage {
             doc.totals.recordings,
             doc.totals.skipped,
             doc.totals.failed,
-            files.len(),
+            doc.totals.bytes,
+            doc.totals.files,
         );
         let mut tags = String::new();
-        for (name, body) in [
-            ("bagit.txt", &bagit),
-            ("bag-info.txt", &info),
-            ("manifest-sha256.txt", &manifest),
+        for (name, sha) in [
+            ("bagit.txt", hex::encode(Sha256::digest(bagit.as_bytes()))),
+            ("bag-info.txt", hex::encode(Sha256::digest(info.as_bytes()))),
+            ("manifest-sha256.txt", manifest_sha),
         ] {
-            tags.push_str(&format!(
-                "{}  {name}\n",
-                hex::encode(Sha256::digest(body.as_bytes()))
-            ));
+            tags.push_str(&format!("{sha}  {name}\n"));
         }
         let signature = match &ctx.signing_key {
             Some(key) => Some(
@@ -406,7 +699,6 @@ impl ManifestStage {
             None => None,
         };
         let mut writes = vec![
-            ("manifest-sha256.txt", manifest),
             ("bagit.txt", bagit),
             ("bag-info.txt", info),
             ("tagmanifest-sha256.txt", tags),
@@ -435,13 +727,7 @@ impl ManifestStage {
     /// written again (the stage retries); a file that differs or is missing fails its
     /// recording with the reason and parks the recording's fetch in the dead-letter
     /// stream, so `portshift replay` exports it again.
-    async fn verify_after(
-        &self,
-        txt_name: &str,
-        txt_sha: &str,
-        files: &[ManifestFile],
-        recordings: &[ManifestRecording],
-    ) -> Result<(), StageError> {
+    async fn verify_after(&self, txt_name: &str, txt_sha: &str) -> Result<(), StageError> {
         let ctx = &self.0;
         let report = match crate::verify::verify_manifest(ctx.destination.as_ref(), txt_name, 8)
             .await
@@ -480,23 +766,23 @@ impl ManifestStage {
         }
         let tag = Utc::now().timestamp_millis().to_string();
         for (path, what) in bad {
-            let Some(row) = files.iter().find(|f| f.path == path) else {
+            let Some((recording_id, recorded_at)) = ctx
+                .store
+                .recording_at_key(&ctx.job, path)
+                .await
+                .map_err(store_err)?
+            else {
                 continue;
             };
             let reason = format!(
                 "read-back verification: {path} {what} (altered or removed at the destination after upload); replay to export it again"
             );
             tracing::warn!(job = %ctx.job, %reason);
-            let recorded_at = recordings
-                .iter()
-                .find(|r| r.recording_id == row.recording_id)
-                .and_then(|r| r.recorded_at)
-                .map(|t| t.timestamp());
             pipeline::replay::park_fetch(
                 &ctx.js,
                 &pipeline::messages::FetchTask {
                     job: ctx.job.clone(),
-                    recording_id: row.recording_id.clone(),
+                    recording_id: recording_id.clone(),
                     recorded_at,
                 },
                 &reason,
@@ -505,7 +791,7 @@ impl ManifestStage {
             .await
             .map_err(|e| StageError::Transient(e.to_string()))?;
             ctx.store
-                .mark_unverified(&ctx.job, &row.recording_id, &row.path, &reason)
+                .mark_unverified(&ctx.job, &recording_id, path, &reason)
                 .await
                 .map_err(store_err)?;
         }
@@ -555,55 +841,42 @@ impl StageHandler for ManifestStage {
                 tracing::warn!(job = %ctx.job, error = %e, "could not abort every leftover multipart upload; a bucket lifecycle rule for incomplete uploads cleans them (docs/permissions.md)")
             }
         }
-        let files = ctx
-            .store
-            .manifest_entries(&ctx.job)
-            .await
-            .map_err(store_err)?;
-        if let Some(bad) = files
-            .iter()
-            .find(|f| !pipeline::keys::is_safe_relative(&f.key))
-        {
-            return Err(StageError::Invalid(format!(
-                "unsafe path {:?} in the progress rows",
-                bad.key
-            )));
-        }
-        let facts = ctx
-            .store
-            .recording_facts(&ctx.job)
-            .await
-            .map_err(store_err)?;
-        let problems = ctx.store.problems(&ctx.job).await.map_err(store_err)?;
-        let versions: std::collections::HashMap<(String, FileKind), pipeline::store::FileVersion> =
-            ctx.store
-                .file_versions(&ctx.job)
-                .await
-                .map_err(store_err)?
-                .into_iter()
-                .map(|v| ((v.recording_id.clone(), v.file), v))
-                .collect();
-        let version_of = |f: &FileRow| versions.get(&(f.recording_id.clone(), f.file));
-        // Per recording: the newest version and the last write among its listed files.
-        let mut per_recording: std::collections::HashMap<String, (Option<String>, Option<i64>)> =
-            std::collections::HashMap::new();
-        for f in &files {
-            if let Some(v) = version_of(f) {
-                let entry = per_recording.entry(f.recording_id.clone()).or_default();
-                entry.0 = newest(entry.0.take(), v.source_modified_at.as_ref());
-                entry.1 = entry.1.max(v.exported_ms);
-            }
+        if ctx.spec.schedule.is_some() && progress.files == 0 {
+            // A scheduled run that found nothing new writes nothing: a schedule running
+            // every few minutes must not fill the bucket with empty manifests. The run's
+            // history (in the job store) says it ran and found nothing.
+            return self.request_notify().await;
         }
         let previous = previous_run_manifest(&ctx.store, &ctx.spec, &ctx.job)
             .await
             .map_err(store_err)?;
-        let mut text = manifest_text(&files);
-        if let Some(link) = &previous {
-            text.push_str(&format!("{}  {}\n", link.sha256, link.path));
+        let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
+        let sig_name = pipeline::signing::signature_name(&txt_name);
+        let signature = match &ctx.signing_key {
+            Some(key) => ManifestSignature {
+                signed: true,
+                file: Some(sig_name.clone()),
+                key_id: Some(key.key_id()),
+                public_key: Some(key.public_key_file()),
+                note: format!(
+                    "{txt_name} is signed with minisign key {}: check it with `minisign -Vm {txt_name} -p portshift-signing-key.pub`; the trusted comment carries this JSON's SHA-256",
+                    key.key_id()
+                ),
+            },
+            None => ManifestSignature::unsigned(),
+        };
+        // The key is tried before anything is written, so a key problem leaves no
+        // half-set behind (the real signature needs the JSON's SHA-256, known once the
+        // JSON is written).
+        if let Some(key) = &ctx.signing_key {
+            key.sign(b"", "portshift key check")
+                .map_err(|e| StageError::Invalid(e.to_string()))?;
         }
-        let (skipped, failed): (Vec<_>, Vec<_>) =
-            problems.into_iter().partition(|p| p.status == "skipped");
-        let mut doc = ManifestDocument {
+        // Every list is read from the store page by page as it is written (here and in
+        // the text below): memory stays flat in the number of recordings.
+        let failure = SectionFailure::default();
+        let (files, recordings, skipped, failed) = paged_sections(ctx, &failure);
+        let doc: Arc<StreamedDocument> = Arc::new(ManifestDocumentOf {
             format: "portshift-manifest/1".into(),
             job_id: ctx.job.to_string(),
             exported_at: Utc::now(),
@@ -615,90 +888,30 @@ impl StageHandler for ManifestStage {
                 kinds: ctx.spec.kinds.clone(),
             },
             totals: ManifestTotals {
-                recordings: facts.len() as u64,
-                files: files.len() as u64,
-                bytes: files.iter().map(|f| f.bytes).sum(),
-                skipped: skipped.len() as u64,
-                failed: failed.len() as u64,
+                recordings: progress.exported,
+                files: progress.files,
+                bytes: progress.bytes,
+                skipped: progress.skipped,
+                failed: progress.dead,
             },
-            // The rows move into the document (no second copy of a 100,000-recording
-            // job's file list is held while the JSON is rendered).
-            files: files
-                .into_iter()
-                .map(|f| {
-                    let version = versions.get(&(f.recording_id.clone(), f.file));
-                    ManifestFile {
-                        source_modified_at: version.and_then(|v| v.source_modified_at.clone()),
-                        exported_at: version
-                            .and_then(|v| v.exported_ms)
-                            .and_then(DateTime::from_timestamp_millis),
-                        path: f.key,
-                        sha256: f.sha256,
-                        bytes: f.bytes,
-                        recording_id: f.recording_id,
-                        kind: f.file,
-                        content_type: f.content_type,
-                    }
-                })
-                .collect(),
-            recordings: facts
-                .into_iter()
-                .map(|r| {
-                    let (source_modified_at, exported_ms) =
-                        per_recording.remove(&r.recording_id).unwrap_or_default();
-                    ManifestRecording {
-                        recorded_at: r.recorded_at.and_then(|s| DateTime::from_timestamp(s, 0)),
-                        recording_id: r.recording_id,
-                        duration_s: r.duration_s,
-                        engagement_type: r.engagement_type,
-                        source_modified_at,
-                        exported_at: exported_ms.and_then(DateTime::from_timestamp_millis),
-                    }
-                })
-                .collect(),
-            skipped: skipped.into_iter().map(problem).collect(),
-            failed: failed.into_iter().map(problem).collect(),
-            signature: ManifestSignature::unsigned(),
-            previous_manifest: previous,
+            files,
+            recordings,
+            skipped,
+            failed,
+            signature,
+            previous_manifest: previous.clone(),
             layout: ctx.spec.options.layout,
             bag: ctx.spec.bag_root(&ctx.job),
-        };
-        drop(versions);
-        let (txt_name, json_name) = manifest_names(&ctx.spec, &ctx.job);
-        let sig_name = pipeline::signing::signature_name(&txt_name);
-        if let Some(key) = &ctx.signing_key {
-            doc.signature = ManifestSignature {
-                signed: true,
-                file: Some(sig_name.clone()),
-                key_id: Some(key.key_id()),
-                public_key: Some(key.public_key_file()),
-                note: format!(
-                    "{txt_name} is signed with minisign key {}: check it with `minisign -Vm {txt_name} -p portshift-signing-key.pub`; the trusted comment carries this JSON's SHA-256",
-                    key.key_id()
-                ),
-            };
-        }
-        if ctx.spec.schedule.is_some() && doc.files.is_empty() {
-            // A scheduled run that found nothing new writes nothing: a schedule running
-            // every few minutes must not fill the bucket with empty manifests. The run's
-            // history (in the job store) says it ran and found nothing.
-            return self.request_notify().await;
-        }
-        let doc = Arc::new(doc);
-        let txt_sha = hex::encode(Sha256::digest(text.as_bytes()));
-        // The key is tried before anything is written, so a key problem leaves no
-        // half-set behind (the real signature needs the JSON's SHA-256, known once the
-        // JSON is written).
-        if let Some(key) = &ctx.signing_key {
-            key.sign(b"", "portshift key check")
-                .map_err(|e| StageError::Invalid(e.to_string()))?;
-        }
+        });
         let (body, digest) = crate::hash::tee(json_stream(doc.clone()), None);
-        if let Err(e) = ctx
+        let written = ctx
             .destination
             .put(&json_name, body, "application/json", None)
-            .await
-        {
+            .await;
+        if let Some(e) = take_failure(&failure) {
+            return Err(e);
+        }
+        if let Err(e) = written {
             return Err(ctx.destination_error(e).await);
         }
         let json_sha = digest
@@ -707,30 +920,65 @@ impl StageHandler for ManifestStage {
                 StageError::Transient("the manifest JSON was not read to its end".into())
             })?
             .sha256;
-        let signature = match &ctx.signing_key {
+        if let Some(root) = ctx.spec.bag_root(&ctx.job) {
+            self.write_bag(&root, &*doc, &json_sha).await?;
+        }
+        // The `.txt` manifest: `sha256sum` lines in key order, then the link to the
+        // previous run's manifest. The signer reads the very chunks the destination
+        // gets, on a thread of its own.
+        let tail = previous
+            .as_ref()
+            .map(|link| format!("{}  {}\n", link.sha256, link.path))
+            .unwrap_or_default();
+        let (copy, signer) = match &ctx.signing_key {
             Some(key) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let key = key.clone();
                 let comment =
                     pipeline::signing::trusted_comment(&doc.job_id, &doc.exported_at, &json_sha);
-                Some(
-                    key.sign(text.as_bytes(), &comment)
-                        .map_err(|e| StageError::Invalid(e.to_string()))?,
-                )
+                let reader = ChunkReader {
+                    rx,
+                    current: Bytes::new(),
+                };
+                let signer = tokio::task::spawn_blocking(move || key.sign_reader(reader, &comment));
+                (Some(tx), Some(signer))
             }
-            None => None,
+            None => (None, None),
         };
-        if let Some(root) = ctx.spec.bag_root(&ctx.job) {
-            self.write_bag(&root, &doc, &json_sha).await?;
-        }
+        let sha256sum_line = |f: &FileRow, out: &mut String| -> Result<(), StageError> {
+            out.push_str(&f.sha256);
+            out.push_str("  ");
+            out.push_str(&f.key);
+            out.push('\n');
+            Ok(())
+        };
+        let (body, digest) = crate::hash::tee(
+            lines_stream(ctx, sha256sum_line, tail, copy, &failure),
+            None,
+        );
         let written = ctx
             .destination
-            .put_bytes(&txt_name, Bytes::from(text), "text/plain; charset=utf-8")
+            .put(&txt_name, body, "text/plain; charset=utf-8", None)
             .await;
+        if let Some(e) = take_failure(&failure) {
+            return Err(e);
+        }
         let written = match written {
             Ok(w) => w,
             Err(e) => return Err(ctx.destination_error(e).await),
         };
-        if let Some(signature) = signature
-            && let Err(e) = ctx
+        let txt_sha = digest
+            .result()
+            .ok_or_else(|| {
+                StageError::Transient("the manifest text was not read to its end".into())
+            })?
+            .sha256;
+        if let Some(signer) = signer {
+            let signature = signer
+                .await
+                .map_err(|e| StageError::Transient(format!("the manifest signer stopped: {e}")))?
+                .map_err(|e| StageError::Invalid(e.to_string()))?;
+            if let Err(e) = ctx
                 .destination
                 .put_bytes(
                     &sig_name,
@@ -738,16 +986,16 @@ impl StageHandler for ManifestStage {
                     "text/plain; charset=utf-8",
                 )
                 .await
-        {
-            return Err(ctx.destination_error(e).await);
+            {
+                return Err(ctx.destination_error(e).await);
+            }
         }
         ctx.store
             .set_manifest(&ctx.job, &written.key, &txt_sha)
             .await
             .map_err(store_err)?;
         if ctx.spec.options.verify_after {
-            self.verify_after(&txt_name, &txt_sha, &doc.files, &doc.recordings)
-                .await?;
+            self.verify_after(&txt_name, &txt_sha).await?;
         }
         self.request_notify().await
     }
