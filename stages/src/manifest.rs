@@ -41,9 +41,10 @@ pub fn manifest_names(spec: &pipeline::JobSpec, job: &pipeline::JobId) -> (Strin
 pub type ManifestDocument =
     ManifestDocumentOf<Vec<ManifestFile>, Vec<ManifestRecording>, Vec<ManifestProblem>>;
 
+// The manifest stage writes it with its four lists as `Paged` sections read from the
+// job store as they are rendered; readers use `ManifestDocument`. (Not a doc comment:
+// the doc comment is the schema's description.)
 /// `portshift-manifest.json`. Stable; its schema is `schemas/manifest.schema.json`.
-/// (The manifest stage writes it with its four lists as [`Paged`] sections read from
-/// the job store as they are rendered; readers use [`ManifestDocument`].)
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "ManifestDocument")]
 pub struct ManifestDocumentOf<Files, Recordings, Problems> {
@@ -294,9 +295,12 @@ fn take_failure(slot: &SectionFailure) -> Option<StageError> {
 /// is rendered, so a 100,000-recording manifest is never whole in memory. An empty
 /// page ends the array. Rendered once (a second rendering would find it exhausted).
 pub struct Paged<T> {
-    next_page: Mutex<Box<dyn FnMut() -> Result<Vec<T>, StageError> + Send>>,
+    next_page: Mutex<Box<NextPage<T>>>,
     failure: SectionFailure,
 }
+
+/// Reads the next page of a [`Paged`] section (empty at the end).
+type NextPage<T> = dyn FnMut() -> Result<Vec<T>, StageError> + Send;
 
 impl<T> Paged<T> {
     fn new(
@@ -487,7 +491,7 @@ fn lines_stream(
     };
     Box::pin(futures::stream::unfold(Some(lines), |lines| async move {
         let mut lines = lines?;
-        let item = match lines.next_chunk().await {
+        match lines.next_chunk().await {
             Ok(Some((chunk, more))) => {
                 lines.first = false;
                 let chunk = Bytes::from(chunk);
@@ -510,8 +514,7 @@ fn lines_stream(
                 }
                 Some((Err(record_failure(&lines.failure, e)), None))
             }
-        };
-        item
+        }
     }))
 }
 
