@@ -293,40 +293,15 @@ async fn a_tenant_schedule_reads_its_chorus_token_through_the_customers_role() {
     assert_eq!(acme_run.status, "finished", "{acme_run:?}");
     assert_eq!(acme_run.files, Some(4 * 3));
     let acme_job = acme_run.job_id.clone().unwrap();
-    let check = std::process::Command::new("sha256sum")
-        .args([
-            "-c",
-            "--strict",
-            &format!("portshift-manifest-{acme_job}.txt"),
-        ])
-        .current_dir(acme_out.path())
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    // Signed with the operator's key, and Debian's minisign accepts it.
     let manifest = format!("portshift-manifest-{acme_job}.txt");
+    sha256sum_check_of(acme_out.path(), &manifest);
+    // Signed with the operator's key, and Debian's minisign accepts it.
     assert!(
         acme_out.path().join(format!("{manifest}.minisig")).exists(),
         "the role run's manifest is unsigned"
     );
-    let verified = std::process::Command::new("minisign")
-        .arg("-Vm")
-        .arg(&manifest)
-        .arg("-p")
-        .arg(&pk)
-        .current_dir(acme_out.path())
-        .output()
-        .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
-    assert!(
-        verified.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    let (verified, out) = minisign_verify(acme_out.path(), &manifest, &pk);
+    assert!(verified, "{out}");
     // The deputy sent the customer's ExternalId for the customer's schedule, and the
     // other organisation's own ExternalId (never the customer's) for theirs.
     let requests = seen.lock().unwrap().clone();

@@ -4,20 +4,11 @@
 
 mod common;
 
-/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
-/// from a shared target folder), else the one cargo built for this test.
-fn portshift_bin() -> std::path::PathBuf {
-    std::env::var_os("PORTSHIFT_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
-}
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use pipeline::signing::{SigningKeyMaterial, SigningKeyRef};
 use pipeline::{ExportOptions, JobSpec, JobStatus, Layout};
 
 fn bagit_validate(dir: &Path) -> (bool, String) {
@@ -28,14 +19,7 @@ fn bagit_validate(dir: &Path) -> (bool, String) {
         .unwrap_or_else(|e| {
             panic!("could not run bagit.py ({e}): install PyPI bagit (deploy/local/install.sh)")
         });
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    passed_with_output(&out)
 }
 
 fn tamper_one_payload_file(dir: &Path) -> String {
@@ -70,12 +54,7 @@ async fn a_cli_bagit_export_to_a_local_folder_validates_and_tampering_fails() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "portshift export --layout bagit");
     let (ok, report) = bagit_validate(&root);
     assert!(ok, "bagit.py rejected the bag: {report}");
     let info = std::fs::read_to_string(root.join("bag-info.txt")).unwrap();
@@ -117,12 +96,11 @@ async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
     let keys = tempfile::tempdir().unwrap();
     let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
     pipeline::signing::generate(&sk, &pk).unwrap();
-    let mut creds = credentials();
-    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(sk)).unwrap());
-    let (status, _) = h
-        .run_worker_with(&job, fast_options(), Duration::from_secs(300), &creds)
-        .await;
-    assert_eq!(status, JobStatus::Finished);
+    assert_eq!(
+        h.run_worker_signed(&job, &sk, Duration::from_secs(300))
+            .await,
+        JobStatus::Finished
+    );
     let copy = tempfile::tempdir().unwrap();
     download(&s3, &bucket, "bag", copy.path()).await;
     let (ok, report) = bagit_validate(copy.path());
@@ -134,11 +112,7 @@ async fn a_signed_bagit_export_to_s3_validates_on_a_downloaded_copy() {
         .current_dir(copy.path())
         .output()
         .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    assert_success(&verified, "minisign -Vm tagmanifest-sha256.txt");
     let victim = tamper_one_payload_file(copy.path());
     let (ok, report) = bagit_validate(copy.path());
     assert!(!ok && report.contains(&victim), "{report}");

@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -50,20 +49,7 @@ async fn run_canary_export(
     let job = create_and_list(&store, &h.js, &spec, "org", "tester").await;
 
     let log_path = h.tmp.path().join("worker.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args([
-            "worker",
-            "--job",
-            job.as_str(),
-            "--nats-url",
-            &h.nats.as_ref().unwrap().url(),
-            "--database-url",
-            &database_url,
-        ])
-        .args(["--data-dir", h.tmp.path().to_str().unwrap()])
-        .args(TEST_BUDGET_ARGS)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
+    let mut child = worker_process(&h, &job, &database_url)
         .env("PORTSHIFT_LOG", "debug")
         .stdin(Stdio::piped())
         .stdout(std::fs::File::create(h.tmp.path().join("worker.out")).unwrap())
@@ -75,12 +61,7 @@ async fn run_canary_export(
         "s3": {"access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"), "secret_access_key": canaries.s3_secret},
         "webhook_secret": canaries.webhook,
     });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(creds.to_string().as_bytes())
-        .unwrap();
+    hand_document(&mut child, &creds);
 
     // While it runs: its argv and environment hold none of the secrets.
     let pid = child.id();

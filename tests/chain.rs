@@ -6,14 +6,6 @@
 
 mod common;
 
-/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
-/// from a shared target folder), else the one cargo built for this test.
-fn portshift_bin() -> std::path::PathBuf {
-    std::env::var_os("PORTSHIFT_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
-}
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -51,14 +43,7 @@ fn verify_chain(root: &Path, extra: &[&str]) -> (bool, String) {
         .args(extra)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    passed_with_output(&out)
 }
 
 /// The shell loop of docs/manifest.md, run as documented.
@@ -77,14 +62,7 @@ echo "chain intact"
         .current_dir(root)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    passed_with_output(&out)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -55,11 +55,7 @@ async fn key_file(dir: &Path) -> PathBuf {
 
 /// `recording id -> media_sha256` of every row in the table.
 async fn table_rows(project: &str, dataset: &str) -> Vec<(String, Option<String>)> {
-    let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
-        .with_v2_base_url(env_or_fail("PORTSHIFT_TEST_BQ_ENDPOINT"))
-        .build_from_authenticator(std::sync::Arc::new(NoAuth))
-        .await
-        .unwrap();
+    let client = common::cloud::bigquery_emulator_client().await;
     let sql = format!("SELECT recording_id, media_sha256 FROM `{project}.{dataset}.recordings`");
     let rs = client
         .job()
@@ -286,15 +282,4 @@ async fn scheduled_runs_write_one_bigquery_row_per_recording() {
     assert!(ended.iter().all(|s| s == "finished"), "{text}");
     assert_eq!(check_manifests(&root), recordings * 3);
     assert_rows_match_manifest(&root, &project, &dataset, recordings).await;
-}
-
-/// The emulator takes no credentials.
-#[derive(Clone)]
-struct NoAuth;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for NoAuth {
-    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-        Ok("test".into())
-    }
 }

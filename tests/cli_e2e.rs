@@ -88,6 +88,41 @@ const LOOP_FLAGS: [&str; 12] = [
     "5",
 ];
 
+/// The tuning flags `export`, `resume` and `replay --run` are run with: two fetches at a
+/// time, small parts one at a time, a short ack wait and a Chorus budget the simulator
+/// never throttles. `worker` takes the first eight (it has no Chorus budget of its own
+/// to set here).
+const TUNING_FLAGS: [&str; 12] = [
+    "--concurrency",
+    "2",
+    "--part-size-mib",
+    "5",
+    "--parts-in-flight",
+    "1",
+    "--ack-wait-secs",
+    "10",
+    "--chorus-rate",
+    "1000",
+    "--chorus-burst",
+    "100",
+];
+
+/// `export --chorus-url URL --from FROM --to TO --dest DEST`: the start every export of
+/// these tests shares; the caller appends what the case is about.
+fn export_args<'a>(url: &'a str, from: &'a str, to: &'a str, dest: &'a str) -> Vec<&'a str> {
+    vec![
+        "export",
+        "--chorus-url",
+        url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--dest",
+        dest,
+    ]
+}
+
 /// A job of no organisation whose last change is three days old, in the store of
 /// `data`: what a purge with `--retention-days 1` (or 2) must remove.
 async fn aged_job(data: &Path) -> String {
@@ -287,35 +322,18 @@ async fn export_include_webhook_jobs_verify_backup_restore_purge() {
     let out = ok(
         portshift(
             &[
-                "export",
-                "--chorus-url",
-                h.sim.api_url.as_str(),
-                "--from",
-                "2024-01-01",
-                "--to",
-                "2024-12-31",
-                "--dest",
-                &dest,
-                "--include",
-                "transcript,metadata",
-                "--webhook-url",
-                &hook,
-                "--verify-after",
-                "--concurrency",
-                "2",
-                "--part-size-mib",
-                "5",
-                "--parts-in-flight",
-                "1",
-                "--ack-wait-secs",
-                "10",
-                "--chorus-rate",
-                "1000",
-                "--chorus-burst",
-                "100",
-                "--data-dir",
-                data_s,
-            ],
+                &export_args(h.sim.api_url.as_str(), "2024-01-01", "2024-12-31", &dest)[..],
+                &[
+                    "--include",
+                    "transcript,metadata",
+                    "--webhook-url",
+                    &hook,
+                    "--verify-after",
+                ],
+                &TUNING_FLAGS,
+                &["--data-dir", data_s],
+            ]
+            .concat(),
             &env,
         ),
         "export --include transcript,metadata",
@@ -360,27 +378,28 @@ async fn export_include_webhook_jobs_verify_backup_restore_purge() {
 
     // A second export (media only, as a BagIt bag, no webhook) so `jobs --limit` has a choice.
     let root2 = tmp.path().join("out2");
+    let dest2 = format!("file://{}", root2.display());
     let out = ok(
         portshift(
             &[
-                "export",
-                "--chorus-url",
-                h.sim.api_url.as_str(),
-                "--from",
-                "2024-01-01T00:00:00Z",
-                "--to",
-                "2024-12-31T23:59:59Z",
-                "--dest",
-                &format!("file://{}", root2.display()),
-                "--include",
-                "media",
-                "--layout",
-                "bagit",
-                "--chorus-rate",
-                "1000",
-                "--data-dir",
-                data_s,
-            ],
+                &export_args(
+                    h.sim.api_url.as_str(),
+                    "2024-01-01T00:00:00Z",
+                    "2024-12-31T23:59:59Z",
+                    &dest2,
+                )[..],
+                &[
+                    "--include",
+                    "media",
+                    "--layout",
+                    "bagit",
+                    "--chorus-rate",
+                    "1000",
+                    "--data-dir",
+                    data_s,
+                ],
+            ]
+            .concat(),
             &env,
         ),
         "export --include media --layout bagit",
@@ -468,7 +487,7 @@ async fn export_include_webhook_jobs_verify_backup_restore_purge() {
     );
     let data2 = tmp.path().join("restored");
     let data2_s = data2.to_str().unwrap();
-    ok(
+    let restore = || {
         portshift(
             &[
                 "restore",
@@ -478,24 +497,12 @@ async fn export_include_webhook_jobs_verify_backup_restore_purge() {
                 data2_s,
             ],
             &[],
-        ),
-        "restore",
-    );
+        )
+    };
+    ok(restore(), "restore");
     let restored = ok(portshift(&["jobs", "--data-dir", data2_s], &[]), "jobs");
     assert_eq!(restored, listed, "the restored store lists other jobs");
-    let again = refused(
-        portshift(
-            &[
-                "restore",
-                "--from",
-                backup_file.to_str().unwrap(),
-                "--data-dir",
-                data2_s,
-            ],
-            &[],
-        ),
-        "restore into a store that is not empty",
-    );
+    let again = refused(restore(), "restore into a store that is not empty");
     assert!(again.contains("empty"), "{again}");
 
     // purge --once: a job older than --retention-days goes, a recent one stays.
@@ -589,41 +596,30 @@ async fn chorus_sim_flags_shape_what_an_export_gets() {
     let root = tmp.path().join("out");
     let data = tmp.path().join("state");
     // --token: the simulator accepts only its own token.
+    let never = format!("file://{}", tmp.path().join("never").display());
     let wrong = portshift(
         &[
-            "export",
-            "--chorus-url",
-            &api_url,
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-12-31",
-            "--dest",
-            &format!("file://{}", tmp.path().join("never").display()),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+            &export_args(&api_url, "2024-01-01", "2024-12-31", &never)[..],
+            &["--data-dir", data.to_str().unwrap()],
+        ]
+        .concat(),
         &[("CHORUS_API_TOKEN", TOKEN)],
     );
     assert!(!wrong.status.success(), "{}", text(&wrong));
+    let dest = format!("file://{}", root.display());
     let out = portshift(
         &[
-            "export",
-            "--chorus-url",
-            &api_url,
-            "--from",
-            "2024-01-01",
-            "--to",
-            "2024-12-31",
-            "--dest",
-            &format!("file://{}", root.display()),
-            "--include",
-            "media",
-            "--chorus-rate",
-            "100",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+            &export_args(&api_url, "2024-01-01", "2024-12-31", &dest)[..],
+            &[
+                "--include",
+                "media",
+                "--chorus-rate",
+                "100",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
         &[("CHORUS_API_TOKEN", "sim-flag-token")],
     );
     stop_gracefully(&mut sim);
@@ -879,18 +875,18 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
     let nats = h.nats.as_ref().unwrap().url();
     let db = h.database_url();
     let data = h.tmp.path().join("cli");
+    // Where `replay` and `resume` find the job: the harness's NATS and store.
+    let store_flags = [
+        "--nats-url",
+        nats.as_str(),
+        "--database-url",
+        db.as_str(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
     let replay = |extra: &[&str]| {
-        let mut args = vec![
-            "replay",
-            "--job",
-            job.as_str(),
-            "--nats-url",
-            nats.as_str(),
-            "--database-url",
-            db.as_str(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
+        let mut args = vec!["replay", "--job", job.as_str()];
+        args.extend_from_slice(&store_flags);
         args.extend_from_slice(extra);
         portshift(&args, &[("CHORUS_API_TOKEN", TOKEN)])
     };
@@ -933,32 +929,9 @@ async fn replay_lists_filters_and_replays_one_dead_letter() {
     // its recording is exported, the two still dead make it fail with advice.
     let tmp = tempfile::tempdir().unwrap();
     let (sk, pk) = key_pair(tmp.path());
-    let tuning = [
-        "--signing-key",
-        sk.as_str(),
-        "--concurrency",
-        "2",
-        "--part-size-mib",
-        "5",
-        "--parts-in-flight",
-        "1",
-        "--ack-wait-secs",
-        "10",
-        "--chorus-rate",
-        "1000",
-        "--chorus-burst",
-        "100",
-    ];
-    let mut args = vec![
-        "resume",
-        job.as_str(),
-        "--nats-url",
-        nats.as_str(),
-        "--database-url",
-        db.as_str(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let tuning = [&["--signing-key", sk.as_str()][..], &TUNING_FLAGS].concat();
+    let mut args = vec!["resume", job.as_str()];
+    args.extend_from_slice(&store_flags);
     args.extend_from_slice(&tuning);
     let resumed = portshift(&args, &[("CHORUS_API_TOKEN", TOKEN)]);
     assert_eq!(resumed.status.code(), Some(1), "{}", text(&resumed));
@@ -999,19 +972,11 @@ async fn worker_process_with_tuning_flags_finishes_a_job() {
         &job,
         &db,
         &[
-            "--signing-key",
-            &sk,
-            "--concurrency",
-            "2",
-            "--part-size-mib",
-            "5",
-            "--parts-in-flight",
-            "1",
-            "--ack-wait-secs",
-            "10",
-            "--aws-endpoint-url",
-            "http://127.0.0.1:9",
-        ],
+            &["--signing-key", &sk][..],
+            &TUNING_FLAGS[..8],
+            &["--aws-endpoint-url", "http://127.0.0.1:9"],
+        ]
+        .concat(),
         &log,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -1712,15 +1677,7 @@ fn bad_flags_and_values_are_refused_with_a_clear_message() {
         (
             "an unknown destination scheme",
             portshift(
-                &[
-                    "export",
-                    "--from",
-                    "2024-01-01",
-                    "--to",
-                    "2024-01-31",
-                    "--dest",
-                    "ftp://host/x",
-                ],
+                &[&["export"][..], &dates, &["--dest", "ftp://host/x"]].concat(),
                 &token,
             ),
             "ftp",
@@ -1757,18 +1714,18 @@ fn bad_flags_and_values_are_refused_with_a_clear_message() {
             "--part-size-mib below S3's minimum",
             portshift(
                 &[
-                    "export",
-                    "--from",
-                    "2024-01-01",
-                    "--to",
-                    "2024-01-31",
-                    "--dest",
-                    "s3://bucket/prefix?region=us-east-1&endpoint=http://127.0.0.1:9",
-                    "--part-size-mib",
-                    "4",
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                ],
+                    &["export"][..],
+                    &dates,
+                    &[
+                        "--dest",
+                        "s3://bucket/prefix?region=us-east-1&endpoint=http://127.0.0.1:9",
+                        "--part-size-mib",
+                        "4",
+                        "--data-dir",
+                        data.to_str().unwrap(),
+                    ],
+                ]
+                .concat(),
                 &token,
             ),
             "--part-size-mib 4",
@@ -1880,7 +1837,7 @@ fn signing_key_generate_never_overwrites_and_public_matches() {
     let tmp = tempfile::tempdir().unwrap();
     let (sk, pk) = (tmp.path().join("k.key"), tmp.path().join("k.pub"));
     let (sk_s, pk_s) = (sk.to_str().unwrap(), pk.to_str().unwrap());
-    let out = ok(
+    let generate = || {
         portshift(
             &[
                 "signing-key",
@@ -1891,9 +1848,9 @@ fn signing_key_generate_never_overwrites_and_public_matches() {
                 pk_s,
             ],
             &[],
-        ),
-        "signing-key generate",
-    );
+        )
+    };
+    let out = ok(generate(), "signing-key generate");
     assert!(out.contains(sk_s) && out.contains(pk_s), "{out}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -1901,20 +1858,7 @@ fn signing_key_generate_never_overwrites_and_public_matches() {
         0o600
     );
     let (secret, public) = (std::fs::read(&sk).unwrap(), std::fs::read(&pk).unwrap());
-    let err = refused(
-        portshift(
-            &[
-                "signing-key",
-                "generate",
-                "--secret-key",
-                sk_s,
-                "--public-key",
-                pk_s,
-            ],
-            &[],
-        ),
-        "signing-key generate over an existing key",
-    );
+    let err = refused(generate(), "signing-key generate over an existing key");
     assert!(err.contains(sk_s), "{err}");
     assert_eq!(
         std::fs::read(&sk).unwrap(),

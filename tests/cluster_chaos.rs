@@ -44,12 +44,7 @@ fn run_script(script: &str, args: &[&Path], env: &[(&str, String)]) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, script);
 }
 
 /// The three NATS nodes of deploy/cluster/start.sh, on ports moved by `offset` and with
@@ -177,15 +172,10 @@ impl Postgres {
         pg.pg(
             "initdb",
             &[
-                "-D",
-                &data,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ],
+                &["-D", data.as_str()][..],
+                &test_support::postgres::INITDB_FLAGS,
+            ]
+            .concat(),
         );
         // Commits are durable against a crash of the server process (synchronous_commit
         // on, the default): an immediate restart must not lose an acknowledged commit,
@@ -272,25 +262,21 @@ impl Drop for Postgres {
 /// `portshift worker` for the job, joined to the cluster and the PostgreSQL store, with
 /// its credentials on standard input (as `serve` hands them over).
 fn spawn_worker(cluster: &Cluster, job: &JobId, db: &str, data_dir: &Path, log: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args(["worker", "--job", job.as_str()])
-        .args(["--nats-url", &cluster.urls, "--database-url", db])
-        .args(["--data-dir", data_dir.to_str().unwrap()])
-        .args(TEST_BUDGET_ARGS)
-        .args(["--ack-wait-secs", "5", "--concurrency", "6"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("PORTSHIFT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("PORTSHIFT_CA_FILE", &cluster.ca)
-        .env("PORTSHIFT_STREAM_REPLICAS", "3")
-        .stdin(Stdio::piped())
-        .stdout(log_file(log))
-        .stderr(log_file(log))
-        .spawn()
-        .unwrap();
-    hand_credentials(&mut child);
-    child
+    spawn_with_credentials(
+        Command::new(env!("CARGO_BIN_EXE_portshift"))
+            .args(["worker", "--job", job.as_str()])
+            .args(["--nats-url", &cluster.urls, "--database-url", db])
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(TEST_BUDGET_ARGS)
+            .args(["--ack-wait-secs", "5", "--concurrency", "6"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("PORTSHIFT_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("PORTSHIFT_CA_FILE", &cluster.ca)
+            .env("PORTSHIFT_STREAM_REPLICAS", "3"),
+        log,
+    )
 }
 
 /// Counts what the workers acknowledge on the work stream, by listening to the ack

@@ -28,7 +28,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Killed, env_or_fail, files_containing, free_port, fresh_bucket, s3_client, s3_dest, start_sim,
+    Killed, env_or_fail, files_containing, free_port, fresh_bucket, origin, s3_client, s3_dest,
+    start_sim,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -193,6 +194,15 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// Waits up to 10 s for an element matching `css` to appear (a page loaded after a click).
+async fn wait_for(c: &Client, css: &str) {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
 /// The text of the first element matching `css`, waiting up to 10 s for it to appear.
 async fn text(c: &Client, css: &str) -> String {
     match c
@@ -287,11 +297,7 @@ async fn sign_up(c: &Client, base: &str, email: &str, password: &str) {
 
 async fn sign_out(c: &Client) {
     click(c, "header form[action='/signout'] button").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#signin"))
-        .await
-        .unwrap();
+    wait_for(c, "#signin").await;
 }
 
 /// Pids of `portshift worker` children of `parent`.
@@ -335,15 +341,6 @@ async fn console_in_a_real_browser() {
     let s3 = s3_client().await;
     let bucket = fresh_bucket(&s3).await;
 
-    let origin = |u: &str| {
-        let u = url::Url::parse(u).unwrap();
-        format!(
-            "{}://{}:{}",
-            u.scheme(),
-            u.host_str().unwrap(),
-            u.port_or_known_default().unwrap()
-        )
-    };
     let allow = [
         origin(sim.api_url.as_str()),
         origin(sim.media_url.as_str()),
@@ -363,20 +360,12 @@ async fn console_in_a_real_browser() {
     click(&c, "#signup").await;
     shot(&c, "01b-signup-check-inbox").await;
     confirm_address(&c, &base, &owner, "tangerine-orbit-Violin-42").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#create-org"))
-        .await
-        .unwrap();
+    wait_for(&c, "#create-org").await;
 
     // Create an organisation.
     fill(&c, "input[name=name]", "Acme Recordings").await;
     click(&c, "#create-org").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#jobs"))
-        .await
-        .unwrap();
+    wait_for(&c, "#jobs").await;
     let url = c.current_url().await.unwrap();
     let org_id = url.path().split('/').nth(2).unwrap().to_string();
 
@@ -566,19 +555,11 @@ async fn console_in_a_real_browser() {
     assert!(text(&c, "#invitations").await.contains("Acme Recordings"));
     shot(&c, "08a-member-invitation").await;
     click(&c, "#invitations button.accept").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#jobs"))
-        .await
-        .unwrap();
+    wait_for(&c, "#jobs").await;
     c.goto(&format!("{base}/orgs")).await.unwrap();
     assert!(text(&c, "#orgs").await.contains("Acme Recordings"));
     click(&c, "a.org-link").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#jobs"))
-        .await
-        .unwrap();
+    wait_for(&c, "#jobs").await;
     assert!(text(&c, "#jobs").await.contains(&job_id));
     let nav = text(&c, "header.top nav").await;
     assert!(
@@ -701,19 +682,11 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
     let password = "tangerine-orbit-Violin-42";
     sign_up(&c, &base, &owner, password).await;
     confirm_address(&c, &base, &owner, password).await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#create-org"))
-        .await
-        .unwrap();
+    wait_for(&c, "#create-org").await;
     let org_name = "Erasure Browser Ltd";
     fill(&c, "input[name=name]", org_name).await;
     click(&c, "#create-org").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#jobs"))
-        .await
-        .unwrap();
+    wait_for(&c, "#jobs").await;
     let org_id = c
         .current_url()
         .await
@@ -737,16 +710,7 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
     let store = pipeline::store::JobStore::open_sqlite_in(&data)
         .await
         .unwrap();
-    let job = pipeline::JobId::new();
-    store
-        .create_job(
-            &job,
-            &org_id,
-            &owner,
-            &test_support::jobs::stored_only_spec("file:///tmp/x"),
-        )
-        .await
-        .unwrap();
+    let job = test_support::jobs::stored_job(&store, &org_id, &owner, "file:///tmp/x").await;
     let three_days_ago = chrono::Utc::now() - chrono::Duration::days(3);
     let pool = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}",
@@ -775,11 +739,7 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
 
     // Subscribe: our button leads to Stripe's page; the card is typed there.
     click(&c, "#billing-checkout button").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("input[name=number]"))
-        .await
-        .unwrap();
+    wait_for(&c, "input[name=number]").await;
     let pay = c.current_url().await.unwrap();
     assert!(
         pay.as_str().starts_with(&stripe),
@@ -787,11 +747,7 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
     );
     shot(&c, "11-stripe-checkout").await;
     click(&c, "button[type=submit]").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#billing-plan"))
-        .await
-        .unwrap();
+    wait_for(&c, "#billing-plan").await;
     assert!(
         c.current_url()
             .await
@@ -818,19 +774,11 @@ async fn settings_billing_and_erasure_in_a_real_browser() {
     c.goto(&settings).await.unwrap();
     fill(&c, "#danger input[name=confirm]", org_name).await;
     click(&c, "#danger button").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#create-org"))
-        .await
-        .unwrap();
+    wait_for(&c, "#create-org").await;
     c.goto(&format!("{base}/account")).await.unwrap();
     fill(&c, "input[name=password]", password).await;
     click(&c, "#delete-account").await;
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("#signin"))
-        .await
-        .unwrap();
+    wait_for(&c, "#signin").await;
     shot(&c, "14-account-deleted").await;
     // The address no longer signs in, and the organisation's job is gone.
     fill(&c, "input[name=email]", &owner).await;

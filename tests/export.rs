@@ -370,6 +370,27 @@ async fn report_job_rate(h: &Harness, job: &pipeline::JobId, what: &str, took: D
     );
 }
 
+/// Runs `job` to the end with `credentials` (fast options, ten minutes at most), checks
+/// it finished without problems, and returns how long it took.
+async fn run_to_the_end(
+    h: &Harness,
+    job: &pipeline::JobId,
+    credentials: &pipeline::secrets::Credentials,
+) -> Duration {
+    let started = std::time::Instant::now();
+    let (status, _) = h
+        .run_worker_with(job, fast_options(), Duration::from_secs(600), credentials)
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        JobStatus::Finished,
+        "{:?}",
+        h.store.problems(job).await.unwrap()
+    );
+    took
+}
+
 /// MB/s of an export, printed for the closing note (`--nocapture` shows it).
 fn report_rate(what: &str, listing: &common::cloud::Listing, took: Duration) {
     let bytes: u64 = listing.objects.values().map(|o| o.bytes).sum();
@@ -394,22 +415,12 @@ async fn three_hundred_recordings_to_azure_with_a_create_write_sas() {
             ExportKinds::default(),
         )
         .await;
-    let started = std::time::Instant::now();
-    let (status, _) = h
-        .run_worker_with(
-            &job,
-            fast_options(),
-            Duration::from_secs(600),
-            &common::cloud::cloud_credentials(Some(&sas), None),
-        )
-        .await;
-    let took = started.elapsed();
-    assert_eq!(
-        status,
-        JobStatus::Finished,
-        "{:?}",
-        h.store.problems(&job).await.unwrap()
-    );
+    let took = run_to_the_end(
+        &h,
+        &job,
+        &common::cloud::cloud_credentials(Some(&sas), None),
+    )
+    .await;
     let copy = tempfile::tempdir().unwrap();
     let listing = common::cloud::azure_download(&container, "calls/2024", copy.path());
     report_rate("azure (Azurite)", &listing, took);
@@ -451,22 +462,12 @@ async fn three_hundred_recordings_to_gcs_with_bigquery_rows() {
         bq.url
     );
     let job = h.start_job(&dest, ExportKinds::default()).await;
-    let started = std::time::Instant::now();
-    let (status, _) = h
-        .run_worker_with(
-            &job,
-            fast_options(),
-            Duration::from_secs(600),
-            &common::cloud::cloud_credentials(None, Some(&key)),
-        )
-        .await;
-    let took = started.elapsed();
-    assert_eq!(
-        status,
-        JobStatus::Finished,
-        "{:?}",
-        h.store.problems(&job).await.unwrap()
-    );
+    let took = run_to_the_end(
+        &h,
+        &job,
+        &common::cloud::cloud_credentials(None, Some(&key)),
+    )
+    .await;
     let copy = tempfile::tempdir().unwrap();
     let listing = common::cloud::gcs_download(&endpoint, &bucket, "calls/2024", copy.path());
     report_rate("gcs (fake-gcs-server)", &listing, took);
@@ -487,11 +488,7 @@ async fn three_hundred_recordings_to_gcs_with_bigquery_rows() {
     assert_eq!(ids.len(), 300, "one insertId per recording");
 
     // Read back with a query: one row per exported recording, with its files' digests.
-    let client = gcp_bigquery_client::client_builder::ClientBuilder::new()
-        .with_v2_base_url(env_or_fail("PORTSHIFT_TEST_BQ_ENDPOINT"))
-        .build_from_authenticator(std::sync::Arc::new(NoAuth))
-        .await
-        .unwrap();
+    let client = common::cloud::bigquery_emulator_client().await;
     let sql = format!(
         "SELECT recording_id, media_sha256, participants, duration_s FROM `{project}.{dataset}.recordings`"
     );
@@ -524,15 +521,4 @@ async fn three_hundred_recordings_to_gcs_with_bigquery_rows() {
         assert!(rows.get_i64_by_name("participants").unwrap().unwrap_or(0) > 0);
     }
     assert_eq!(seen, ids, "the table holds exactly the exported recordings");
-}
-
-/// The emulator takes no credentials.
-#[derive(Clone)]
-struct NoAuth;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for NoAuth {
-    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
-        Ok("test".into())
-    }
 }

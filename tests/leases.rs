@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use pipeline::schedules::Schedule;
 use pipeline::store::JobStore;
 use pipeline::{ExportKinds, JobId, JobSpec, JobStatus};
 use stages::chorus::Faults;
+use tempfile::TempDir;
 
 /// The lease the tests' processes use (the shortest allowed), and how often their
 /// supervisors look.
@@ -194,13 +194,7 @@ async fn a_job_whose_workers_all_died_waits_for_resume_within_the_lease_and_resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_schedule_goes_on() {
     let recordings = 12;
-    let sim = Harness::slow_media_config(recordings, 72, 256 * 1024);
-    let h = Harness::start(sim).await;
-    let db = h.database_url();
-    let nats = h.nats.as_ref().unwrap().url();
-    let out = tempfile::tempdir().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let (h, db, nats, out, schedule, _secrets) = scheduled_runs(recordings, 72, 256 * 1024).await;
     let scheduler =
         |data: &Path, metrics_port: u16| start_scheduler(&nats, &db, data, metrics_port);
     let data_a = tempfile::tempdir().unwrap();
@@ -256,7 +250,7 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
     .unwrap_or_else(|_| {
         panic!(
             "no new worker for the abandoned run; scheduler log:\n{}",
-            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+            scheduler_log(data_b.path())
         )
     });
     eprintln!(
@@ -293,7 +287,7 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
         panic!(
             "the schedule stopped: {:#?}\nscheduler log:\n{}",
             h.store.schedule_runs(&schedule.id, 50).await,
-            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+            scheduler_log(data_b.path())
         )
     };
     eprintln!(
@@ -304,21 +298,7 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
     assert_eq!(killed_run.job_id.as_deref(), Some(job.as_str()));
     assert_eq!(h.store.job(&job).await.unwrap().status, JobStatus::Finished);
     let manifest = format!("portshift-manifest-{job}.txt");
-    let check = Command::new("sha256sum")
-        .args(["-c", "--strict", &manifest])
-        .current_dir(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let ok = String::from_utf8_lossy(&check.stdout)
-        .lines()
-        .filter(|l| l.ends_with(": OK"))
-        .count();
-    assert_eq!(ok, recordings * 3);
+    assert_eq!(sha256sum_check_of(out.path(), &manifest), recordings * 3);
     // The watermark moved with the restarted run, so later runs stay incremental.
     let s = h.store.schedule(&schedule.id).await.unwrap();
     assert!(s.watermark_s.is_some());
@@ -335,6 +315,29 @@ async fn a_scheduled_run_whose_scheduler_and_worker_died_is_picked_up_and_the_sc
         "{metrics}"
     );
     stop_gracefully(&mut second);
+}
+
+/// What the scheduler-death tests start from: a harness whose simulator serves
+/// `recordings` slow media files, its store's and NATS server's addresses, the folder
+/// `out` a schedule every ten seconds exports into, that schedule, and the folder of its
+/// token (to keep for the test's length).
+async fn scheduled_runs(
+    recordings: usize,
+    seed: u64,
+    bytes_per_sec: u64,
+) -> (Harness, String, String, TempDir, Schedule, TempDir) {
+    let h = Harness::start(Harness::slow_media_config(recordings, seed, bytes_per_sec)).await;
+    let db = h.database_url();
+    let nats = h.nats.as_ref().unwrap().url();
+    let out = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    (h, db, nats, out, schedule, secrets)
+}
+
+/// What the scheduler started on `data` logged so far (for a failure message).
+fn scheduler_log(data: &Path) -> String {
+    std::fs::read_to_string(data.join("scheduler.log")).unwrap_or_default()
 }
 
 /// A schedule every ten seconds exporting into `out`, its Chorus token behind a
@@ -373,13 +376,7 @@ fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_next_scheduler() {
     let recordings = 8;
-    let sim = Harness::slow_media_config(recordings, 74, 512 * 1024);
-    let h = Harness::start(sim).await;
-    let db = h.database_url();
-    let nats = h.nats.as_ref().unwrap().url();
-    let out = tempfile::tempdir().unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let schedule = every_ten_seconds(&h, out.path(), secrets.path()).await;
+    let (h, db, nats, out, schedule, _secrets) = scheduled_runs(recordings, 74, 512 * 1024).await;
     let data_a = tempfile::tempdir().unwrap();
     let mut first = start_scheduler(&nats, &db, data_a.path(), free_port());
     let (slot, job) = tokio::time::timeout(Duration::from_secs(60), async {
@@ -418,7 +415,7 @@ async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_
     .unwrap_or_else(|_| {
         panic!(
             "the dead scheduler's run stayed running; log:\n{}",
-            std::fs::read_to_string(data_b.path().join("scheduler.log")).unwrap_or_default()
+            scheduler_log(data_b.path())
         )
     });
     assert_eq!(run.status, "finished", "{run:?}");

@@ -3,38 +3,24 @@
 //! left running afterwards (its embedded `nats-server` included) and a data folder that
 //! reopens cleanly; and two processes on one data folder run on one `nats-server`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use pipeline::JobStatus;
 use pipeline::store::JobStore;
-use test_support::process::free_port;
+use test_support::process::{free_port, live_processes_mentioning};
 
 const TOKEN: &str = "lifecycle-token";
 
 /// Live (non-zombie) processes whose command line mentions `dir`, with that command line.
 fn processes_on(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().starts_with('Z'))
-            .unwrap_or(true);
-        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            found.push((pid, text));
-        }
-    }
-    found
+    live_processes_mentioning(dir)
+        .into_iter()
+        .map(|(pid, cmdline)| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        .collect()
 }
 
 fn nats_servers_on(dir: &Path) -> Vec<u32> {
@@ -276,13 +262,7 @@ async fn start_sim(recordings: usize) -> stages::chorus::SimHandle {
     config.sizes.max = 256 * 1024;
     // Slow media, so SIGTERM lands mid-export with transfers in flight.
     config.faults.slow_media_bytes_per_sec = 512 * 1024;
-    stages::chorus::sim::start(
-        config,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
+    common::start_sim(config).await
 }
 
 async fn wait_exported(store: &JobStore, at_least: u64) -> pipeline::JobId {

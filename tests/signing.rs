@@ -6,14 +6,6 @@
 
 mod common;
 
-/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
-/// from a shared target folder), else the one cargo built for this test.
-fn portshift_bin() -> std::path::PathBuf {
-    std::env::var_os("PORTSHIFT_TEST_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_portshift").into())
-}
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -43,36 +35,32 @@ fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .arg(&pk)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "signing-key generate");
     (sk, pk)
 }
 
-/// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`; returns (passed, output).
-fn minisign_verify(dir: &Path, manifest: &str, public_key: &Path) -> (bool, String) {
-    let out = Command::new(MINISIGN)
-        .arg("-Vm")
-        .arg(manifest)
-        .arg("-p")
-        .arg(public_key)
-        .current_dir(dir)
+/// What `portshift signing-key public --signing-key file:SK` prints (it must succeed).
+fn public_key_of(secret_key: &Path) -> String {
+    let printed = portshift()
+        .args(["signing-key", "public", "--signing-key"])
+        .arg(format!("file:{}", secret_key.display()))
         .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run minisign ({e}): install Debian's minisign (deploy/local/install.sh)"
-            )
-        });
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+        .unwrap();
+    assert_success(&printed, "signing-key public");
+    String::from_utf8(printed.stdout).unwrap()
+}
+
+/// `portshift export` of 2024 from the harness's simulator into the folder `root`, its
+/// data folder `cli-data` in the harness's; the caller adds the key and the token.
+fn export_command(h: &Harness, root: &Path) -> Command {
+    let mut c = portshift();
+    c.args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
+        .arg("--dest")
+        .arg(format!("file://{}", root.display()))
+        .args(["--chorus-url", h.sim.api_url.as_str()])
+        .arg("--data-dir")
+        .arg(h.tmp.path().join("cli-data"));
+    c
 }
 
 /// Verifies the export in `dir` with minisign, then shows that a one-byte change and a
@@ -129,26 +117,10 @@ async fn cli_export_to_a_local_folder_is_signed_and_minisign_catches_tampering()
     let keys = tempfile::tempdir().unwrap();
     let (sk, pk) = generate_key(keys.path(), "current");
     // `signing-key public` prints exactly the public key file minisign reads.
-    let printed = portshift()
-        .args(["signing-key", "public", "--signing-key"])
-        .arg(format!("file:{}", sk.display()))
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    assert_eq!(
-        String::from_utf8(printed.stdout).unwrap(),
-        std::fs::read_to_string(&pk).unwrap()
-    );
+    assert_eq!(public_key_of(&sk), std::fs::read_to_string(&pk).unwrap());
 
     let root = h.tmp.path().join("export");
-    let data = h.tmp.path().join("cli-data");
-    let out = portshift()
-        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
-        .arg("--dest")
-        .arg(format!("file://{}", root.display()))
-        .args(["--chorus-url", h.sim.api_url.as_str()])
-        .arg("--data-dir")
-        .arg(&data)
+    let out = export_command(&h, &root)
         // The key from an environment reference, as an operator's secret store would give it.
         .env("PORTSHIFT_SIGNING_KEY", "env:MY_SIGNING_KEY")
         .env("MY_SIGNING_KEY", std::fs::read_to_string(&sk).unwrap())
@@ -182,12 +154,11 @@ async fn export_to_s3_is_signed_and_verifies_on_a_downloaded_copy() {
     let job = h
         .start_job(&s3_dest(&bucket, "signed"), ExportKinds::default())
         .await;
-    let mut creds = credentials();
-    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(sk)).unwrap());
-    let (status, _) = h
-        .run_worker_with(&job, fast_options(), Duration::from_secs(300), &creds)
-        .await;
-    assert_eq!(status, JobStatus::Finished);
+    assert_eq!(
+        h.run_worker_signed(&job, &sk, Duration::from_secs(300))
+            .await,
+        JobStatus::Finished
+    );
     let copy = tempfile::tempdir().unwrap();
     download(&s3, &bucket, "signed", copy.path()).await;
     sha256sum_check(copy.path());
@@ -266,13 +237,7 @@ async fn a_worker_process_signs_with_the_key_from_its_standard_input() {
 async fn an_unsigned_export_says_so() {
     let h = Harness::start(Harness::sim_config(4, 44)).await;
     let root = h.tmp.path().join("export");
-    let out = portshift()
-        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
-        .arg("--dest")
-        .arg(format!("file://{}", root.display()))
-        .args(["--chorus-url", h.sim.api_url.as_str()])
-        .arg("--data-dir")
-        .arg(h.tmp.path().join("cli-data"))
+    let out = export_command(&h, &root)
         .env("CHORUS_API_TOKEN", TOKEN)
         .stdin(Stdio::null())
         .output()
@@ -341,12 +306,11 @@ async fn a_rotated_out_key_still_verifies_old_exports_with_its_published_key() {
     // An export signed before the rotation.
     let root = h.tmp.path().join("before-rotation");
     let job = h.start_job_into(&root).await;
-    let mut creds = credentials();
-    creds.signing_key = Some(SigningKeyMaterial::load(&SigningKeyRef::File(old_sk)).unwrap());
-    let (status, _) = h
-        .run_worker_with(&job, fast_options(), Duration::from_secs(120), &creds)
-        .await;
-    assert_eq!(status, JobStatus::Finished);
+    assert_eq!(
+        h.run_worker_signed(&job, &old_sk, Duration::from_secs(120))
+            .await,
+        JobStatus::Finished
+    );
 
     // The console now signs with the new key and publishes the old one as retired.
     let (_console, base) = start_console(&h.tmp.path().join("console"), &new_sk, &old_pk);
@@ -403,37 +367,17 @@ async fn a_key_made_by_debian_minisign_without_a_password_signs_exports() {
         .stdin(Stdio::null())
         .output()
         .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    assert_success(&made, "minisign -G");
 
-    let printed = portshift()
-        .args(["signing-key", "public", "--signing-key"])
-        .arg(format!("file:{}", sk.display()))
-        .output()
-        .unwrap();
-    assert!(
-        printed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&printed.stderr)
-    );
     let base64_line = |text: &str| text.lines().nth(1).unwrap().trim().to_string();
     assert_eq!(
-        base64_line(&String::from_utf8(printed.stdout).unwrap()),
+        base64_line(&public_key_of(&sk)),
         base64_line(&std::fs::read_to_string(&pk).unwrap()),
         "the same public key as Debian's minisign wrote"
     );
 
     let root = h.tmp.path().join("export");
-    let out = portshift()
-        .args(["export", "--from", "2024-01-01", "--to", "2024-12-31"])
-        .arg("--dest")
-        .arg(format!("file://{}", root.display()))
-        .args(["--chorus-url", h.sim.api_url.as_str()])
-        .arg("--data-dir")
-        .arg(h.tmp.path().join("cli-data"))
+    let out = export_command(&h, &root)
         .arg("--signing-key")
         .arg(format!("file:{}", sk.display()))
         .env("CHORUS_API_TOKEN", TOKEN)

@@ -23,7 +23,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Killed, count_files, env_or_fail, files_containing, free_port, start_sim};
+use common::{
+    Killed, assert_success, count_files, env_or_fail, files_containing, free_port, origin,
+    start_sim,
+};
 use serde_json::{Value, json};
 
 /// The server's secrets, planted where a careless server would read them for a tenant.
@@ -260,16 +263,6 @@ fn schedule_body(chorus_url: &str, chorus_token_ref: &str) -> Value {
         "chorus_url": chorus_url, "chorus_token_ref": chorus_token_ref,
         "s3_ref": "env:AWS_SECRET_ACCESS_KEY",
     })
-}
-
-fn origin(u: &str) -> String {
-    let u = url::Url::parse(u).unwrap();
-    format!(
-        "{}://{}:{}",
-        u.scheme(),
-        u.host_str().unwrap(),
-        u.port_or_known_default().unwrap()
-    )
 }
 
 /// Attacks 1, 2, 5, 6 and 7 at the door: `portshift serve` with default options refuses
@@ -533,11 +526,7 @@ async fn the_scheduler_never_resolves_a_tenants_reference_against_the_server() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "schedule create");
 
     let log = tmp.path().join("scheduler.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portshift"));

@@ -288,17 +288,14 @@ impl Postgres {
                 .unwrap();
             assert!(status.success(), "chown to postgres");
         }
-        let out = as_postgres(&[
-            &format!("{PG_BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C.UTF-8",
-            "--no-sync",
-        ]);
+        let initdb = format!("{PG_BIN}/initdb");
+        let out = as_postgres(
+            &[
+                &[initdb.as_str(), "-D", data.to_str().unwrap()][..],
+                &test_support::postgres::INITDB_FLAGS,
+            ]
+            .concat(),
+        );
         assert!(
             out.status.success(),
             "initdb: {}",

@@ -80,6 +80,17 @@ async fn finish(h: &Harness, job: &JobId, creds: &Credentials) -> JobStatus {
         .0
 }
 
+/// A verified export into `dest` whose one file is altered between its upload and the
+/// read-back, run to the end and checked to report it; returns the job and that file.
+async fn altered_and_reported(h: &Harness, dest: &str, creds: &Credentials) -> (JobId, String) {
+    let job = start_verified_job(h, dest).await;
+    upload_only(h, &job, creds).await;
+    let victim = tamper(h, &job, dest, creds).await;
+    let status = finish(h, &job, creds).await;
+    assert_reported(h, &job, &victim, status).await;
+    (job, victim)
+}
+
 async fn assert_reported(h: &Harness, job: &JobId, victim: &str, status: JobStatus) {
     assert_eq!(status, JobStatus::FinishedWithFailures);
     let problems = h.store.problems(job).await.unwrap();
@@ -106,11 +117,7 @@ async fn s3_an_object_altered_after_upload_is_reported_and_replayable() {
     let bucket = fresh_bucket(&s3).await;
     let dest = s3_dest(&bucket, "verified");
     let creds = credentials();
-    let job = start_verified_job(&h, &dest).await;
-    upload_only(&h, &job, &creds).await;
-    let victim = tamper(&h, &job, &dest, &creds).await;
-    let status = finish(&h, &job, &creds).await;
-    assert_reported(&h, &job, &victim, status).await;
+    let (job, _) = altered_and_reported(&h, &dest, &creds).await;
 
     // Replaying the parked fetch exports the recording again, byte-exact.
     let letters = pipeline::replay::dead_letters(&h.js, &job, None)
@@ -157,11 +164,7 @@ async fn azure_an_object_altered_after_upload_is_reported() {
     let (container, sas) = common::cloud::azure_container("rcw");
     let dest = common::cloud::azure_dest(&container, "verified");
     let creds = common::cloud::cloud_credentials(Some(&sas), None);
-    let job = start_verified_job(&h, &dest).await;
-    upload_only(&h, &job, &creds).await;
-    let victim = tamper(&h, &job, &dest, &creds).await;
-    let status = finish(&h, &job, &creds).await;
-    assert_reported(&h, &job, &victim, status).await;
+    altered_and_reported(&h, &dest, &creds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,35 +190,7 @@ async fn gcs_an_object_altered_after_upload_is_reported() {
     let key = common::cloud::service_account_json(&common::cloud::token_server().await);
     let creds = common::cloud::cloud_credentials(None, Some(&key));
     let dest = common::cloud::gcs_dest(&endpoint, &bucket, "verified");
-    let job = start_verified_job(&h, &dest).await;
-    upload_only(&h, &job, &creds).await;
-    let victim = tamper(&h, &job, &dest, &creds).await;
-    let status = finish(&h, &job, &creds).await;
-    assert_reported(&h, &job, &victim, status).await;
-}
-
-/// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`: (passed, output).
-fn minisign_verify(
-    dir: &std::path::Path,
-    manifest: &str,
-    public_key: &std::path::Path,
-) -> (bool, String) {
-    let out = std::process::Command::new("minisign")
-        .arg("-Vm")
-        .arg(manifest)
-        .arg("-p")
-        .arg(public_key)
-        .current_dir(dir)
-        .output()
-        .expect("run minisign (Debian's minisign, deploy/local/install.sh)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    altered_and_reported(&h, &dest, &creds).await;
 }
 
 /// The whole loop within seconds, well inside JetStream's 2-minute duplicate window:
@@ -230,18 +205,10 @@ async fn a_replay_after_a_failed_read_back_writes_the_manifest_again() {
     let keys = tempfile::tempdir().unwrap();
     let (sk, pk) = (keys.path().join("k.key"), keys.path().join("k.pub"));
     pipeline::signing::generate(&sk, &pk).unwrap();
-    let mut creds = credentials();
-    creds.signing_key = Some(
-        pipeline::signing::SigningKeyMaterial::load(&pipeline::signing::SigningKeyRef::File(sk))
-            .unwrap(),
-    );
+    let creds = signed_credentials(&sk);
     let root = h.tmp.path().join("export");
     let dest = format!("file://{}", root.display());
-    let job = start_verified_job(&h, &dest).await;
-    upload_only(&h, &job, &creds).await;
-    let victim = tamper(&h, &job, &dest, &creds).await;
-    let status = finish(&h, &job, &creds).await;
-    assert_reported(&h, &job, &victim, status).await;
+    let (job, victim) = altered_and_reported(&h, &dest, &creds).await;
     let first_written = std::time::Instant::now();
     let read_json = || -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(root.join("portshift-manifest.json")).unwrap())

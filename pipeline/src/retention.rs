@@ -362,14 +362,7 @@ impl Purger {
     /// tried again at the next tick.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.options.interval.max(Duration::from_secs(1)));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
+        while !crate::shutdown::next_tick_or_stop(&mut tick, &mut stop).await {
             match self.purge_once(Utc::now()).await {
                 Ok(r) if !r.is_empty() => tracing::info!(?r, "retention purge"),
                 Ok(_) => {}

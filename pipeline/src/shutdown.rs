@@ -98,6 +98,20 @@ pub async fn signal() -> StopSignal {
     nth(1).await
 }
 
+/// Waits for the next tick of a loop that runs every `tick` until `stop` turns true (or
+/// for a change of `stop`, whichever comes first); true once `stop` says to stop. The
+/// loops of the retention purge and the scheduler wait on it between their rounds.
+pub async fn next_tick_or_stop(
+    tick: &mut tokio::time::Interval,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tick.tick() => {}
+        _ = stop.changed() => {}
+    }
+    *stop.borrow()
+}
+
 /// Sends SIGTERM to a child process (a worker, a server) so it stops the way it would
 /// under systemd. Returns false if the signal could not be sent (the process is gone).
 pub fn terminate(pid: u32) -> bool {

@@ -6,32 +6,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use pipeline::embedded_nats::SharedNats;
+use test_support::process::live_processes_mentioning;
 
 /// Live (non-zombie) nats-server processes whose command line names `dir`.
 fn servers_on(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().starts_with('Z'))
-            .unwrap_or(true);
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if !zombie
-            && args.first().is_some_and(|a| a.ends_with(b"nats-server"))
-            && cmdline.windows(needle.len()).any(|w| w == needle)
-        {
-            found.push(pid);
-        }
-    }
-    found
+    live_processes_mentioning(dir)
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            cmdline
+                .split(|b| *b == 0)
+                .next()
+                .is_some_and(|a| a.ends_with(b"nats-server"))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 async fn jetstream_answers(url: &str) {

@@ -50,6 +50,17 @@ fn listed(id: &str) -> ListedRecording {
     }
 }
 
+/// A new job of "org" by "ana" whose listing found the recordings A and B.
+async fn job_listing_a_and_b(store: &JobStore) -> JobId {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    store
+        .add_listed(&id, &[listed("A"), listed("B")])
+        .await
+        .unwrap();
+    id
+}
+
 fn file(rec: &str, kind: FileKind, sha: char) -> FileRow {
     FileRow {
         recording_id: rec.into(),
@@ -157,12 +168,7 @@ async fn completion_is_derived_from_rows(store: JobStore) {
 }
 
 async fn transitions_never_lose_a_success(store: JobStore) {
-    let id = JobId::new();
-    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
-    store
-        .add_listed(&id, &[listed("A"), listed("B")])
-        .await
-        .unwrap();
+    let id = job_listing_a_and_b(&store).await;
     store.mark_exported(&id, "A").await.unwrap();
     // A late duplicate of A that died must not undo A's export.
     store.mark_dead(&id, "A", "duplicate failed").await.unwrap();
@@ -254,12 +260,7 @@ async fn final_jobs_are_never_overwritten(store: JobStore) {
 }
 
 async fn file_rows_are_idempotent(store: JobStore) {
-    let id = JobId::new();
-    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
-    store
-        .add_listed(&id, &[listed("A"), listed("B")])
-        .await
-        .unwrap();
+    let id = job_listing_a_and_b(&store).await;
     let repeated = [("B", FileKind::Media, 'b'), ("A", FileKind::Media, 'a')].repeat(3);
     // The last: a redelivery that re-uploads replaces the row, not adds one.
     let then = [
@@ -335,12 +336,7 @@ async fn a_transcript(store: &JobStore, id: &JobId) -> pipeline::store::FileVers
 /// listing is `deleted_in_source`; taking a file back out for a failed read-back moves
 /// the manifest generation on.
 async fn versions_states_and_the_manifest_generation(store: JobStore) {
-    let id = JobId::new();
-    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
-    store
-        .add_listed(&id, &[listed("A"), listed("B")])
-        .await
-        .unwrap();
+    let id = job_listing_a_and_b(&store).await;
     let a = file("A", FileKind::Transcript, 'a');
     store
         .record_file_version(&id, &a, Some("2024-05-29T10:00:00Z"))
@@ -393,32 +389,8 @@ async fn versions_states_and_the_manifest_generation(store: JobStore) {
 
 /// A schedule in `org` whose next run is at `first_slot_ms`.
 async fn a_schedule(store: &JobStore, org: &str) -> pipeline::schedules::Schedule {
-    store
-        .create_schedule(
-            org,
-            &format!("nightly-{}", uuid::Uuid::new_v4().simple()),
-            "0 2 * * *",
-            "UTC",
-            &pipeline::schedules::ScheduleTemplate {
-                chorus_url: "https://chorus.example/".into(),
-                kinds: Default::default(),
-                destination: "file:///tmp/x".into(),
-                webhook_url: None,
-                lookback_s: 0,
-                options: Default::default(),
-            },
-            &pipeline::schedules::CredentialRefs {
-                chorus_token: "env:CHORUS_API_TOKEN".into(),
-                s3: None,
-                webhook_secret: None,
-                azure: None,
-                gcs: None,
-            },
-            "2024-01-01T00:00:00Z".parse().unwrap(),
-            pipeline::TrustLevel::Tenant,
-        )
-        .await
-        .unwrap()
+    let name = format!("nightly-{}", uuid::Uuid::new_v4().simple());
+    test_support::orgs::nightly_tenant_schedule(store, org, &name, "UTC", 0).await
 }
 
 async fn an_organisations_recent_runs_come_in_one_list(store: JobStore) {

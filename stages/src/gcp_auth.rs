@@ -421,18 +421,8 @@ mod tests {
     #[test]
     fn the_jwt_is_signed_with_the_key_and_names_issuer_audience_and_scope() {
         use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("run openssl");
-        let pem = String::from_utf8(out.stdout).unwrap();
-        let der = pem_to_der(&pem).unwrap();
+        let pem = test_support::cloud::rsa_key_pem();
+        let der = pem_to_der(pem).unwrap();
         let key = RsaKeyPair::from_pkcs8(&der).unwrap();
         let token = jwt(
             "sa@p.iam",

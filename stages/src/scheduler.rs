@@ -98,14 +98,7 @@ impl Scheduler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut supervised: Option<std::time::Instant> = None;
         let mut looked: Option<std::time::Instant> = None;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
+        while !pipeline::shutdown::next_tick_or_stop(&mut tick, &mut stop).await {
             let woke = std::time::Instant::now();
             while runs.try_join_next().is_some() {}
             if let Some(sup) = &supervision

@@ -100,6 +100,11 @@ async fn read_all(
     Ok(out)
 }
 
+/// The JSON answer to `request` (which must get one).
+async fn json_answer<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// JSON equality where numbers compare by value (`300` equals `300.0`).
 fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     use serde_json::Value;
@@ -375,23 +380,15 @@ async fn media_bytes_match_the_synthetic_sha256_and_never_carry_the_token() {
         .api_url
         .join(&format!("api/v1/conversations/{}/media", recordings[0].id))
         .unwrap();
-    let response = raw
-        .get(media_api.clone())
-        .header(header::AUTHORIZATION, TOKEN)
-        .send()
-        .await
-        .unwrap();
+    // A GET that carries the API token (what the client must not do to the media host).
+    let get_with_token = |url: url::Url| raw.get(url).header(header::AUTHORIZATION, TOKEN).send();
+    let response = get_with_token(media_api.clone()).await.unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     let location = url::Url::parse(response.headers()[header::LOCATION].to_str().unwrap()).unwrap();
     assert_eq!(location.origin(), sim.media_url.origin());
     assert_ne!(location.origin(), sim.api_url.origin());
     // ... which refuses a request that carries the token, and counts it.
-    let response = raw
-        .get(location.clone())
-        .header(header::AUTHORIZATION, TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with_token(location.clone()).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert!(
         response
@@ -412,10 +409,7 @@ async fn media_bytes_match_the_synthetic_sha256_and_never_carry_the_token() {
     // info=true describes the file instead of redirecting.
     let mut info_url = media_api;
     info_url.set_query(Some("info=true"));
-    let info: serde_json::Value = raw
-        .get(info_url)
-        .header(header::AUTHORIZATION, TOKEN)
-        .send()
+    let info: serde_json::Value = get_with_token(info_url)
         .await
         .unwrap()
         .json()
@@ -575,25 +569,13 @@ async fn admin_routes_drive_the_simulator() {
     assert_eq!(sim.faults().rate_5xx, 0.0);
     assert_eq!(sim.faults().slow_ms, 1);
 
-    let added: serde_json::Value = http
-        .post(sim.api_url.join("_sim/recordings?count=3").unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let added: serde_json::Value =
+        json_answer(http.post(sim.api_url.join("_sim/recordings?count=3").unwrap())).await;
     assert_eq!(added["added"].as_array().unwrap().len(), 3);
     assert_eq!(sim.dataset().read().unwrap().recordings().len(), 5);
 
-    let stats: stages::chorus::SimStatsSnapshot = http
-        .get(sim.api_url.join("_sim/stats").unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: stages::chorus::SimStatsSnapshot =
+        json_answer(http.get(sim.api_url.join("_sim/stats").unwrap())).await;
     assert_eq!(stats, sim.stats.snapshot());
     sim.shutdown().await;
 }
@@ -693,24 +675,19 @@ async fn broken_answer(State(broken): State<Broken>) -> Response {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
             response
         }
-        "media-loop" => {
-            let mut response = StatusCode::FOUND.into_response();
-            response.headers_mut().insert(
-                header::LOCATION,
-                HeaderValue::from_static("/api/v1/conversations/A1/media"),
-            );
-            response
-        }
-        "media-ftp" => {
-            let mut response = StatusCode::FOUND.into_response();
-            response.headers_mut().insert(
-                header::LOCATION,
-                HeaderValue::from_static("ftp://example.com/x"),
-            );
-            response
-        }
+        "media-loop" => found("/api/v1/conversations/A1/media"),
+        "media-ftp" => found("ftp://example.com/x"),
         _ => StatusCode::IM_A_TEAPOT.into_response(),
     }
+}
+
+/// A 302 redirect to `location`.
+fn found(location: &'static str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    response
+        .headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(location));
+    response
 }
 
 async fn start_broken() -> (Broken, url::Url) {

@@ -771,14 +771,10 @@ async fn killed_workers_upload(
     id
 }
 
+/// The ids of the multipart uploads still open in `bucket`.
 async fn open_upload_ids(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
-    let out = client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .send()
+    test_support::s3::open_uploads(client, bucket)
         .await
-        .unwrap();
-    out.uploads()
         .iter()
         .filter_map(|u| u.upload_id().map(str::to_string))
         .collect()

@@ -370,6 +370,22 @@ fn tuning() -> Tuning {
     }
 }
 
+/// Opens `url` with `creds` as a tenant's job does: no origin allowed beyond the
+/// public ones, so every request goes through the egress guard.
+async fn open_as_tenant(
+    url: &DestinationUrl,
+    creds: DestinationCredentials<'_>,
+) -> Result<Box<dyn destination::Destination>, DestinationError> {
+    destination::open_guarded(
+        url,
+        creds,
+        &tuning(),
+        None,
+        &Egress::for_trust(&tenant(&[])),
+    )
+    .await
+}
+
 /// Writes one small object to an Azure destination whose endpoint is `https://{host}`,
 /// opened through `egress` (the attack and its positive control do the same write).
 async fn put_to_azure(
@@ -434,16 +450,10 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
         ),
     ] {
         let url: DestinationUrl = dest.parse().unwrap();
-        let err = destination::open_guarded(
-            &url,
-            creds,
-            &tuning(),
-            None,
-            &Egress::for_trust(&tenant(&[])),
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("{dest} opened"));
+        let err = open_as_tenant(&url, creds)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{dest} opened"));
         assert!(err.is_refused(), "{dest}: {err}");
     }
     // No credentials: no fallback to the server's identity (AWS chain, metadata server).
@@ -453,16 +463,10 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
         "azure://acct/calls/p",
     ] {
         let url: DestinationUrl = dest.parse().unwrap();
-        let err = destination::open_guarded(
-            &url,
-            DestinationCredentials::default(),
-            &tuning(),
-            None,
-            &Egress::for_trust(&tenant(&[])),
-        )
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("{dest} opened without credentials"));
+        let err = open_as_tenant(&url, DestinationCredentials::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{dest} opened without credentials"));
         assert!(err.to_string().contains("own"), "{dest}: {err}");
     }
     // A custom S3 endpoint goes through the AWS SDK's own connector: only allowed origins.
@@ -477,16 +481,10 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
         s3: Some(&s3),
         ..Default::default()
     };
-    let err = destination::open_guarded(
-        &url,
-        creds,
-        &tuning(),
-        None,
-        &Egress::for_trust(&tenant(&[])),
-    )
-    .await
-    .err()
-    .expect("custom S3 endpoint opened");
+    let err = open_as_tenant(&url, creds)
+        .await
+        .err()
+        .expect("custom S3 endpoint opened");
     assert!(err.to_string().contains("--allow-origin"), "{err}");
     let allowed = Egress::for_trust(&tenant(&["https://s3.tenant.example".into()]));
     assert!(
@@ -509,20 +507,7 @@ async fn destination_endpoints_on_internal_addresses_receive_nothing() {
 /// never posted there for a tenant's job.
 #[tokio::test]
 async fn a_keys_token_uri_inside_the_network_is_refused() {
-    let pem = String::from_utf8(
-        std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .expect("run openssl genpkey")
-            .stdout,
-    )
-    .unwrap();
+    let pem = test_support::cloud::rsa_key_pem();
     for answer in ANSWERS {
         let canary = start_canary().await;
         let key = serde_json::json!({

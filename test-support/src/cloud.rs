@@ -123,11 +123,10 @@ pub fn gcs_download(endpoint: &str, bucket: &str, prefix: &str, dir: &Path) -> L
     Listing::parse(&out)
 }
 
-/// A throw-away RSA key (made by `openssl` once per test process) as a Google
-/// service-account key document whose `token_uri` is `token_uri`.
-pub fn service_account_json(token_uri: &str) -> String {
+/// A throw-away 2048-bit RSA private key in PEM, made by `openssl` once per test process.
+pub fn rsa_key_pem() -> &'static str {
     static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let pem = PEM.get_or_init(|| {
+    PEM.get_or_init(|| {
         let out = std::process::Command::new("openssl")
             .args([
                 "genpkey",
@@ -140,7 +139,13 @@ pub fn service_account_json(token_uri: &str) -> String {
             .expect("run openssl genpkey");
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap()
-    });
+    })
+}
+
+/// [`rsa_key_pem`] as a Google service-account key document whose `token_uri` is
+/// `token_uri`.
+pub fn service_account_json(token_uri: &str) -> String {
+    let pem = rsa_key_pem();
     serde_json::json!({
         "type": "service_account",
         "project_id": "portshift-test",

@@ -1,7 +1,8 @@
 //! Jobs that a test only stores (the console lists them, retention ages them), never
 //! runs: one spec for them all.
 
-use pipeline::JobSpec;
+use pipeline::store::JobStore;
+use pipeline::{JobId, JobSpec};
 
 /// An operator's export of January 2024 from a Chorus that does not exist, into
 /// `destination`: a job to store, never to run.
@@ -17,4 +18,15 @@ pub fn stored_only_spec(destination: &str) -> JobSpec {
         options: Default::default(),
         trust: pipeline::Trust::Operator,
     }
+}
+
+/// Stores a new job of `org`, started by `by`, exporting into `destination` (a
+/// [`stored_only_spec`]); returns its id.
+pub async fn stored_job(store: &JobStore, org: &str, by: &str, destination: &str) -> JobId {
+    let job = JobId::new();
+    store
+        .create_job(&job, org, by, &stored_only_spec(destination))
+        .await
+        .unwrap();
+    job
 }

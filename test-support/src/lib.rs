@@ -1,13 +1,15 @@
 //! Dev-only helpers shared by portshift's test crates (the binary's `tests/`,
-//! `stages/tests`, `ui/tests`), so each helper is written once: the variables the local
-//! servers export, buckets and containers on those servers, fresh PostgreSQL databases,
-//! loopback HTTP servers, searching files on disk, child processes stopped the way
-//! systemd stops them, stored-only jobs, organisations with members and schedules, and an
-//! organisation on a paid plan.
+//! `pipeline/tests`, `stages/tests`, `ui/tests`), so each helper is written once: the
+//! variables the local servers export, buckets and containers on those servers, fresh
+//! PostgreSQL databases, loopback HTTP servers, searching files on disk, child processes
+//! (found in /proc, stopped the way systemd stops them), stored-only jobs, organisations
+//! with members and schedules, and an organisation on a paid plan.
 //!
 //! Nothing here starts the `portshift` binary: `env!("CARGO_BIN_EXE_portshift")` exists
 //! only in the binary's own tests, whose `tests/common` starts it and re-exports this
-//! crate. This crate depends on `pipeline` alone, so it can serve `stages` and `ui` too.
+//! crate. This crate depends on `pipeline` alone, so it can serve `stages` and `ui` too,
+//! and `pipeline`'s own integration tests (never its unit tests, whose `pipeline` is
+//! another build of the crate).
 
 pub mod cloud;
 pub mod files;

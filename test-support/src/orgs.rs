@@ -2,7 +2,7 @@
 //! in given roles, and a tenant's schedule in it (credential references only, as always).
 
 use pipeline::accounts::{Accounts, Organisation, Role, User};
-use pipeline::schedules::{CredentialRefs, ScheduleTemplate};
+use pipeline::schedules::{CredentialRefs, Schedule, ScheduleTemplate};
 use pipeline::store::JobStore;
 
 /// `owner`'s new organisation `name`, with each of `members` in its role.
@@ -23,12 +23,25 @@ pub async fn org_with(
 /// into a file destination, its Chorus token referenced from the environment; returns
 /// its id.
 pub async fn tenant_schedule(store: &JobStore, org: &str, name: &str, lookback_s: i64) -> String {
+    nightly_tenant_schedule(store, org, name, "Europe/Helsinki", lookback_s)
+        .await
+        .id
+}
+
+/// [`tenant_schedule`] at 02:00 in `timezone`, returning the whole schedule.
+pub async fn nightly_tenant_schedule(
+    store: &JobStore,
+    org: &str,
+    name: &str,
+    timezone: &str,
+    lookback_s: i64,
+) -> Schedule {
     store
         .create_schedule(
             org,
             name,
             "0 2 * * *",
-            "Europe/Helsinki",
+            timezone,
             &ScheduleTemplate {
                 chorus_url: "https://chorus.example/".into(),
                 kinds: Default::default(),
@@ -49,5 +62,4 @@ pub async fn tenant_schedule(store: &JobStore, org: &str, name: &str, lookback_s
         )
         .await
         .unwrap()
-        .id
 }

@@ -3,6 +3,18 @@
 
 use crate::env_or_fail;
 
+/// The `initdb` flags (after `-D DIR`) of the throwaway PostgreSQL clusters some tests
+/// run themselves: superuser `postgres`, trusted local connections, UTF-8 in the C
+/// locale, and no waiting for the new files to reach the disk.
+pub const INITDB_FLAGS: [&str; 6] = [
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "--encoding=UTF8",
+    "--locale=C.UTF-8",
+    "--no-sync",
+];
+
 /// A new empty database on the server at `base` (a URL whose user may create
 /// databases), its name starting with `prefix`; returns its URL.
 pub async fn fresh_database_on(base: &str, prefix: &str) -> url::Url {

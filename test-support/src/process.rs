@@ -15,6 +15,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Live (non-zombie) processes whose command line mentions `dir`: each one's pid and
+/// raw command line (its arguments separated by NUL bytes), read from /proc.
+pub fn live_processes_mentioning(dir: &Path) -> Vec<(u32, Vec<u8>)> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().starts_with('Z'))
+            .unwrap_or(true);
+        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
 /// A log file a child process appends its output to.
 pub fn log_file(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()

@@ -47,18 +47,27 @@ pub fn s3_credentials() -> pipeline::secrets::S3Credentials {
     .unwrap()
 }
 
-/// Fails if any multipart upload is still open in `bucket` (invisible, but billed).
-pub async fn assert_no_open_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
-    let out = client
+/// The multipart uploads still open in `bucket` (invisible, but billed).
+pub async fn open_uploads(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> Vec<aws_sdk_s3::types::MultipartUpload> {
+    client
         .list_multipart_uploads()
         .bucket(bucket)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+        .uploads
+        .unwrap_or_default()
+}
+
+/// Fails if any multipart upload is still open in `bucket` (invisible, but billed).
+pub async fn assert_no_open_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
+    let uploads = open_uploads(client, bucket).await;
     assert!(
-        out.uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        out.uploads()
+        uploads.is_empty(),
+        "multipart uploads left open: {uploads:?}"
     );
 }
 

@@ -1,7 +1,8 @@
 //! Azure, GCS and BigQuery test plumbing for the binary's tests: destination URLs, the
-//! worker's cloud credentials, and a proxy that records requests on their way. Making
-//! containers and buckets and reading exports back (the providers' own SDKs), the
-//! service-account key and the token endpoint come from `test_support::cloud`.
+//! worker's cloud credentials, a proxy that records requests on their way, and a client
+//! of the BigQuery emulator to read tables back. Making containers and buckets and
+//! reading exports back (the providers' own SDKs), the service-account key and the
+//! token endpoint come from `test_support::cloud`.
 
 use std::sync::{Arc, Mutex};
 
@@ -89,9 +90,30 @@ pub async fn recording_proxy(upstream: String) -> RecordingProxy {
             }
         }
     };
-    let app = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!(
+        "http://{}",
+        super::serve(axum::Router::new().fallback(handler)).await
+    );
     RecordingProxy { url, requests }
+}
+
+/// A BigQuery client for the local emulator (`PORTSHIFT_TEST_BQ_ENDPOINT`), to read back
+/// what an export streamed into a table.
+pub async fn bigquery_emulator_client() -> gcp_bigquery_client::Client {
+    gcp_bigquery_client::client_builder::ClientBuilder::new()
+        .with_v2_base_url(env_or_fail("PORTSHIFT_TEST_BQ_ENDPOINT"))
+        .build_from_authenticator(Arc::new(NoAuth))
+        .await
+        .unwrap()
+}
+
+/// The emulator takes no credentials.
+#[derive(Clone)]
+struct NoAuth;
+
+#[async_trait::async_trait]
+impl gcp_bigquery_client::auth::Authenticator for NoAuth {
+    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
+        Ok("test".into())
+    }
 }

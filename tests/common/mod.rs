@@ -40,6 +40,67 @@ pub const TOKEN: &str = "test-chorus-token";
 /// the helpers that start it live here; `test-support` stops what they start.
 pub const PORTSHIFT: &str = env!("CARGO_BIN_EXE_portshift");
 
+/// The portshift binary under test: `PORTSHIFT_TEST_BIN` when set (a copy kept apart
+/// from a shared target folder), else the one cargo built for this test.
+pub fn portshift_bin() -> std::path::PathBuf {
+    std::env::var_os("PORTSHIFT_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| PORTSHIFT.into())
+}
+
+/// Fails, showing its standard output and error, unless the command run for `what`
+/// (its output `out`) succeeded.
+pub fn assert_success(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether a checking tool (`minisign`, `bagit.py`) passed, and what it printed
+/// (standard output, then standard error).
+pub fn passed_with_output(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Runs the real `minisign -Vm <manifest> -p <key>` in `dir`; returns (passed, output).
+pub fn minisign_verify(dir: &Path, manifest: &str, public_key: &Path) -> (bool, String) {
+    let out = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(manifest)
+        .arg("-p")
+        .arg(public_key)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run minisign ({e}): install Debian's minisign (deploy/local/install.sh)"
+            )
+        });
+    passed_with_output(&out)
+}
+
+/// The origin (`scheme://host:port`, the port always written) of `url`, as the
+/// `--allow-origin` flag takes it.
+pub fn origin(url: &str) -> String {
+    let u = url::Url::parse(url).unwrap();
+    format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str().unwrap(),
+        u.port_or_known_default().unwrap()
+    )
+}
+
 /// The Chorus simulator with `config`, its API and media servers on free loopback ports.
 pub async fn start_sim(config: SimConfig) -> SimHandle {
     stages::chorus::sim::start(
@@ -151,15 +212,7 @@ impl Harness {
         timeout: Duration,
         credentials: &Credentials,
     ) -> (JobStatus, WorkerCounters) {
-        let ctx = worker::prepare(
-            job,
-            self.store.clone(),
-            self.js.clone(),
-            credentials,
-            &options,
-        )
-        .await
-        .unwrap();
+        let ctx = self.prepare_worker(job, credentials, &options).await;
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let counters = WorkerCounters::default();
         let status = tokio::time::timeout(
@@ -170,6 +223,46 @@ impl Harness {
         .expect("the job did not finish in time")
         .unwrap();
         (status, counters)
+    }
+}
+
+impl Harness {
+    /// The context a worker in this process runs `job` with: the harness's store and
+    /// JetStream, `credentials` and `options`.
+    async fn prepare_worker(
+        &self,
+        job: &JobId,
+        credentials: &Credentials,
+        options: &WorkerOptions,
+    ) -> Arc<stages::context::JobContext> {
+        worker::prepare(
+            job,
+            self.store.clone(),
+            self.js.clone(),
+            credentials,
+            options,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Runs a worker for the job (fast options, `timeout` at most) with the test's
+    /// credentials plus the signing key in the file `secret_key`; returns the final status.
+    pub async fn run_worker_signed(
+        &self,
+        job: &JobId,
+        secret_key: &Path,
+        timeout: Duration,
+    ) -> JobStatus {
+        let (status, _) = self
+            .run_worker_with(
+                job,
+                fast_options(),
+                timeout,
+                &signed_credentials(secret_key),
+            )
+            .await;
+        status
     }
 }
 
@@ -231,15 +324,7 @@ impl Harness {
     ) -> PartialWorker {
         let mut options = fast_options();
         options.stages = stages;
-        let ctx = worker::prepare(
-            job,
-            self.store.clone(),
-            self.js.clone(),
-            credentials,
-            &options,
-        )
-        .await
-        .unwrap();
+        let ctx = self.prepare_worker(job, credentials, &options).await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(worker::run(ctx, options, counters, stop_rx));
         PartialWorker { stop, task }
@@ -348,6 +433,18 @@ pub fn credentials() -> Credentials {
     c
 }
 
+/// The test's [`credentials`] plus the signing key in the file `secret_key`.
+pub fn signed_credentials(secret_key: &Path) -> Credentials {
+    let mut c = credentials();
+    c.signing_key = Some(
+        pipeline::signing::SigningKeyMaterial::load(&pipeline::signing::SigningKeyRef::File(
+            secret_key.to_path_buf(),
+        ))
+        .unwrap(),
+    );
+    c
+}
+
 fn s3_credentials(ak: &str, sk: &str) -> S3Credentials {
     serde_json::from_value(serde_json::json!({"access_key_id": ak, "secret_access_key": sk}))
         .unwrap()
@@ -372,8 +469,14 @@ pub async fn download(
 
 /// Runs the real `sha256sum -c` in `dir`; panics with its output unless it passes.
 pub fn sha256sum_check(dir: &Path) -> usize {
+    sha256sum_check_of(dir, "portshift-manifest.txt")
+}
+
+/// [`sha256sum_check`] of the manifest file `manifest` (a scheduled run's
+/// `portshift-manifest-JOB.txt`); returns how many files it found intact.
+pub fn sha256sum_check_of(dir: &Path, manifest: &str) -> usize {
     let out = std::process::Command::new("sha256sum")
-        .args(["-c", "--strict", "portshift-manifest.txt"])
+        .args(["-c", "--strict", manifest])
         .current_dir(dir)
         .output()
         .expect("run sha256sum");
@@ -596,10 +699,10 @@ pub async fn fault_proxy(upstream: String, rate: f64) -> FaultProxy {
             }
         }
     };
-    let app = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!(
+        "http://{}",
+        serve(axum::Router::new().fallback(handler)).await
+    );
     FaultProxy {
         url,
         injected,
@@ -638,29 +741,63 @@ pub async fn resume_to_the_end(h: &Harness, job: &JobId, database_url: &str) {
         .env("CHORUS_API_TOKEN", TOKEN)
         .output()
         .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&resumed.stdout),
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    assert_success(&resumed, "portshift resume");
     assert_eq!(h.store.job(job).await.unwrap().status, JobStatus::Finished);
 }
 
 /// Writes the test's credentials (the Chorus token and the S3 test keys) to a worker's
 /// standard input, as `serve` and the scheduler hand them over, and closes it.
 pub fn hand_credentials(child: &mut std::process::Child) {
-    use std::io::Write;
     let creds = serde_json::json!({
         "chorus_token": TOKEN,
         "s3": {"access_key_id": env_or_fail("PORTSHIFT_TEST_S3_ACCESS_KEY"), "secret_access_key": env_or_fail("PORTSHIFT_TEST_S3_SECRET_KEY")},
     });
+    hand_document(child, &creds);
+}
+
+/// Writes the credentials document `creds` to a worker's standard input and closes it.
+pub fn hand_document(child: &mut std::process::Child, creds: &serde_json::Value) {
+    use std::io::Write;
     child
         .stdin
         .take()
         .unwrap()
         .write_all(creds.to_string().as_bytes())
         .unwrap();
+}
+
+/// Starts `cmd` (a `portshift worker`) with its output appended to `log` and the test's
+/// credentials handed over on its standard input ([`hand_credentials`]).
+pub fn spawn_with_credentials(cmd: &mut std::process::Command, log: &Path) -> std::process::Child {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(log_file(log))
+        .stderr(log_file(log))
+        .spawn()
+        .unwrap();
+    hand_credentials(&mut child);
+    child
+}
+
+/// The command of a `portshift worker` for `job` on the harness's NATS server and
+/// `database_url`, its data folder the harness's, with the test budget and a clean
+/// environment (only `PATH`); the caller adds flags, log level and standard streams.
+pub fn worker_process(h: &Harness, job: &JobId, database_url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(PORTSHIFT);
+    cmd.args([
+        "worker",
+        "--job",
+        job.as_str(),
+        "--nats-url",
+        &h.nats.as_ref().unwrap().url(),
+        "--database-url",
+        database_url,
+    ])
+    .args(["--data-dir", h.tmp.path().to_str().unwrap()])
+    .args(TEST_BUDGET_ARGS)
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap());
+    cmd
 }
 
 /// `portshift worker` as a child process, credentials on its standard input.
@@ -671,27 +808,10 @@ pub fn spawn_worker(
     extra: &[&str],
     log: &Path,
 ) -> std::process::Child {
-    let mut child = std::process::Command::new(PORTSHIFT)
-        .args([
-            "worker",
-            "--job",
-            job.as_str(),
-            "--nats-url",
-            &h.nats.as_ref().unwrap().url(),
-            "--database-url",
-            database_url,
-        ])
-        .args(["--data-dir", h.tmp.path().to_str().unwrap()])
-        .args(TEST_BUDGET_ARGS)
-        .args(extra)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("PORTSHIFT_LOG", "info")
-        .stdin(std::process::Stdio::piped())
-        .stdout(log_file(log))
-        .stderr(log_file(log))
-        .spawn()
-        .unwrap();
-    hand_credentials(&mut child);
-    child
+    spawn_with_credentials(
+        worker_process(h, job, database_url)
+            .args(extra)
+            .env("PORTSHIFT_LOG", "info"),
+        log,
+    )
 }

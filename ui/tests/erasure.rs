@@ -482,16 +482,8 @@ impl PrivatePg {
             assert!(ok.success());
         }
         let out = as_pg(&bin.join("initdb"))
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ])
+            .args(["-D", data.to_str().unwrap()])
+            .args(test_support::postgres::INITDB_FLAGS)
             .current_dir("/")
             .output()
             .unwrap();

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use common::{NoWorkers, console_in};
-use pipeline::JobId;
 use pipeline::accounts::{Accounts, Role, TokenPurpose};
 use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::JobStore;
@@ -719,16 +718,13 @@ async fn a_user_downloads_their_data_and_deleting_them_leaves_no_address_behind(
         )
         .await
         .unwrap();
-    let job = JobId::new();
-    w.store
-        .create_job(
-            &job,
-            &shared.id,
-            &email,
-            &test_support::jobs::stored_only_spec("s3://bucket/prefix?region=eu-west-1"),
-        )
-        .await
-        .unwrap();
+    let job = test_support::jobs::stored_job(
+        &w.store,
+        &shared.id,
+        &email,
+        "s3://bucket/prefix?region=eu-west-1",
+    )
+    .await;
     let guest = fresh("guest", "example.com");
     let (status, _, _) = invite(&w, &shared.id, &s, &guest, "member").await;
     assert_eq!(status, StatusCode::CREATED);

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use common::{NoWorkers, api_request, nats_in, send};
-use pipeline::JobId;
 use pipeline::accounts::Accounts;
 use pipeline::retention::{Purger, RetentionOptions};
 use pipeline::store::JobStore;
@@ -65,16 +64,7 @@ async fn the_settings_page_and_metrics_tell_the_truth_about_retention() {
     assert!(!page.contains("90 days"), "{page}");
     assert!(page.contains("No jobs are kept"), "{page}");
 
-    let job = JobId::new();
-    store
-        .create_job(
-            &job,
-            &org.id,
-            &admin.email,
-            &test_support::jobs::stored_only_spec("s3://bucket/prefix"),
-        )
-        .await
-        .unwrap();
+    test_support::jobs::stored_job(&store, &org.id, &admin.email, "s3://bucket/prefix").await;
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let (_, page) = get(&state, &settings, Some(&session)).await;
     assert!(

@@ -12,37 +12,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Recorder, api_request, console_in, send};
+use common::{RecordedConsole, api_request, send};
 use pipeline::JobId;
 use pipeline::accounts::{Accounts, Role, User};
-use pipeline::embedded_nats::EmbeddedNats;
 use pipeline::store::JobStore;
 use test_support::plans::on_team_plan;
 use ui::roles::{API_ROUTES, Action, ApiRoute, UNVERIFIED_OK, allows};
 
-struct World {
-    _tmp: tempfile::TempDir,
-    _nats: EmbeddedNats,
-    store: JobStore,
-    state: ui::Shared,
-    recorder: Arc<Recorder>,
-}
+type World = RecordedConsole;
 
 async fn world() -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    let (nats, store, state) = console_in(tmp.path(), recorder.clone()).await;
-    World {
-        _tmp: tmp,
-        _nats: nats,
-        store,
-        state,
-        recorder,
-    }
+    RecordedConsole::start(|_| {}).await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,16 +91,8 @@ async fn cell(w: &World, n: usize) -> Cell {
         .set_role(&org.id, &target.id, Role::Member)
         .await
         .unwrap();
-    let job = JobId::new();
-    w.store
-        .create_job(
-            &job,
-            &org.id,
-            &owner.email,
-            &test_support::jobs::stored_only_spec("file:///tmp/x"),
-        )
-        .await
-        .unwrap();
+    let job =
+        test_support::jobs::stored_job(&w.store, &org.id, &owner.email, "file:///tmp/x").await;
     let schedule = new_schedule(&w.store, &org.id).await;
     let mut sessions = vec![];
     for (caller, u) in [

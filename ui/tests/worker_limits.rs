@@ -8,36 +8,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::http::StatusCode;
-use common::{Recorder, api_request, console_in, send};
+use common::{RecordedConsole, api_request, send};
 use pipeline::accounts::Accounts;
-use pipeline::embedded_nats::EmbeddedNats;
-use pipeline::store::JobStore;
 use pipeline::{JobId, JobStatus};
 use ui::Limits;
 
-struct World {
-    _tmp: tempfile::TempDir,
-    _nats: EmbeddedNats,
-    store: JobStore,
-    state: ui::Shared,
-    recorder: Arc<Recorder>,
-}
+type World = RecordedConsole;
 
 async fn world(limits: Limits) -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let recorder = Arc::new(Recorder::default());
-    let (nats, store, mut state) = console_in(tmp.path(), recorder.clone()).await;
-    Arc::get_mut(&mut state).unwrap().limits = limits;
-    World {
-        _tmp: tmp,
-        _nats: nats,
-        store,
-        state,
-        recorder,
-    }
+    RecordedConsole::start(|state| state.limits = limits).await
 }
 
 /// A new organisation with one owner; returns (org id, session token, csrf token).

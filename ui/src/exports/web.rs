@@ -108,13 +108,25 @@ async fn job_of(state: &AppState, c: &OrgCtx, job: &str) -> Result<pipeline::Job
         .map_err(|d| c.refuse(d))
 }
 
+/// The page context and job of a job page or its event stream: the caller may view the
+/// organisation's jobs, and the job is the organisation's; otherwise the refusal page.
+async fn viewed_job(
+    state: &AppState,
+    headers: &HeaderMap,
+    org: &str,
+    job: &str,
+) -> Result<(OrgCtx, pipeline::JobId), Response> {
+    let c = ctx::org_page(state, headers, org, Action::ViewJobs).await?;
+    let job = job_of(state, &c, job).await?;
+    Ok((c, job))
+}
+
 async fn job_page(
     State(state): State<Shared>,
     headers: HeaderMap,
     Path((org, job)): Path<(String, String)>,
 ) -> Page {
-    let c = ctx::org_page(&state, &headers, &org, Action::ViewJobs).await?;
-    let job = job_of(&state, &c, &job).await?;
+    let (c, job) = viewed_job(&state, &headers, &org, &job).await?;
     let (view, panel) = render_panel(&state, &c, &job)
         .await
         .map_err(|d| c.refuse(d))?;
@@ -126,8 +138,7 @@ async fn job_events(
     headers: HeaderMap,
     Path((org, job)): Path<(String, String)>,
 ) -> Page {
-    let c = ctx::org_page(&state, &headers, &org, Action::ViewJobs).await?;
-    let job = job_of(&state, &c, &job).await?;
+    let (c, job) = viewed_job(&state, &headers, &org, &job).await?;
     let stream =
         futures::stream::unfold((state, c, job, false), |(state, c, job, done)| async move {
             if done {

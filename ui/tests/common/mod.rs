@@ -80,6 +80,33 @@ pub async fn console_in(
     (nats, store, state)
 }
 
+/// A console (see [`console_in`]) in its own temporary folder whose worker launches are
+/// recorded, not run: what the tests of routes and roles that start exports use.
+pub struct RecordedConsole {
+    pub tmp: tempfile::TempDir,
+    pub nats: EmbeddedNats,
+    pub store: JobStore,
+    pub state: ui::Shared,
+    pub recorder: Arc<Recorder>,
+}
+
+impl RecordedConsole {
+    /// Starts it, its state changed by `configure` first (e.g. its worker limits).
+    pub async fn start(configure: impl FnOnce(&mut AppState)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let (nats, store, mut state) = console_in(tmp.path(), recorder.clone()).await;
+        configure(Arc::get_mut(&mut state).unwrap());
+        Self {
+            tmp,
+            nats,
+            store,
+            state,
+            recorder,
+        }
+    }
+}
+
 /// Sends one request through the router as if from 127.0.0.1: status, body, headers.
 pub async fn send(
     state: &ui::Shared,
