@@ -376,7 +376,7 @@ fn start_scheduler(nats: &str, db: &str, data: &Path, metrics_port: u16) -> std:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_whose_scheduler_died_while_its_worker_finished_is_settled_by_the_next_scheduler() {
     let recordings = 8;
-    let (h, db, nats, out, schedule, _secrets) = scheduled_runs(recordings, 74, 512 * 1024).await;
+    let (h, db, nats, _out, schedule, _secrets) = scheduled_runs(recordings, 74, 512 * 1024).await;
     let data_a = tempfile::tempdir().unwrap();
     let mut first = start_scheduler(&nats, &db, data_a.path(), free_port());
     let (slot, job) = tokio::time::timeout(Duration::from_secs(60), async {

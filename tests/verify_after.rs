@@ -117,7 +117,7 @@ async fn s3_an_object_altered_after_upload_is_reported_and_replayable() {
     let bucket = fresh_bucket(&s3).await;
     let dest = s3_dest(&bucket, "verified");
     let creds = credentials();
-    let (job, _) = altered_and_reported(&h, &dest, &creds).await;
+    let (job, victim) = altered_and_reported(&h, &dest, &creds).await;
 
     // Replaying the parked fetch exports the recording again, byte-exact.
     let letters = pipeline::replay::dead_letters(&h.js, &job, None)
