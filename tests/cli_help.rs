@@ -214,6 +214,7 @@ fn inventory(text: &str) -> BTreeMap<(String, String), Row> {
 /// helpers that start `portshift worker` processes).
 fn runs_the_binary(source: &str) -> bool {
     source.contains("CARGO_BIN_EXE_portshift")
+        || source.contains("portshift_bin()")
         || source.contains("spawn_worker(")
         || source.contains("worker_command(")
 }

@@ -814,14 +814,17 @@ impl JobStore {
         after: &ManifestCursor,
         limit: u32,
     ) -> Result<(Vec<ManifestRow>, ManifestCursor), StoreError> {
-        let (key, recording, file) = after.0.clone().unwrap_or_default();
         // Row values compare in order on SQLite and PostgreSQL alike; the first page
-        // starts after ("", "", ""), below every key (keys are never empty).
-        let rows = sqlx::query(
+        // starts at ("", "", ""), the least of all.
+        let (after_or_at, (key, recording, file)) = match &after.0 {
+            Some(row) => (">", row.clone()),
+            None => (">=", Default::default()),
+        };
+        let rows = sqlx::query(&format!(
             "SELECT recording_id, file, object_key, bytes, sha256, content_type, source_modified_at, exported_ms \
-             FROM files WHERE job_id = $1 AND (object_key, recording_id, file) > ($2, $3, $4) \
-             ORDER BY object_key, recording_id, file LIMIT $5",
-        )
+             FROM files WHERE job_id = $1 AND (object_key, recording_id, file) {after_or_at} ($2, $3, $4) \
+             ORDER BY object_key, recording_id, file LIMIT $5"
+        ))
         .bind(job.as_str())
         .bind(key)
         .bind(recording)
@@ -850,24 +853,26 @@ impl JobStore {
         Ok((page, next))
     }
 
-    /// Up to `limit` exported recordings with ids after `after`, in id order, each with
-    /// the versions of its files (the manifest's `recordings` section, page by page).
+    /// Up to `limit` exported recordings with ids after `after` (from the first when
+    /// `None`), in id order, each with the versions of its files (the manifest's
+    /// `recordings` section, page by page).
     pub async fn exported_recordings_page(
         &self,
         job: &JobId,
-        after: &str,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RecordingWithFiles>, StoreError> {
-        let rows = sqlx::query(
+        let (after_or_at, bound) = id_bound(after);
+        let rows = sqlx::query(&format!(
             "SELECT r.recording_id, r.recorded_at, r.duration_s, r.engagement_type, f.source_modified_at, f.exported_ms, f.file \
              FROM (SELECT recording_id, recorded_at, duration_s, engagement_type FROM recordings \
-                   WHERE job_id = $1 AND status = 'exported' AND recording_id > $2 \
+                   WHERE job_id = $1 AND status = 'exported' AND recording_id {after_or_at} $2 \
                    ORDER BY recording_id LIMIT $3) r \
              LEFT JOIN files f ON f.job_id = $1 AND f.recording_id = r.recording_id \
-             ORDER BY r.recording_id, f.file",
-        )
+             ORDER BY r.recording_id, f.file"
+        ))
         .bind(job.as_str())
-        .bind(after)
+        .bind(bound)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -897,21 +902,23 @@ impl JobStore {
     }
 
     /// Up to `limit` recordings in `status` (`skipped` or `dead`) with ids after
-    /// `after`, in id order, with reasons (the manifest's problem sections, page by page).
+    /// `after` (from the first when `None`), in id order, with reasons (the manifest's
+    /// problem sections, page by page).
     pub async fn problems_page(
         &self,
         job: &JobId,
         status: &str,
-        after: &str,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Problem>, StoreError> {
-        let rows = sqlx::query(
+        let (after_or_at, bound) = id_bound(after);
+        let rows = sqlx::query(&format!(
             "SELECT recording_id, status, COALESCE(reason, ''), source_state, updated_ms FROM recordings \
-             WHERE job_id = $1 AND status = $2 AND recording_id > $3 ORDER BY recording_id LIMIT $4",
-        )
+             WHERE job_id = $1 AND status = $2 AND recording_id {after_or_at} $3 ORDER BY recording_id LIMIT $4"
+        ))
         .bind(job.as_str())
         .bind(status)
-        .bind(after)
+        .bind(bound)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -1318,6 +1325,16 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
         manifest_key: row.try_get(9)?,
         manifest_sha256: row.try_get(10)?,
     })
+}
+
+/// The comparison and bound of a page of recordings after `after`: the first page
+/// starts at the empty id, which a recording may have (Chorus sent it; it is recorded
+/// as failed), so it is `>= ''`, not `> ''`.
+fn id_bound(after: Option<&str>) -> (&'static str, &str) {
+    match after {
+        Some(id) => (">", id),
+        None => (">=", ""),
+    }
 }
 
 fn problem_from_row(row: &AnyRow) -> Result<Problem, StoreError> {

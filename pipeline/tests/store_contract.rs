@@ -426,11 +426,12 @@ async fn an_organisations_recent_runs_come_in_one_list(store: JobStore) {
 
 /// The manifest reads a job page by page (so memory stays flat in the number of
 /// recordings): with pages of two, every row comes exactly once, in the order the
-/// whole-list reads give, and each section ends with an empty page.
+/// whole-list reads give, and each section ends with an empty page. The first page
+/// includes a recording whose id is empty (Chorus sent one; it is recorded as failed).
 async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
     let id = JobId::new();
     store.create_job(&id, "org", "ana", &spec()).await.unwrap();
-    let ids = ["E", "A", "D", "B", "C", "F", "G"];
+    let ids = ["E", "A", "D", "B", "C", "F", "G", ""];
     store.add_listed(&id, &ids.map(listed)).await.unwrap();
     for rec in ["E", "A", "D", "B"] {
         for (kind, fill) in [(FileKind::Media, 'a'), (FileKind::Transcript, 'b')] {
@@ -445,6 +446,10 @@ async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
     store.mark_exported(&id, "C").await.unwrap();
     store.mark_skipped(&id, "F", "private").await.unwrap();
     store.mark_dead(&id, "G", "gave up").await.unwrap();
+    store
+        .mark_dead(&id, "", "recording_id: must not be empty")
+        .await
+        .unwrap();
 
     let mut paged = Vec::new();
     let mut cursor = pipeline::store::ManifestCursor::default();
@@ -469,14 +474,14 @@ async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
     ));
 
     let mut recordings = Vec::new();
-    let mut after = String::new();
+    let mut after: Option<String> = None;
     loop {
         let page = store
-            .exported_recordings_page(&id, &after, 2)
+            .exported_recordings_page(&id, after.as_deref(), 2)
             .await
             .unwrap();
         let Some(last) = page.last() else { break };
-        after = last.recording.recording_id.clone();
+        after = Some(last.recording.recording_id.clone());
         recordings.extend(page);
     }
     assert_eq!(
@@ -488,17 +493,18 @@ async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
     );
     assert_eq!(recordings[0].recording, listed("A"));
 
-    for (status, expected) in [("skipped", "F"), ("dead", "G")] {
-        let page = store.problems_page(&id, status, "", 2).await.unwrap();
+    for (status, expected) in [("skipped", &["F"][..]), ("dead", &["", "G"])] {
+        let page = store.problems_page(&id, status, None, 2).await.unwrap();
         assert_eq!(
             page.iter()
                 .map(|p| p.recording_id.as_str())
                 .collect::<Vec<_>>(),
-            [expected]
+            expected
         );
+        let last = expected.last().copied();
         assert!(
             store
-                .problems_page(&id, status, expected, 2)
+                .problems_page(&id, status, last, 2)
                 .await
                 .unwrap()
                 .is_empty()

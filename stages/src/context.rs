@@ -173,15 +173,15 @@ impl JobContext {
             cursor = next;
         }
         for status in ["dead", "skipped"] {
-            let mut after = String::new();
+            let mut after: Option<String> = None;
             loop {
                 let page = self
                     .store
-                    .problems_page(&self.job, status, &after, PAGE_ROWS)
+                    .problems_page(&self.job, status, after.as_deref(), PAGE_ROWS)
                     .await
                     .map_err(store_err)?;
                 let Some(last) = page.last() else { break };
-                after = last.recording_id.clone();
+                after = Some(last.recording_id.clone());
                 for pr in &page {
                     h.update(format!(
                         "{}\0{}\0{}\n",

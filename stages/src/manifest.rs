@@ -410,26 +410,26 @@ fn paged_sections(
     };
     let recordings = {
         let (store, job, runtime) = (ctx.store.clone(), ctx.job.clone(), runtime.clone());
-        let mut after = String::new();
+        let mut after: Option<String> = None;
         Paged::new(failure, move || {
             let page = runtime
-                .block_on(store.exported_recordings_page(&job, &after, PAGE_ROWS))
+                .block_on(store.exported_recordings_page(&job, after.as_deref(), PAGE_ROWS))
                 .map_err(store_err)?;
             if let Some(last) = page.last() {
-                after = last.recording.recording_id.clone();
+                after = Some(last.recording.recording_id.clone());
             }
             Ok(page.into_iter().map(manifest_recording).collect())
         })
     };
     let problems = |status: &'static str| {
         let (store, job, runtime) = (ctx.store.clone(), ctx.job.clone(), runtime.clone());
-        let mut after = String::new();
+        let mut after: Option<String> = None;
         Paged::new(failure, move || {
             let page = runtime
-                .block_on(store.problems_page(&job, status, &after, PAGE_ROWS))
+                .block_on(store.problems_page(&job, status, after.as_deref(), PAGE_ROWS))
                 .map_err(store_err)?;
             if let Some(last) = page.last() {
-                after = last.recording_id.clone();
+                after = Some(last.recording_id.clone());
             }
             Ok(page.into_iter().map(problem).collect())
         })
