@@ -868,13 +868,9 @@ impl StageHandler for ManifestStage {
             },
             None => ManifestSignature::unsigned(),
         };
-        // The key is tried before anything is written, so a key problem leaves no
-        // half-set behind (the real signature needs the JSON's SHA-256, known once the
-        // JSON is written).
-        if let Some(key) = &ctx.signing_key {
-            key.sign(b"", "portshift key check")
-                .map_err(|e| StageError::Invalid(e.to_string()))?;
-        }
+        // No key check here: `SigningKey::from_material` signed and verified a probe
+        // when the worker loaded the key, so a damaged key stopped the worker before
+        // anything was written, and leaves no half-set behind.
         // Every list is read from the store page by page as it is written (here and in
         // the text below): memory stays flat in the number of recordings.
         let failure = SectionFailure::default();
