@@ -113,9 +113,11 @@ pub struct FileRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestRow {
     pub file: FileRow,
-    /// Chorus's `_modified_at` as read when the file was fetched (see [`FileVersion`]).
+    /// Chorus's `_modified_at` of the conversation as read when the file was fetched,
+    /// verbatim.
     pub source_modified_at: Option<String>,
-    /// When these bytes were written at their key (epoch milliseconds).
+    /// When these bytes were written at their key (epoch milliseconds); `None` for rows
+    /// written before portshift recorded it.
     pub exported_ms: Option<i64>,
 }
 
@@ -178,19 +180,6 @@ pub struct Problem {
     pub source_state: Option<String>,
     /// When the recording reached this state (epoch milliseconds).
     pub at_ms: i64,
-}
-
-/// Which version of a written file the export holds, and when it was written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileVersion {
-    pub recording_id: String,
-    pub file: FileKind,
-    /// Chorus's `_modified_at` of the conversation as read when the file was fetched,
-    /// verbatim.
-    pub source_modified_at: Option<String>,
-    /// When these bytes were written at their key (epoch milliseconds); `None` for rows
-    /// written before portshift recorded it.
-    pub exported_ms: Option<i64>,
 }
 
 /// The state of a recording deleted in Chorus after the listing returned it.
@@ -546,29 +535,6 @@ impl JobStore {
         Ok(())
     }
 
-    /// Version and export time of every file written in this job.
-    pub async fn file_versions(&self, job: &JobId) -> Result<Vec<FileVersion>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT recording_id, file, source_modified_at, exported_ms FROM files WHERE job_id = $1",
-        )
-        .bind(job.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let file: String = r.try_get(1)?;
-                Ok(FileVersion {
-                    recording_id: r.try_get(0)?,
-                    file: file
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("file kind {file:?}")))?,
-                    source_modified_at: r.try_get(2)?,
-                    exported_ms: r.try_get(3)?,
-                })
-            })
-            .collect()
-    }
-
     /// How many times read-back verification took files back out of this job (see
     /// [`Self::mark_unverified`]); part of the manifest request's message id.
     pub async fn manifest_generation(&self, job: &JobId) -> Result<i64, StoreError> {
@@ -795,15 +761,18 @@ impl JobStore {
     /// Every file durably written in this job, ordered by key: the manifest's content.
     /// It lists every complete file at the destination, including files of a recording
     /// whose other files later failed (the manifest's `failed` section names those).
+    /// The whole list at once, read through [`Self::manifest_page`]: the manifest stage
+    /// itself reads the pages.
     pub async fn manifest_entries(&self, job: &JobId) -> Result<Vec<FileRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT recording_id, file, object_key, bytes, sha256, content_type FROM files \
-             WHERE job_id = $1 ORDER BY object_key",
-        )
-        .bind(job.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(file_from_row).collect()
+        let (mut entries, mut cursor) = (Vec::new(), ManifestCursor::default());
+        loop {
+            let (rows, next) = self.manifest_page(job, &cursor, 1000).await?;
+            if rows.is_empty() {
+                return Ok(entries);
+            }
+            entries.extend(rows.into_iter().map(|r| r.file));
+            cursor = next;
+        }
     }
 
     /// Up to `limit` manifest rows after `after`, in key order, and the cursor of the
@@ -942,11 +911,6 @@ impl JobStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
-    }
-
-    /// Non-personal facts about each exported recording (for the manifest JSON).
-    pub async fn recording_facts(&self, job: &JobId) -> Result<Vec<ListedRecording>, StoreError> {
-        self.recordings_in(job, "exported").await
     }
 
     /// Recordings still pending (what a resumed job must fetch again when the queue

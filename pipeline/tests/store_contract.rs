@@ -291,7 +291,13 @@ async fn file_rows_are_idempotent(store: JobStore) {
     let p = store.progress(&id).await.unwrap();
     assert_eq!((p.files, p.bytes), (3, 30));
     store.mark_exported(&id, "A").await.unwrap();
-    let facts = store.recording_facts(&id).await.unwrap();
+    let facts: Vec<ListedRecording> = store
+        .exported_recordings_page(&id, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.recording)
+        .collect();
     assert_eq!(facts, vec![listed("A")]);
     store
         .set_manifest(&id, "prefix/portshift-manifest.txt", &"e".repeat(64))
@@ -320,13 +326,17 @@ async fn a_repeated_continuation_key_is_reported_as_a_loop(store: JobStore) {
     assert_eq!(store.record_list_page(&other, "K1", 5).await.unwrap(), None);
 }
 
-async fn a_transcript(store: &JobStore, id: &JobId) -> pipeline::store::FileVersion {
-    store
-        .file_versions(id)
+/// Every manifest row of the job (version and export time of each file).
+async fn versions(store: &JobStore, id: &JobId) -> Vec<pipeline::store::ManifestRow> {
+    let cursor = pipeline::store::ManifestCursor::default();
+    store.manifest_page(id, &cursor, 1000).await.unwrap().0
+}
+
+async fn a_transcript(store: &JobStore, id: &JobId) -> pipeline::store::ManifestRow {
+    versions(store, id)
         .await
-        .unwrap()
         .into_iter()
-        .find(|v| v.recording_id == "A" && v.file == FileKind::Transcript)
+        .find(|v| v.file.recording_id == "A" && v.file.file == FileKind::Transcript)
         .unwrap()
 }
 
@@ -384,7 +394,7 @@ async fn versions_states_and_the_manifest_generation(store: JobStore) {
         .await
         .unwrap();
     assert_eq!(store.manifest_generation(&id).await.unwrap(), 1);
-    assert!(store.file_versions(&id).await.unwrap().is_empty());
+    assert!(versions(&store, &id).await.is_empty());
 }
 
 /// A schedule in `org` whose next run is at `first_slot_ms`.

@@ -502,7 +502,9 @@ fn lines_stream(
                 if copied {
                     Some((Ok(chunk), more.then_some(lines)))
                 } else {
-                    let e = StageError::Transient("the manifest signer stopped".into());
+                    let e = StageError::Transient(
+                        "the manifest signer stopped; the manifest is written again".into(),
+                    );
                     Some((Err(record_failure(&lines.failure, e)), None))
                 }
             }
@@ -599,6 +601,39 @@ fn json_stream<D: Serialize + Send + Sync + 'static>(
 pub struct ManifestStage(pub Arc<JobContext>);
 
 impl ManifestStage {
+    /// Writes one manifest file at `name` from `body`, hashed on its way by
+    /// [`crate::hash::tee`] as every exported file is, and returns where it went and
+    /// its SHA-256. A failure of the section that fed the body is reported as itself
+    /// (see [`SectionFailure`]); a body the destination did not read to its end is
+    /// transient, so the stage writes the manifest again.
+    async fn put_streamed(
+        &self,
+        name: &str,
+        body: crate::destination::ByteStream,
+        content_type: &str,
+        failure: &SectionFailure,
+    ) -> Result<(crate::destination::Written, String), StageError> {
+        let ctx = &self.0;
+        let (body, digest) = crate::hash::tee(body, None);
+        let written = ctx.destination.put(name, body, content_type, None).await;
+        if let Some(e) = take_failure(failure) {
+            return Err(e);
+        }
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => return Err(ctx.destination_error(e).await),
+        };
+        let sha256 = digest
+            .result()
+            .ok_or_else(|| {
+                StageError::Transient(format!(
+                    "{name} was not read to its end by the destination; the manifest is written again"
+                ))
+            })?
+            .sha256;
+        Ok((written, sha256))
+    }
+
     /// `--layout bagit`: the bag's tag files (RFC 8493), written after the payload and
     /// before the portshift manifests: `manifest-sha256.txt` (payload paths relative to
     /// the bag), `bagit.txt`, `bag-info.txt` (source, job, dates, counts, Payload-Oxum),
@@ -630,33 +665,14 @@ impl ManifestStage {
             out.push('\n');
             Ok(())
         };
-        let (body, digest) = crate::hash::tee(
-            lines_stream(ctx, payload_line, String::new(), None, &failure),
-            None,
-        );
-        let written = ctx
-            .destination
-            .put(
+        let (_, manifest_sha) = self
+            .put_streamed(
                 &format!("{root}manifest-sha256.txt"),
-                body,
+                lines_stream(ctx, payload_line, String::new(), None, &failure),
                 "text/plain; charset=utf-8",
-                None,
+                &failure,
             )
-            .await;
-        if let Some(e) = take_failure(&failure) {
-            return Err(e);
-        }
-        if let Err(e) = written {
-            return Err(ctx.destination_error(e).await);
-        }
-        let manifest_sha = digest
-            .result()
-            .ok_or_else(|| {
-                StageError::Transient(
-                    "the bag's manifest-sha256.txt was not read to its end".into(),
-                )
-            })?
-            .sha256;
+            .await?;
         let bagit = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n".to_string();
         let one_line = |s: &str| s.replace(['\r', '\n'], " ");
         let info = format!(
@@ -902,23 +918,14 @@ impl StageHandler for ManifestStage {
             layout: ctx.spec.options.layout,
             bag: ctx.spec.bag_root(&ctx.job),
         });
-        let (body, digest) = crate::hash::tee(json_stream(doc.clone()), None);
-        let written = ctx
-            .destination
-            .put(&json_name, body, "application/json", None)
-            .await;
-        if let Some(e) = take_failure(&failure) {
-            return Err(e);
-        }
-        if let Err(e) = written {
-            return Err(ctx.destination_error(e).await);
-        }
-        let json_sha = digest
-            .result()
-            .ok_or_else(|| {
-                StageError::Transient("the manifest JSON was not read to its end".into())
-            })?
-            .sha256;
+        let (_, json_sha) = self
+            .put_streamed(
+                &json_name,
+                json_stream(doc.clone()),
+                "application/json",
+                &failure,
+            )
+            .await?;
         if let Some(root) = ctx.spec.bag_root(&ctx.job) {
             self.write_bag(&root, &*doc, &json_sha).await?;
         }
@@ -951,31 +958,22 @@ impl StageHandler for ManifestStage {
             out.push('\n');
             Ok(())
         };
-        let (body, digest) = crate::hash::tee(
-            lines_stream(ctx, sha256sum_line, tail, copy, &failure),
-            None,
-        );
-        let written = ctx
-            .destination
-            .put(&txt_name, body, "text/plain; charset=utf-8", None)
-            .await;
-        if let Some(e) = take_failure(&failure) {
-            return Err(e);
-        }
-        let written = match written {
-            Ok(w) => w,
-            Err(e) => return Err(ctx.destination_error(e).await),
-        };
-        let txt_sha = digest
-            .result()
-            .ok_or_else(|| {
-                StageError::Transient("the manifest text was not read to its end".into())
-            })?
-            .sha256;
+        let (written, txt_sha) = self
+            .put_streamed(
+                &txt_name,
+                lines_stream(ctx, sha256sum_line, tail, copy, &failure),
+                "text/plain; charset=utf-8",
+                &failure,
+            )
+            .await?;
         if let Some(signer) = signer {
             let signature = signer
                 .await
-                .map_err(|e| StageError::Transient(format!("the manifest signer stopped: {e}")))?
+                .map_err(|e| {
+                    StageError::Transient(format!(
+                        "the manifest signer stopped ({e}); the manifest is written again"
+                    ))
+                })?
                 .map_err(|e| StageError::Invalid(e.to_string()))?;
             if let Err(e) = ctx
                 .destination
