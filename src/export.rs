@@ -99,6 +99,10 @@ pub struct TuningArgs {
     /// Parts of one file in flight at once.
     #[arg(long, default_value_t = 3)]
     parts_in_flight: usize,
+    /// Files of at most this many MiB whose size Chorus announces go to S3 in one
+    /// streamed request, without part buffers (0: always in parts).
+    #[arg(long, default_value_t = Tuning::DEFAULT_SINGLE_REQUEST_MAX_MIB)]
+    single_request_max_mib: u64,
     /// Seconds before a message whose worker went silent is delivered again.
     #[arg(long, default_value_t = 30)]
     ack_wait_secs: u64,
@@ -151,6 +155,7 @@ impl TuningArgs {
             tuning: Tuning {
                 part_size: self.part_size_mib.max(1) * 1024 * 1024,
                 parts_in_flight: self.parts_in_flight.max(1),
+                single_request_max: self.single_request_max_mib.saturating_mul(1024 * 1024),
             },
             ..WorkerOptions::default()
         };

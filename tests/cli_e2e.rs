@@ -89,16 +89,18 @@ const LOOP_FLAGS: [&str; 12] = [
 ];
 
 /// The tuning flags `export`, `resume` and `replay --run` are run with: two fetches at a
-/// time, small parts one at a time, a short ack wait and a Chorus budget the simulator
-/// never throttles. `worker` takes the first eight (it has no Chorus budget of its own
-/// to set here).
-const TUNING_FLAGS: [&str; 12] = [
+/// time, small parts one at a time, files up to 16 MiB in one streamed request, a short
+/// ack wait and a Chorus budget the simulator never throttles. `worker` takes the first
+/// ten (it has no Chorus budget of its own to set here).
+const TUNING_FLAGS: [&str; 14] = [
     "--concurrency",
     "2",
     "--part-size-mib",
     "5",
     "--parts-in-flight",
     "1",
+    "--single-request-max-mib",
+    "16",
     "--ack-wait-secs",
     "10",
     "--chorus-rate",
@@ -973,7 +975,7 @@ async fn worker_process_with_tuning_flags_finishes_a_job() {
         &db,
         &[
             &["--signing-key", &sk][..],
-            &TUNING_FLAGS[..8],
+            &TUNING_FLAGS[..10],
             &["--aws-endpoint-url", "http://127.0.0.1:9"],
         ]
         .concat(),

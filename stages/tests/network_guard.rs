@@ -367,6 +367,7 @@ fn tuning() -> Tuning {
     Tuning {
         part_size: 5 * 1024 * 1024,
         parts_in_flight: 1,
+        ..Tuning::default()
     }
 }
 

@@ -490,6 +490,8 @@ impl MultipartStore for GcsDestination {
             part_size: self.chunk_size,
             // A resumable session takes its chunks strictly in order.
             parts_in_flight: 1,
+            // GCS has no streamed one-request upload here: every body goes through parts.
+            single_request_max: 0,
         }
     }
 
@@ -616,9 +618,9 @@ impl Destination for GcsDestination {
         relative_path: &str,
         body: ByteStream,
         content_type: &str,
-        _size_hint: Option<u64>,
+        size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        put_file(self, relative_path, body, content_type, None).await
+        put_file(self, relative_path, body, content_type, size_hint, None).await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {

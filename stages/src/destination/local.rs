@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{ByteStream, Destination, DestinationError, Written, checked};
+use super::{ByteStream, Destination, DestinationError, Written, checked, exact_length};
 
 pub struct LocalFolder {
     root: PathBuf,
@@ -132,9 +132,13 @@ impl Destination for LocalFolder {
         relative_path: &str,
         body: ByteStream,
         _content_type: &str,
-        _size_hint: Option<u64>,
+        size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
         let rel = checked(relative_path)?;
+        let body = match size_hint {
+            Some(size) => exact_length(body, size),
+            None => body,
+        };
         let final_path = self.root.join(rel);
         let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
         self.ensure_dir(&dir).await?;

@@ -56,6 +56,46 @@ impl DestinationError {
     }
 }
 
+/// `body`, checked against the length its source announced: a body that runs long or
+/// ends short yields an error instead of its extra bytes or its end, so no destination
+/// commits it. Every destination applies it to a body given with a size hint.
+pub(crate) fn exact_length(body: ByteStream, size: u64) -> ByteStream {
+    use futures::StreamExt;
+    let checked = futures::stream::unfold(
+        (body, 0u64, false),
+        move |(mut body, seen, ended)| async move {
+            if ended {
+                return None;
+            }
+            let (item, seen, ended) = match body.next().await {
+                Some(Ok(chunk)) => match seen.checked_add(chunk.len() as u64) {
+                    Some(total) if total <= size => (Ok(chunk), total, false),
+                    _ => (
+                        Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the body is longer than the {size} bytes announced"),
+                        )),
+                        seen,
+                        true,
+                    ),
+                },
+                Some(Err(e)) => (Err(e), seen, true),
+                None if seen < size => (
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the body ended after {seen} of the {size} bytes announced"),
+                    )),
+                    seen,
+                    true,
+                ),
+                None => return None,
+            };
+            Some((item, (body, seen, ended)))
+        },
+    );
+    Box::pin(checked)
+}
+
 /// What a completed write reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -237,6 +277,18 @@ pub struct Tuning {
     /// Parts of one file uploaded at once. Memory per transfer is about
     /// `part_size * (parts_in_flight + 1)`.
     pub parts_in_flight: usize,
+    /// A file whose size the source announced, up to this many bytes, is streamed in one
+    /// request by a store that can (S3: `PutObject` with a trailing SHA-256), holding no
+    /// part buffer: one request instead of a multipart upload's four or more, and only
+    /// the chunks in transit in memory. A failure retries the whole file from the source
+    /// rather than one part. 0 turns it off.
+    pub single_request_max: u64,
+}
+
+impl Tuning {
+    /// The default of [`Tuning::single_request_max`], in MiB: most audio recordings go in
+    /// one request, long videos in parts.
+    pub const DEFAULT_SINGLE_REQUEST_MAX_MIB: u64 = 64;
 }
 
 impl Default for Tuning {
@@ -244,6 +296,7 @@ impl Default for Tuning {
         Self {
             part_size: 8 * 1024 * 1024,
             parts_in_flight: 3,
+            single_request_max: Self::DEFAULT_SINGLE_REQUEST_MAX_MIB << 20,
         }
     }
 }

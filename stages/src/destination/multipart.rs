@@ -7,16 +7,26 @@
 //! only its own calls through [`MultipartStore`] (one-request upload, begin) and
 //! [`OpenUpload`] (send one part, commit, abort). Memory per transfer is at most
 //! `part_size * (parts_in_flight + 1)` plus one incoming chunk.
+//!
+//! A body whose length the source announced, up to [`Tuning::single_request_max`], is
+//! instead streamed in one request by a store that offers it
+//! ([`MultipartStore::put_sized`]), through a [`SizedBody`] that fails the request when
+//! the body breaks or its length differs from the announced one, so the store never
+//! commits it: no part buffers, and one request per file, as rclone does below its
+//! upload cutoff.
 
 use async_trait::async_trait;
-use std::sync::{Mutex, PoisonError};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use http_body::{Frame, SizeHint};
 use tokio::task::JoinSet;
 
-use super::{ByteStream, DestinationError, Tuning, Written, checked};
+use super::{ByteStream, DestinationError, Tuning, Written, checked, exact_length};
 use crate::hash::DigestHandle;
 
 /// Part buffers given back by finished parts, for the next part to fill. A new buffer of
@@ -195,6 +205,20 @@ pub(crate) trait MultipartStore: Send + Sync {
     ) -> Result<(), DestinationError>;
     /// Starts a multipart upload to `key`; nothing is visible at the key until it commits.
     async fn begin(&self, key: &str, content_type: &str) -> Result<Self::Upload, DestinationError>;
+    /// Streams `body`, exactly `body.size()` bytes, to `key` in one request that the store
+    /// commits only if the whole body arrived. A store without such a request hands the
+    /// body back (the default) and it goes through parts.
+    async fn put_sized(&self, key: &str, body: SizedBody, content_type: &str) -> StreamedPut {
+        let _ = (key, content_type);
+        StreamedPut::NotOffered(body)
+    }
+}
+
+/// What [`MultipartStore::put_sized`] did.
+pub(crate) enum StreamedPut {
+    Done(Result<(), DestinationError>),
+    /// The store has no streamed one-request upload: the untouched body, for parts.
+    NotOffered(SizedBody),
 }
 
 /// One started multipart upload.
@@ -217,6 +241,103 @@ pub(crate) trait OpenUpload: Send + 'static {
     async fn abort(&mut self);
 }
 
+/// A source body of announced length as an HTTP request body: its size hint is exact (a
+/// store sends it as `Content-Length`, S3 as `x-amz-decoded-content-length`), and it is
+/// [`exact_length`]-checked, so a body that breaks, runs long or ends short yields an
+/// error instead of its end and the request fails before the store could commit it. The
+/// source's own error is kept for [`SizedBody::source_failure`]: a failed request then
+/// reports the source, not the store, as the cause.
+pub(crate) struct SizedBody {
+    /// In a `Mutex` only because HTTP clients want a `Sync` body; it is reached through
+    /// `get_mut` (the body is polled by `&mut`), never locked.
+    inner: Mutex<ByteStream>,
+    size: u64,
+    remaining: u64,
+    done: bool,
+    failure: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+/// Where a [`SizedBody`] left its source error once the body was handed to a client.
+#[derive(Clone)]
+pub(crate) struct SourceFailure(Arc<Mutex<Option<std::io::Error>>>);
+
+impl SourceFailure {
+    /// The source's error, if the body failed because of it.
+    pub(crate) fn take(&self) -> Option<std::io::Error> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl SizedBody {
+    /// `inner` must already be [`exact_length`]-checked against `size`.
+    fn new(inner: ByteStream, size: u64) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+            size,
+            remaining: size,
+            done: false,
+            failure: Arc::default(),
+        }
+    }
+
+    /// The announced length.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// A handle to the source error, to read after the request failed.
+    pub(crate) fn source_failure(&self) -> SourceFailure {
+        SourceFailure(self.failure.clone())
+    }
+
+    /// Back to a plain stream, for the parts path (nothing was read from it).
+    fn into_stream(self) -> ByteStream {
+        self.inner
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl http_body::Body for SizedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.done = true;
+                let reported = std::io::Error::new(error.kind(), error.to_string());
+                *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                Poll::Ready(Some(Err(reported)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// [`super::Destination::put`] of every object store: checks the relative path, then
 /// streams the body to its key.
 pub(crate) async fn put_file<S: MultipartStore>(
@@ -224,14 +345,21 @@ pub(crate) async fn put_file<S: MultipartStore>(
     relative_path: &str,
     body: ByteStream,
     content_type: &str,
+    size_hint: Option<u64>,
     digest: Option<&DigestHandle>,
 ) -> Result<Written, DestinationError> {
     let key = store.key(checked(relative_path)?);
-    let bytes = put_streaming(store, &key, body, content_type, digest).await?;
+    let bytes = put_streaming(store, &key, body, content_type, size_hint, digest).await?;
     Ok(Written { key, bytes })
 }
 
-/// Streams `body` to `key` through `store`: one request for a body that fits in one
+/// Bodies up to this size go in one buffered request even when they could be streamed:
+/// the SDK can retry a request whose body is in memory, and the checksum goes in a
+/// header instead of a chunked trailer.
+const BUFFER_UP_TO: u64 = 256 * 1024;
+
+/// Streams `body` to `key` through `store`: one streamed request for a body of announced
+/// length the store can take that way, one buffered request for a body that fits in one
 /// part, else a multipart upload that is committed only when every part arrived and
 /// aborted otherwise. Returns the number of bytes written. `digest` is the hash of the
 /// body as it is read: a one-request upload reuses it.
@@ -240,9 +368,21 @@ pub(crate) async fn put_streaming<S: MultipartStore>(
     key: &str,
     body: ByteStream,
     content_type: &str,
+    size_hint: Option<u64>,
     digest: Option<&DigestHandle>,
 ) -> Result<u64, DestinationError> {
     let tuning = store.tuning();
+    let body = match size_hint {
+        Some(size) if size > BUFFER_UP_TO && size <= tuning.single_request_max => {
+            let body = SizedBody::new(exact_length(body, size), size);
+            match store.put_sized(key, body, content_type).await {
+                StreamedPut::Done(result) => return result.map(|()| size),
+                StreamedPut::NotOffered(body) => body.into_stream(),
+            }
+        }
+        Some(size) => exact_length(body, size),
+        None => body,
+    };
     let mut parts = PartReader::new(body, tuning.part_size);
     let first = parts
         .next_part()
@@ -402,6 +542,11 @@ mod tests {
         whole: Mutex<Option<Vec<u8>>>,
         log: Arc<Mutex<Log>>,
         fail_part: Option<usize>,
+        /// Offers the streamed one-request upload, and records its bodies.
+        streams: bool,
+        /// 100 unless set: bodies of streamed size need larger parts to stay quick.
+        part_size: Option<usize>,
+        streamed: Mutex<Option<Vec<u8>>>,
     }
 
     #[derive(Default)]
@@ -426,8 +571,9 @@ mod tests {
         }
         fn tuning(&self) -> Tuning {
             Tuning {
-                part_size: 100,
+                part_size: self.part_size.unwrap_or(100),
                 parts_in_flight: 2,
+                single_request_max: 4 * BUFFER_UP_TO,
             }
         }
         fn prefix(&self) -> &str {
@@ -448,6 +594,29 @@ mod tests {
                 log: self.log.clone(),
                 fail_part: self.fail_part,
             })
+        }
+        async fn put_sized(&self, _: &str, mut body: SizedBody, _: &str) -> StreamedPut {
+            if !self.streams {
+                return StreamedPut::NotOffered(body);
+            }
+            let failure = body.source_failure();
+            let mut got = Vec::new();
+            while let Some(frame) = std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+            })
+            .await
+            {
+                match frame {
+                    Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
+                    // As a store's client would: the request fails and nothing is kept.
+                    Err(_) => {
+                        let source = failure.take().expect("the source error is kept");
+                        return StreamedPut::Done(Err(DestinationError::Source(source)));
+                    }
+                }
+            }
+            *self.streamed.lock().unwrap() = Some(got);
+            StreamedPut::Done(Ok(()))
         }
     }
 
@@ -503,7 +672,7 @@ mod tests {
     async fn a_body_within_one_part_is_one_request() {
         let store = Recorder::default();
         assert_eq!(
-            put_streaming(&store, "k", body_of(100), "x", None)
+            put_streaming(&store, "k", body_of(100), "x", None, None)
                 .await
                 .unwrap(),
             100
@@ -519,7 +688,7 @@ mod tests {
     async fn parts_go_in_order_with_at_most_the_configured_number_in_flight() {
         let store = Recorder::default();
         assert_eq!(
-            put_streaming(&store, "k", body_of(950), "x", None)
+            put_streaming(&store, "k", body_of(950), "x", None, None)
                 .await
                 .unwrap(),
             950
@@ -539,7 +708,7 @@ mod tests {
     async fn a_body_ending_on_a_part_boundary_is_committed_with_its_size() {
         let store = Recorder::default();
         assert_eq!(
-            put_streaming(&store, "k", body_of(300), "x", None)
+            put_streaming(&store, "k", body_of(300), "x", None, None)
                 .await
                 .unwrap(),
             300
@@ -556,7 +725,7 @@ mod tests {
             ..Recorder::default()
         };
         assert!(
-            put_streaming(&store, "k", body_of(950), "x", None)
+            put_streaming(&store, "k", body_of(950), "x", None, None)
                 .await
                 .is_err()
         );
@@ -577,11 +746,103 @@ mod tests {
             Box::pin(futures::stream::iter(chunks)),
             "x",
             None,
+            None,
         )
         .await
         .unwrap_err();
         assert!(matches!(err, DestinationError::Source(_)), "{err}");
         let log = store.log.lock().unwrap();
         assert!(log.aborted && log.committed.is_none());
+    }
+
+    fn streaming_store() -> Recorder {
+        Recorder {
+            streams: true,
+            part_size: Some(64 * 1024),
+            ..Recorder::default()
+        }
+    }
+
+    const STREAMED: usize = 2 * BUFFER_UP_TO as usize;
+
+    #[tokio::test]
+    async fn an_announced_body_within_the_limit_is_one_streamed_request() {
+        let store = streaming_store();
+        let n = STREAMED as u64;
+        assert_eq!(
+            put_streaming(&store, "k", body_of(STREAMED), "x", Some(n), None)
+                .await
+                .unwrap(),
+            n
+        );
+        assert_eq!(
+            store.streamed.lock().unwrap().as_deref(),
+            Some(&vec![0u8; STREAMED][..])
+        );
+        assert!(store.log.lock().unwrap().parts.is_empty(), "no parts");
+        assert!(store.whole.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn unannounced_small_or_too_large_bodies_are_not_streamed() {
+        let limit = 4 * BUFFER_UP_TO;
+        for (len, hint) in [
+            (STREAMED, None),
+            (100, Some(100)),
+            (limit as usize + 1, Some(limit + 1)),
+        ] {
+            let store = streaming_store();
+            put_streaming(&store, "k", body_of(len), "x", hint, None)
+                .await
+                .unwrap();
+            assert!(store.streamed.lock().unwrap().is_none(), "{len} {hint:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_without_streamed_requests_gets_the_body_in_parts() {
+        let store = Recorder {
+            part_size: Some(64 * 1024),
+            ..Recorder::default()
+        };
+        let n = STREAMED as u64;
+        assert_eq!(
+            put_streaming(&store, "k", body_of(STREAMED), "x", Some(n), None)
+                .await
+                .unwrap(),
+            n
+        );
+        let log = store.log.lock().unwrap();
+        assert_eq!(log.committed.as_ref().map(|c| c.1), Some(n));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_that_breaks_or_differs_from_its_announced_length_fails() {
+        let n = STREAMED as u64;
+        let mut broken: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from(vec![1u8; 1000]))];
+        broken.push(Err(std::io::Error::other("connection reset")));
+        let cases: [(ByteStream, &str); 3] = [
+            (body_of(STREAMED - 1), "ended after"),
+            (body_of(STREAMED + 1), "longer than"),
+            (Box::pin(futures::stream::iter(broken)), "connection reset"),
+        ];
+        for (body, says) in cases {
+            let store = streaming_store();
+            let err = put_streaming(&store, "k", body, "x", Some(n), None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, DestinationError::Source(e) if e.to_string().contains(says)),
+                "{says}: {err}"
+            );
+            assert!(store.streamed.lock().unwrap().is_none(), "{says}");
+        }
+    }
+
+    #[test]
+    fn a_sized_body_announces_its_exact_remaining_length() {
+        let body = SizedBody::new(exact_length(body_of(10), 10), 10);
+        let hint = http_body::Body::size_hint(&body);
+        assert_eq!((hint.lower(), hint.upper()), (10, Some(10)));
     }
 }

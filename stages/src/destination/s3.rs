@@ -1,12 +1,14 @@
 //! Amazon S3 and S3-compatible servers, with `aws-sdk-s3`.
 //!
-//! Small files go in one `PutObject`; larger ones stream as a multipart upload whose
-//! parts are cut from the body in memory (never on disk), several in flight at once, and
-//! the upload is aborted if anything fails, so no object and no orphaned parts remain.
-//! Every part and every single PUT carries `x-amz-checksum-sha256`, so S3 itself rejects
-//! bytes corrupted on the way. Server-side encryption is asked for per destination
-//! (`sse=AES256` for SSE-S3, `sse=aws:kms[&kms_key_id=..]` for SSE-KMS) on every
-//! `PutObject` and `CreateMultipartUpload`. Only `s3:PutObject`,
+//! Small files go in one `PutObject`; so do files whose size Chorus announced, up to
+//! `--single-request-max-mib`, streamed as they arrive with a trailing checksum. Larger
+//! ones stream as a multipart upload whose parts are cut from the body in memory (never
+//! on disk), several in flight at once, and the upload is aborted if anything fails, so
+//! no object and no orphaned parts remain. Every part and every single PUT carries
+//! `x-amz-checksum-sha256` (a header, or the streamed PUT's trailer), so S3 itself
+//! rejects bytes corrupted on the way. Server-side encryption is asked for per
+//! destination (`sse=AES256` for SSE-S3, `sse=aws:kms[&kms_key_id=..]` for SSE-KMS) on
+//! every `PutObject` and `CreateMultipartUpload`. Only `s3:PutObject`,
 //! `s3:AbortMultipartUpload` and `s3:ListMultipartUploadParts` (plus `kms:GenerateDataKey`
 //! on the key for SSE-KMS) are needed to write. Open multipart uploads are noted in an
 //! [`UploadJournal`] (the job store), so those of a killed worker are aborted by the
@@ -27,7 +29,9 @@ use bytes::Bytes;
 use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
 use sha2::{Digest, Sha256};
 
-use super::multipart::{MultipartStore, OpenUpload, Part, PartRequest, put_file};
+use super::multipart::{
+    MultipartStore, OpenUpload, Part, PartRequest, SizedBody, StreamedPut, put_file,
+};
 use super::url::{S3Encryption, S3Url};
 use super::{ByteStream, Destination, DestinationError, Tuning, UploadJournal, Written, checked};
 use crate::hash::DigestHandle;
@@ -243,6 +247,34 @@ impl MultipartStore for S3Destination {
         Ok(())
     }
 
+    /// `PutObject` of a body streamed as it arrives: the SDK sends it `aws-chunked` with
+    /// the whole body's SHA-256 in a trailer (`x-amz-checksum-sha256`), which S3 checks
+    /// before it stores the object, and keeps as the object's checksum: the same digest
+    /// the manifest lists. The body is not kept for a retry; a failed request fails the
+    /// file, which the stage retries from the source.
+    async fn put_sized(&self, key: &str, body: SizedBody, content_type: &str) -> StreamedPut {
+        let size = body.size();
+        let source_failure = body.source_failure();
+        let (sse, kms_key) = self.encryption();
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(size as i64)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(SdkByteStream::from_body_1_x(body))
+            .send()
+            .await;
+        StreamedPut::Done(sent.map(|_| ()).map_err(|e| match source_failure.take() {
+            Some(source) => DestinationError::Source(source),
+            None => self.classify("PutObject", e),
+        }))
+    }
+
     async fn begin(&self, key: &str, content_type: &str) -> Result<S3Upload, DestinationError> {
         // A killed worker's upload of this key would otherwise stay open (and billed).
         if let Err(e) = self.abort_journaled(Some(key)).await {
@@ -446,9 +478,9 @@ impl Destination for S3Destination {
         relative_path: &str,
         body: ByteStream,
         content_type: &str,
-        _size_hint: Option<u64>,
+        size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        put_file(self, relative_path, body, content_type, None).await
+        put_file(self, relative_path, body, content_type, size_hint, None).await
     }
 
     async fn put_hashed(
@@ -456,10 +488,18 @@ impl Destination for S3Destination {
         relative_path: &str,
         body: ByteStream,
         content_type: &str,
-        _size_hint: Option<u64>,
+        size_hint: Option<u64>,
         digest: &DigestHandle,
     ) -> Result<Written, DestinationError> {
-        put_file(self, relative_path, body, content_type, Some(digest)).await
+        put_file(
+            self,
+            relative_path,
+            body,
+            content_type,
+            size_hint,
+            Some(digest),
+        )
+        .await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {

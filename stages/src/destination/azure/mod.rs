@@ -397,9 +397,9 @@ impl Destination for AzureDestination {
         relative_path: &str,
         body: ByteStream,
         content_type: &str,
-        _size_hint: Option<u64>,
+        size_hint: Option<u64>,
     ) -> Result<Written, DestinationError> {
-        put_file(self, relative_path, body, content_type, None).await
+        put_file(self, relative_path, body, content_type, size_hint, None).await
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {
