@@ -522,3 +522,144 @@ async fn three_hundred_recordings_to_gcs_with_bigquery_rows() {
     }
     assert_eq!(seen, ids, "the table holds exactly the exported recordings");
 }
+
+/// The largest number of the job's recordings that waited to be fetched at once while a
+/// worker with `list_ahead` ran the job to its end (sampled every 10 ms); it checks that
+/// the job finished with every recording's media written.
+async fn most_waiting_with(list_ahead: u64) -> u64 {
+    const RECORDINGS: usize = 200;
+    let mut config = Harness::sim_config(RECORDINGS, 31);
+    config.page_size = 25;
+    config.sizes.min = 1024;
+    config.sizes.max = 1024;
+    let h = Harness::start(config).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds {
+                media: true,
+                transcript: false,
+                metadata: false,
+            },
+        )
+        .await;
+    let sampler = {
+        let (store, job) = (h.store.clone(), job.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            loop {
+                most = most.max(store.pending_up_to(&job, u64::MAX).await.unwrap());
+                if store.job(&job).await.unwrap().status.is_final() {
+                    return most;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let options = stages::worker::WorkerOptions {
+        list_ahead,
+        fetch_concurrency: 2,
+        ..fast_options()
+    };
+    let (status, _) = h.run_worker(&job, options, Duration::from_secs(300)).await;
+    assert_eq!(status, JobStatus::Finished, "list_ahead {list_ahead}");
+    assert_eq!(
+        sha256sum_check(out.path()),
+        expected_media(&h.sim).len(),
+        "list_ahead {list_ahead}: not every recording's media is in the manifest"
+    );
+    sampler.await.unwrap()
+}
+
+/// A backfill holds a bounded queue: the list stage lists the next page only while at
+/// most `list_ahead` recordings wait to be fetched, so no more than that plus one page
+/// (25 here) ever wait, and every recording is still exported. The control: with the
+/// default (2,000), the whole listing of 200 runs ahead of the fetches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_stays_a_bounded_distance_ahead_of_the_fetches() {
+    let bounded = most_waiting_with(30).await;
+    assert!(
+        bounded <= 30 + 25,
+        "{bounded} recordings waited at once with list_ahead 30 and pages of 25"
+    );
+    let unbounded = most_waiting_with(stages::list::DEFAULT_LIST_AHEAD).await;
+    eprintln!(
+        "most recordings waiting: {bounded} with list_ahead 30, {unbounded} with the default"
+    );
+    assert!(
+        unbounded > 30 + 25,
+        "the control never saw a backlog ({unbounded}): the sampler cannot tell the bound works"
+    );
+}
+
+/// A list stage waiting for the backlog does not hold its worker: stopped while it
+/// waits, the worker returns at once, and the page it had not listed yet is listed by
+/// the next worker, which exports everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
+    let mut config = Harness::sim_config(120, 32);
+    config.page_size = 25;
+    config.sizes.min = 1024;
+    config.sizes.max = 1024;
+    let h = Harness::start(config).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds {
+                media: true,
+                transcript: false,
+                metadata: false,
+            },
+        )
+        .await;
+    // Only the list stage: nothing fetches, so after the first page it waits.
+    let options = stages::worker::WorkerOptions {
+        list_ahead: 10,
+        stages: vec![Stage::List],
+        ..fast_options()
+    };
+    let ctx = stages::worker::prepare(
+        &job,
+        h.store.clone(),
+        h.js.clone(),
+        &credentials(),
+        &options,
+    )
+    .await
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lister = tokio::spawn(stages::worker::run(
+        ctx,
+        options,
+        stages::worker::WorkerCounters::default(),
+        stop_rx,
+    ));
+    let waiting = async {
+        while h.store.pending_up_to(&job, u64::MAX).await.unwrap() < 25 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the first page was never listed");
+    // Longer than a few backlog polls: the stage is waiting, not listing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.store.pending_up_to(&job, u64::MAX).await.unwrap(),
+        25,
+        "a second page was listed while 25 recordings waited (list_ahead 10)"
+    );
+    stop_tx.send(true).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), lister).await;
+    assert!(
+        stopped.is_ok(),
+        "the worker did not return within 5 s of being stopped"
+    );
+    let (status, _) = h
+        .run_worker(&job, fast_options(), Duration::from_secs(300))
+        .await;
+    assert_eq!(status, JobStatus::Finished);
+    assert_eq!(sha256sum_check(out.path()), expected_media(&h.sim).len());
+}

@@ -743,6 +743,20 @@ impl JobStore {
 
     /// Whether every listed recording is settled, by an indexed lookup: called after
     /// each recording, so it must not scan the job's rows as `progress` does.
+    /// How many of the job's listed recordings are still pending (not yet exported,
+    /// skipped or dead), counting no further than `cap`: the list stage's backlog check,
+    /// a range read of at most `cap` index entries.
+    pub async fn pending_up_to(&self, job: &JobId, cap: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM recordings WHERE job_id = $1 AND status = 'pending' LIMIT $2) AS p",
+        )
+        .bind(job.as_str())
+        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
     pub async fn is_settled(&self, job: &JobId) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT listing_complete, \

@@ -1,8 +1,12 @@
 //! The list stage: one page of the Chorus engagement listing per message. Records each
 //! recording as pending (so completion can be derived), emits a fetch task per
 //! recording, then the next page's list task; the last page marks the listing complete.
+//! It lists a page only while the job's backlog (recordings listed and not yet fetched)
+//! is at most `list_ahead`: the work queue, the job store's pending rows and the Chorus
+//! budget spent ahead of the fetches stay bounded whatever the size of the backfill.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pipeline::JobStatus;
@@ -13,7 +17,58 @@ use pipeline::topology::{self, Stage};
 
 use crate::context::{JobContext, publish_err, store_err};
 
-pub struct ListStage(pub Arc<JobContext>);
+/// The default of `WorkerOptions::list_ahead`: twenty pages of the largest listing page
+/// ahead of the fetches, enough that fetch workers never wait for a page.
+pub const DEFAULT_LIST_AHEAD: u64 = 2_000;
+
+/// How often a waiting list stage looks at the backlog again.
+const BACKLOG_POLL: Duration = Duration::from_millis(250);
+
+pub struct ListStage {
+    pub ctx: Arc<JobContext>,
+    /// The most recordings listed and not yet fetched before the next page is listed.
+    pub list_ahead: u64,
+    /// Turns true when the worker stops: a wait for the backlog ends there.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ListStage {
+    /// Returns once the job's backlog is at most `list_ahead`. The runner keeps the
+    /// message alive meanwhile (progress acks); a stopping worker gives it back
+    /// unlisted, for whichever worker goes on with the job.
+    async fn wait_for_backlog(&self) -> Result<(), StageError> {
+        let ctx = &self.ctx;
+        let mut stopping = self.stopping.clone();
+        let mut waited = false;
+        loop {
+            let backlog = ctx
+                .store
+                .pending_up_to(&ctx.job, self.list_ahead + 1)
+                .await
+                .map_err(store_err)?;
+            if backlog <= self.list_ahead {
+                return Ok(());
+            }
+            if !waited {
+                tracing::debug!(job = %ctx.job, backlog, list_ahead = self.list_ahead, "waiting for fetches before listing the next page");
+                waited = true;
+            }
+            let stop = || {
+                StageError::Transient(
+                    "the worker is stopping; the next page is listed when the job goes on".into(),
+                )
+            };
+            if *stopping.borrow() {
+                return Err(stop());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(BACKLOG_POLL) => {}
+                // A closed channel means the worker is gone: stop as well.
+                changed = stopping.changed() => if changed.is_err() { return Err(stop()); },
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl StageHandler for ListStage {
@@ -24,7 +79,8 @@ impl StageHandler for ListStage {
     }
 
     async fn handle(&self, task: ListTask) -> Result<(), StageError> {
-        let ctx = &self.0;
+        self.wait_for_backlog().await?;
+        let ctx = &self.ctx;
         let page = match ctx
             .chorus
             .list_engagements(&ctx.filter(), task.continuation_key.as_deref())
@@ -136,7 +192,7 @@ impl StageHandler for ListStage {
 
     async fn on_dead(&self, _task: Option<ListTask>, reason: &str) -> Result<(), StageError> {
         // Without the rest of the listing the export cannot be complete: say so loudly.
-        let ctx = &self.0;
+        let ctx = &self.ctx;
         ctx.set_status(
             JobStatus::Failed,
             Some(&format!("listing Chorus failed: {reason}")),

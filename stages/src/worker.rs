@@ -55,6 +55,9 @@ pub struct WorkerOptions {
     /// [`HEARTBEAT_EVERY`]); once every lease of a running job has run out, a supervisor
     /// acts on it.
     pub lease: Duration,
+    /// The list stage lists the next Chorus page only while at most this many listed
+    /// recordings wait to be fetched, so a backfill of any size holds a bounded queue.
+    pub list_ahead: u64,
 }
 
 impl std::fmt::Debug for WorkerOptions {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for WorkerOptions {
             .field("resolver", &self.resolver.as_ref().map(|_| "injected"))
             .field("chorus_budget", &self.chorus_budget)
             .field("lease", &self.lease)
+            .field("list_ahead", &self.list_ahead)
             .finish()
     }
 }
@@ -83,6 +87,7 @@ impl Default for WorkerOptions {
             resolver: None,
             chorus_budget: BudgetConfig::default(),
             lease: pipeline::leases::DEFAULT_LEASE,
+            list_ahead: crate::list::DEFAULT_LIST_AHEAD,
         }
     }
 }
@@ -332,7 +337,11 @@ async fn run_leased(
                 tasks.spawn(runner::run(
                     js,
                     job,
-                    Arc::new(ListStage(ctx.clone())),
+                    Arc::new(ListStage {
+                        ctx: ctx.clone(),
+                        list_ahead: options.list_ahead,
+                        stopping: shutdown_rx.clone(),
+                    }),
                     single.clone(),
                     counters.list.clone(),
                     rx,
