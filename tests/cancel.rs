@@ -92,6 +92,23 @@ async fn a_work_stream_made_without_limits_gets_them() {
     assert_eq!(config.max_age, topology::WORK_MAX_AGE);
 }
 
+/// A record stream made by an older portshift remembered ids for two minutes, which
+/// costs the server memory in proportion to the export's rate: it is shortened, and
+/// what else it has (its retention) is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_stream_made_with_the_old_duplicate_window_gets_the_short_one() {
+    let h = Harness::start(Harness::sim_config(1, 1)).await;
+    let mut stream = h.js.get_stream(topology::RECORD_STREAM).await.unwrap();
+    let mut old = stream.info().await.unwrap().config.clone();
+    assert_eq!(old.duplicate_window, topology::RECORD_DUPLICATE_WINDOW);
+    old.duplicate_window = topology::DUPLICATE_WINDOW;
+    h.js.update_stream(old).await.unwrap();
+    topology::ensure_streams(&h.js).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.duplicate_window, topology::RECORD_DUPLICATE_WINDOW);
+    assert_eq!(config.max_age, Duration::from_secs(24 * 3600));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_drops_transfers_and_their_partial_files_at_once() {
     let h = Harness::start(slow_sim(12, 4 * 1024 * 1024)).await;
@@ -141,6 +158,8 @@ async fn cancel_aborts_open_multipart_uploads() {
     let mut options = fast_options();
     options.fetch_concurrency = 2;
     options.tuning.part_size = 5 * 1024 * 1024;
+    // In parts: a streamed single request has no upload to abort (its case is below).
+    options.tuning.single_request_max = 0;
     let running = background_worker(&h, &job, options).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -167,4 +186,45 @@ async fn cancel_aborts_open_multipart_uploads() {
     assert_eq!(status, JobStatus::Cancelled);
     assert_no_open_uploads(&client, &bucket).await;
     assert_eq!(consumers_of(&h, &job).await, Vec::<String>::new());
+}
+
+/// Cancelled while files stream to S3 in one request each (the default for files up to
+/// 64 MiB): the requests are dropped mid-body, so S3 stores none of the cut files, and
+/// what the bucket holds is only whole files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_mid_stream_leaves_no_cut_object() {
+    const SIZE: u64 = 12 * 1024 * 1024;
+    let h = Harness::start(slow_sim(6, SIZE)).await;
+    let client = s3_client().await;
+    let bucket = fresh_bucket(&client).await;
+    let job = h
+        .start_job(&s3_dest(&bucket, "cancel"), ExportKinds::default())
+        .await;
+    let mut options = fast_options();
+    options.fetch_concurrency = 2;
+    let running = background_worker(&h, &job, options).await;
+    // At 1 MiB/s a 12 MiB file takes 12 s: cancel once two MiB of media went out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.sim.stats.snapshot().media_bytes_served < 2 * 1024 * 1024 {
+        assert!(Instant::now() < deadline, "no media transfer started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.store
+        .set_status(&job, JobStatus::Cancelled, Some("cancelled by test"))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the worker did not stop")
+        .unwrap();
+    assert_eq!(status, JobStatus::Cancelled);
+    assert_eq!(h.sim.stats.snapshot().media_completed, 0);
+    let keys = list_keys(&client, &bucket, "cancel").await;
+    // Metadata and transcripts are JSON; everything else is a recording's media.
+    let media: Vec<&String> = keys
+        .iter()
+        .filter(|k| !k.ends_with(".json") && !k.contains("portshift-manifest"))
+        .collect();
+    assert!(media.is_empty(), "cut media stored in S3: {media:?}");
+    assert_no_open_uploads(&client, &bucket).await;
 }

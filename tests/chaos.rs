@@ -46,7 +46,16 @@ async fn chaos_export_ends_complete_and_exact() {
     let job = h.start_job(&dest, ExportKinds::default()).await;
     let db = h.database_url();
     let log = h.tmp.path().join("workers.log");
-    let worker_args = ["--ack-wait-secs", "4", "--concurrency", "8"];
+    // The 24 MiB files go in parts, files above 256 KiB in one streamed request: a
+    // worker killed mid-file leaves neither an open multipart upload nor an object.
+    let worker_args = [
+        "--ack-wait-secs",
+        "4",
+        "--concurrency",
+        "8",
+        "--single-request-max-mib",
+        "16",
+    ];
 
     // Two workers share the job from the start, as on two machines.
     let mut workers = vec![

@@ -269,6 +269,8 @@ fn spawn_worker(cluster: &Cluster, job: &JobId, db: &str, data_dir: &Path, log: 
             .args(["--data-dir", data_dir.to_str().unwrap()])
             .args(TEST_BUDGET_ARGS)
             .args(["--ack-wait-secs", "5", "--concurrency", "6"])
+            // The 20 MiB files go in parts, the others in one streamed request.
+            .args(["--single-request-max-mib", "16"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("PORTSHIFT_LOG", "info")

@@ -74,6 +74,12 @@ pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long JetStream remembers msg-ids to drop duplicate publishes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The same for the hash and upload records: two deliveries of one fetch racing each
+/// other publish the same record within seconds, and nothing republishes one later (a
+/// redelivery after the upload finds its file done). Every remembered id costs the
+/// server memory: with the work stream's two minutes, the records' ids were a sixth of
+/// a 50,000-recording export's peak (nats-server 98 → 82 MiB with a short window).
+pub const RECORD_DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Header names on dead letters (documented in docs/replay.md; stable).
 pub const HDR_ERROR: &str = "Portshift-Error";
@@ -200,7 +206,7 @@ pub async fn ensure_streams_replicated(
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(24 * 3600),
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window: RECORD_DUPLICATE_WINDOW,
             ..Default::default()
         },
         stream::Config {
@@ -227,6 +233,23 @@ pub async fn ensure_streams_replicated(
                 stream: name,
                 source: Box::new(e),
             })?;
+        // A record stream made by an older portshift remembers ids for two minutes:
+        // shorten it, keeping everything else.
+        if name == RECORD_STREAM {
+            let current = stream.cached_info().config.clone();
+            if current.duplicate_window != RECORD_DUPLICATE_WINDOW {
+                let updated = stream::Config {
+                    duplicate_window: RECORD_DUPLICATE_WINDOW,
+                    ..current
+                };
+                while_settling(name, || js.update_stream(updated.clone()))
+                    .await
+                    .map_err(|e| TopologyError::Stream {
+                        stream: name,
+                        source: Box::new(e),
+                    })?;
+            }
+        }
         // A work stream made by an older portshift has no limits: add them, keeping
         // everything else (e.g. the replicas an operator chose).
         if name == WORK_STREAM {
