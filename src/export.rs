@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pipeline::config::Services;
 use pipeline::human::human_bytes;
 use pipeline::rate_budget::BudgetConfig;
+use pipeline::store::ExpectedTotal;
 use pipeline::secrets::Credentials;
 use pipeline::topology::{self, Stage};
 use pipeline::worker_process::{WorkerInput, WorkerSecrets};
@@ -630,8 +631,9 @@ async fn drive_prepared(
     });
     let started = Instant::now();
     let budget = ctx.chorus.budget().cloned();
-    let progress =
-        interactive.then(|| spawn_progress(services.store.clone(), job.clone(), started, budget));
+    let dates = (ctx.spec.from.timestamp(), ctx.spec.to.timestamp());
+    let progress = interactive
+        .then(|| spawn_progress(services.store.clone(), job.clone(), started, dates, budget));
     let status = tokio::select! {
         s = worker::run(ctx.clone(), options, counters.clone(), stop_rx) => s,
         _ = abort_rx => {
@@ -658,10 +660,13 @@ async fn drive_prepared(
     .await
 }
 
+/// The progress bar of an interactive export. `dates` is the job's date range (Unix
+/// seconds), to estimate the total while the listing is still running.
 fn spawn_progress(
     store: pipeline::store::JobStore,
     job: JobId,
     started: Instant,
+    dates: (i64, i64),
     budget: Option<std::sync::Arc<pipeline::rate_budget::RequestBudget>>,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
     let bar = ProgressBar::new(0);
@@ -680,9 +685,18 @@ fn spawn_progress(
                 b.set_position(p.exported + p.skipped + p.dead);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 let settled = p.exported + p.skipped + p.dead;
-                let eta = pipeline::rate_budget::eta(settled, p.listed, secs)
-                    .filter(|_| p.listing_complete)
-                    .map(|left| format!("  ETA {}", human_duration(left)))
+                let eta = p
+                    .expected_total(dates.0, dates.1)
+                    .and_then(|expected| {
+                        let left = pipeline::rate_budget::eta(settled, expected.total(), secs)?;
+                        Some(match expected {
+                            ExpectedTotal::Known(_) => format!("  ETA {}", human_duration(left)),
+                            ExpectedTotal::Estimated { listed_percent, .. } => format!(
+                                "  ETA ~{} (estimated: {listed_percent}% of the dates listed)",
+                                human_duration(left)
+                            ),
+                        })
+                    })
                     .unwrap_or_default();
                 let waiting = match &budget {
                     Some(budget) if budget.waiting_now() > 0 => format!(

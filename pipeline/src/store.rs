@@ -161,11 +161,54 @@ pub struct Progress {
     pub dead: u64,
     pub files: u64,
     pub bytes: u64,
+    /// The oldest and newest recording date listed so far (Unix seconds).
+    pub listed_span: Option<(i64, i64)>,
+}
+
+/// What a job is expected to hold in all, for its ETA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedTotal {
+    /// The listing is complete: the total is known.
+    Known(u64),
+    /// Estimated from the share of the date range listed so far (that share in
+    /// percent): the listing runs only a bounded distance ahead of the fetches.
+    Estimated { total: u64, listed_percent: u8 },
+}
+
+impl ExpectedTotal {
+    pub fn total(self) -> u64 {
+        match self {
+            ExpectedTotal::Known(n) | ExpectedTotal::Estimated { total: n, .. } => n,
+        }
+    }
 }
 
 impl Progress {
     pub fn settled(&self) -> bool {
         self.listing_complete && self.pending == 0
+    }
+
+    /// The job's total: known once the listing is complete, else estimated by assuming
+    /// the recordings are spread over the dates `from..to` (Unix seconds) as over the
+    /// span listed so far. The listed span leaves out the stretch between the range's
+    /// edge and the first recording listed, so the estimate errs high (a longer ETA)
+    /// and converges as the listing goes on. `None` before a span of at least 1 % of
+    /// the range is listed: too early to say.
+    pub fn expected_total(&self, from: i64, to: i64) -> Option<ExpectedTotal> {
+        if self.listing_complete {
+            return Some(ExpectedTotal::Known(self.listed));
+        }
+        let (oldest, newest) = self.listed_span?;
+        let range = to.checked_sub(from).filter(|r| *r > 0)? as f64;
+        let share = ((newest - oldest) as f64 / range).clamp(0.0, 1.0);
+        if share < 0.01 {
+            return None;
+        }
+        let total = ((self.listed as f64 / share).ceil() as u64).max(self.listed);
+        Some(ExpectedTotal::Estimated {
+            total,
+            listed_percent: (share * 100.0).floor() as u8,
+        })
     }
 }
 
@@ -386,6 +429,20 @@ impl JobStore {
             .bind(r.duration_s)
             .bind(r.engagement_type.as_deref())
             .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let dates = found.iter().filter_map(|r| r.recorded_at);
+        if let (Some(oldest), Some(newest)) = (dates.clone().min(), dates.max()) {
+            sqlx::query(
+                "UPDATE jobs SET \
+                 listed_oldest = CASE WHEN listed_oldest IS NULL OR listed_oldest > $1 THEN $1 ELSE listed_oldest END, \
+                 listed_newest = CASE WHEN listed_newest IS NULL OR listed_newest < $2 THEN $2 ELSE listed_newest END \
+                 WHERE id = $3",
+            )
+            .bind(oldest)
+            .bind(newest)
+            .bind(job.as_str())
             .execute(&mut *tx)
             .await?;
         }
@@ -702,14 +759,19 @@ impl JobStore {
     }
 
     pub async fn progress(&self, job: &JobId) -> Result<Progress, StoreError> {
-        let listing: i64 = sqlx::query("SELECT listing_complete FROM jobs WHERE id = $1")
-            .bind(job.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchJob(job.clone()))?
-            .try_get(0)?;
+        let row = sqlx::query(
+            "SELECT listing_complete, listed_oldest, listed_newest FROM jobs WHERE id = $1",
+        )
+        .bind(job.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchJob(job.clone()))?;
+        let listing: i64 = row.try_get(0)?;
+        let oldest: Option<i64> = row.try_get(1)?;
+        let newest: Option<i64> = row.try_get(2)?;
         let mut p = Progress {
             listing_complete: listing != 0,
+            listed_span: oldest.zip(newest),
             ..Default::default()
         };
         let rows = sqlx::query(
@@ -1397,5 +1459,54 @@ mod unavailable_tests {
         assert!(!StoreError::NoSuchJob(JobId::new()).is_unavailable());
         assert!(!StoreError::Query(sqlx::Error::RowNotFound).is_unavailable());
         assert!(!StoreError::Corrupt("bad row".into()).is_unavailable());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ExpectedTotal, Progress};
+
+    fn listing(listed: u64, span: Option<(i64, i64)>) -> Progress {
+        Progress {
+            listed,
+            listed_span: span,
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_listing_knows_its_total() {
+        let p = Progress {
+            listing_complete: true,
+            ..listing(40, Some((0, 10)))
+        };
+        assert_eq!(p.expected_total(0, 1000), Some(ExpectedTotal::Known(40)));
+    }
+
+    #[test]
+    fn a_running_listing_estimates_from_the_share_of_the_dates_listed() {
+        // 2,000 recordings over a quarter of the range: about 8,000 in all.
+        assert_eq!(
+            listing(2000, Some((750, 1000))).expected_total(0, 1000),
+            Some(ExpectedTotal::Estimated {
+                total: 8000,
+                listed_percent: 25
+            })
+        );
+        // Never fewer than already listed, even with a span past the range's ends.
+        assert_eq!(
+            listing(50, Some((-10, 5000))).expected_total(0, 1000),
+            Some(ExpectedTotal::Estimated {
+                total: 50,
+                listed_percent: 100
+            })
+        );
+    }
+
+    #[test]
+    fn too_little_listed_or_a_bad_range_gives_no_estimate() {
+        assert_eq!(listing(10, None).expected_total(0, 1000), None);
+        assert_eq!(listing(10, Some((995, 1000))).expected_total(0, 1000), None);
+        assert_eq!(listing(10, Some((0, 10))).expected_total(1000, 1000), None);
     }
 }

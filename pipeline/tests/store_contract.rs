@@ -533,6 +533,37 @@ async fn manifest_pages_cover_every_row_once_in_order(store: JobStore) {
     );
 }
 
+/// The listing's date span widens page by page (whatever order the pages come in), and
+/// the pending count the list stage waits on stops at its cap.
+async fn the_listed_span_and_the_pending_backlog(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    assert_eq!(store.progress(&id).await.unwrap().listed_span, None);
+    let at = |rec: &str, t: Option<i64>| ListedRecording {
+        recorded_at: t,
+        ..listed(rec)
+    };
+    store
+        .add_listed(&id, &[at("A", Some(500)), at("B", Some(300)), at("C", None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.progress(&id).await.unwrap().listed_span,
+        Some((300, 500))
+    );
+    store.add_listed(&id, &[at("D", Some(100))]).await.unwrap();
+    store.add_listed(&id, &[at("E", Some(900))]).await.unwrap();
+    store.add_listed(&id, &[at("F", None)]).await.unwrap();
+    assert_eq!(
+        store.progress(&id).await.unwrap().listed_span,
+        Some((100, 900))
+    );
+    assert_eq!(store.pending_up_to(&id, 100).await.unwrap(), 6);
+    assert_eq!(store.pending_up_to(&id, 4).await.unwrap(), 4);
+    store.mark_exported(&id, "A").await.unwrap();
+    assert_eq!(store.pending_up_to(&id, 100).await.unwrap(), 5);
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -549,7 +580,8 @@ contract!(
     a_repeated_continuation_key_is_reported_as_a_loop,
     versions_states_and_the_manifest_generation,
     an_organisations_recent_runs_come_in_one_list,
-    manifest_pages_cover_every_row_once_in_order
+    manifest_pages_cover_every_row_once_in_order,
+    the_listed_span_and_the_pending_backlog
 );
 
 #[tokio::test]

@@ -278,10 +278,16 @@ pub async fn job_view(
     let mut fetch_note = format!("{} of {} recordings settled", settled, p.listed);
     if !is_final {
         let elapsed_s = (now_s() - start_s).max(1) as f64;
-        if let Some(left) =
-            pipeline::rate_budget::eta(settled, p.listed, elapsed_s).filter(|_| p.listing_complete)
+        let dates = (job.spec.from.timestamp(), job.spec.to.timestamp());
+        if let Some(expected) = p.expected_total(dates.0, dates.1)
+            && let Some(left) = pipeline::rate_budget::eta(settled, expected.total(), elapsed_s)
         {
             fetch_note.push_str(&format!(", about {} left", minutes_text(left)));
+            if let pipeline::store::ExpectedTotal::Estimated { listed_percent, .. } = expected {
+                fetch_note.push_str(&format!(
+                    " (estimated: {listed_percent}% of the dates listed)"
+                ));
+            }
         }
         // The Chorus request budget the job's workers share (see pipeline::rate_budget).
         if let Some(budget) = pipeline::rate_budget::job_view(js, &job.id).await
