@@ -663,3 +663,72 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
     assert_eq!(status, JobStatus::Finished);
     assert_eq!(sha256sum_check(out.path()), expected_media(&h.sim).len());
 }
+
+/// While a bounded listing is still running, the ETA's total is estimated from the share
+/// of the job's dates listed: an estimate exists well before the listing completes,
+/// never below what is listed, and once a third of the recordings is listed it is
+/// within a quarter of the true total (the simulator spreads dates evenly at random).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unfinished_listing_still_gives_an_estimated_total() {
+    let mut config = Harness::sim_config(400, 33);
+    config.page_size = 25;
+    config.sizes.min = 1024;
+    config.sizes.max = 1024;
+    let h = Harness::start(config).await;
+    let out = tempfile::tempdir().unwrap();
+    let job = h
+        .start_job(
+            &format!("file://{}", out.path().display()),
+            ExportKinds {
+                media: true,
+                transcript: false,
+                metadata: false,
+            },
+        )
+        .await;
+    let spec = h.store.job(&job).await.unwrap().spec;
+    let (from, to) = (spec.from.timestamp(), spec.to.timestamp());
+    let sampler = {
+        let (store, job) = (h.store.clone(), job.clone());
+        tokio::spawn(async move {
+            // (listed, estimated total) while the listing ran
+            let mut seen = Vec::new();
+            loop {
+                let p = store.progress(&job).await.unwrap();
+                if p.listing_complete {
+                    return (seen, p.listed);
+                }
+                if let Some(pipeline::store::ExpectedTotal::Estimated { total, .. }) =
+                    p.expected_total(from, to)
+                {
+                    seen.push((p.listed, total));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let options = stages::worker::WorkerOptions {
+        list_ahead: 30,
+        fetch_concurrency: 2,
+        ..fast_options()
+    };
+    let (status, _) = h
+        .run_worker(&job, options, Duration::from_secs(300))
+        .await;
+    assert_eq!(status, JobStatus::Finished);
+    let (seen, total) = sampler.await.unwrap();
+    assert!(
+        seen.first().is_some_and(|(listed, _)| *listed <= total / 4),
+        "no estimate while a quarter of the listing was left: {seen:?}"
+    );
+    for (listed, estimate) in &seen {
+        assert!(estimate >= listed, "{estimate} estimated with {listed} listed");
+        if *listed >= total / 3 {
+            let error = (*estimate as f64 - total as f64).abs() / total as f64;
+            assert!(
+                error <= 0.25,
+                "{estimate} estimated with {listed} listed; the total was {total}"
+            );
+        }
+    }
+}
