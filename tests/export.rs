@@ -712,9 +712,7 @@ async fn an_unfinished_listing_still_gives_an_estimated_total() {
         fetch_concurrency: 2,
         ..fast_options()
     };
-    let (status, _) = h
-        .run_worker(&job, options, Duration::from_secs(300))
-        .await;
+    let (status, _) = h.run_worker(&job, options, Duration::from_secs(300)).await;
     assert_eq!(status, JobStatus::Finished);
     let (seen, total) = sampler.await.unwrap();
     assert!(
@@ -722,7 +720,10 @@ async fn an_unfinished_listing_still_gives_an_estimated_total() {
         "no estimate while a quarter of the listing was left: {seen:?}"
     );
     for (listed, estimate) in &seen {
-        assert!(estimate >= listed, "{estimate} estimated with {listed} listed");
+        assert!(
+            estimate >= listed,
+            "{estimate} estimated with {listed} listed"
+        );
         if *listed >= total / 3 {
             let error = (*estimate as f64 - total as f64).abs() / total as f64;
             assert!(

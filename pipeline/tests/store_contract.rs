@@ -544,7 +544,10 @@ async fn the_listed_span_and_the_pending_backlog(store: JobStore) {
         ..listed(rec)
     };
     store
-        .add_listed(&id, &[at("A", Some(500)), at("B", Some(300)), at("C", None)])
+        .add_listed(
+            &id,
+            &[at("A", Some(500)), at("B", Some(300)), at("C", None)],
+        )
         .await
         .unwrap();
     assert_eq!(
