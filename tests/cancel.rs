@@ -147,14 +147,33 @@ async fn cancel_drops_transfers_and_their_partial_files_at_once() {
     assert!(h.store.progress(&job).await.unwrap().exported < 12);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cancel_aborts_open_multipart_uploads() {
-    let h = Harness::start(slow_sim(6, 12 * 1024 * 1024)).await;
+/// A fresh bucket and a job of every kind into it (prefix `cancel`).
+async fn s3_job(h: &Harness) -> (aws_sdk_s3::Client, String, JobId) {
     let client = s3_client().await;
     let bucket = fresh_bucket(&client).await;
     let job = h
         .start_job(&s3_dest(&bucket, "cancel"), ExportKinds::default())
         .await;
+    (client, bucket, job)
+}
+
+/// Cancels the job as the console does and waits for its worker to end cancelled.
+async fn cancel_and_wait(h: &Harness, job: &JobId, running: tokio::task::JoinHandle<JobStatus>) {
+    h.store
+        .set_status(job, JobStatus::Cancelled, Some("cancelled by test"))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the worker did not stop")
+        .unwrap();
+    assert_eq!(status, JobStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_aborts_open_multipart_uploads() {
+    let h = Harness::start(slow_sim(6, 12 * 1024 * 1024)).await;
+    let (client, bucket, job) = s3_job(&h).await;
     let mut options = fast_options();
     options.fetch_concurrency = 2;
     options.tuning.part_size = 5 * 1024 * 1024;
@@ -175,15 +194,7 @@ async fn cancel_aborts_open_multipart_uploads() {
         assert!(Instant::now() < deadline, "no multipart upload started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    h.store
-        .set_status(&job, JobStatus::Cancelled, Some("cancelled by test"))
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the worker did not stop")
-        .unwrap();
-    assert_eq!(status, JobStatus::Cancelled);
+    cancel_and_wait(&h, &job, running).await;
     assert_no_open_uploads(&client, &bucket).await;
     assert_eq!(consumers_of(&h, &job).await, Vec::<String>::new());
 }
@@ -195,11 +206,7 @@ async fn cancel_aborts_open_multipart_uploads() {
 async fn cancel_mid_stream_leaves_no_cut_object() {
     const SIZE: u64 = 12 * 1024 * 1024;
     let h = Harness::start(slow_sim(6, SIZE)).await;
-    let client = s3_client().await;
-    let bucket = fresh_bucket(&client).await;
-    let job = h
-        .start_job(&s3_dest(&bucket, "cancel"), ExportKinds::default())
-        .await;
+    let (client, bucket, job) = s3_job(&h).await;
     let mut options = fast_options();
     options.fetch_concurrency = 2;
     let running = background_worker(&h, &job, options).await;
@@ -209,15 +216,7 @@ async fn cancel_mid_stream_leaves_no_cut_object() {
         assert!(Instant::now() < deadline, "no media transfer started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    h.store
-        .set_status(&job, JobStatus::Cancelled, Some("cancelled by test"))
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("the worker did not stop")
-        .unwrap();
-    assert_eq!(status, JobStatus::Cancelled);
+    cancel_and_wait(&h, &job, running).await;
     assert_eq!(h.sim.stats.snapshot().media_completed, 0);
     let keys = list_keys(&client, &bucket, "cancel").await;
     // Metadata and transcripts are JSON; everything else is a recording's media.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use pipeline::topology::{self, Stage};
-use pipeline::{ExportKinds, JobStatus};
+use pipeline::{ExportKinds, JobId, JobStatus};
 use stages::chorus::Faults;
 
 fn mixed_sizes(recordings: usize, seed: u64) -> stages::chorus::SimConfig {
@@ -523,12 +523,10 @@ async fn three_hundred_recordings_to_gcs_with_bigquery_rows() {
     assert_eq!(seen, ids, "the table holds exactly the exported recordings");
 }
 
-/// The largest number of the job's recordings that waited to be fetched at once while a
-/// worker with `list_ahead` ran the job to its end (sampled every 10 ms); it checks that
-/// the job finished with every recording's media written.
-async fn most_waiting_with(list_ahead: u64) -> u64 {
-    const RECORDINGS: usize = 200;
-    let mut config = Harness::sim_config(RECORDINGS, 31);
+/// A simulator of `recordings` 1 KiB recordings listed 25 to a page, and a job of
+/// their media into a new folder.
+async fn small_media_job(recordings: usize, seed: u64) -> (Harness, tempfile::TempDir, JobId) {
+    let mut config = Harness::sim_config(recordings, seed);
     config.page_size = 25;
     config.sizes.min = 1024;
     config.sizes.max = 1024;
@@ -544,6 +542,15 @@ async fn most_waiting_with(list_ahead: u64) -> u64 {
             },
         )
         .await;
+    (h, out, job)
+}
+
+/// The largest number of the job's recordings that waited to be fetched at once while a
+/// worker with `list_ahead` ran the job to its end (sampled every 10 ms); it checks that
+/// the job finished with every recording's media written.
+async fn most_waiting_with(list_ahead: u64) -> u64 {
+    const RECORDINGS: usize = 200;
+    let (h, out, job) = small_media_job(RECORDINGS, 31).await;
     let sampler = {
         let (store, job) = (h.store.clone(), job.clone());
         tokio::spawn(async move {
@@ -598,22 +605,7 @@ async fn listing_stays_a_bounded_distance_ahead_of_the_fetches() {
 /// the next worker, which exports everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
-    let mut config = Harness::sim_config(120, 32);
-    config.page_size = 25;
-    config.sizes.min = 1024;
-    config.sizes.max = 1024;
-    let h = Harness::start(config).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds {
-                media: true,
-                transcript: false,
-                metadata: false,
-            },
-        )
-        .await;
+    let (h, out, job) = small_media_job(120, 32).await;
     // Only the list stage: nothing fetches, so after the first page it waits.
     let options = stages::worker::WorkerOptions {
         list_ahead: 10,
@@ -670,22 +662,7 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
 /// within a quarter of the true total (the simulator spreads dates evenly at random).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unfinished_listing_still_gives_an_estimated_total() {
-    let mut config = Harness::sim_config(400, 33);
-    config.page_size = 25;
-    config.sizes.min = 1024;
-    config.sizes.max = 1024;
-    let h = Harness::start(config).await;
-    let out = tempfile::tempdir().unwrap();
-    let job = h
-        .start_job(
-            &format!("file://{}", out.path().display()),
-            ExportKinds {
-                media: true,
-                transcript: false,
-                metadata: false,
-            },
-        )
-        .await;
+    let (h, _out, job) = small_media_job(400, 33).await;
     let spec = h.store.job(&job).await.unwrap().spec;
     let (from, to) = (spec.from.timestamp(), spec.to.timestamp());
     let sampler = {

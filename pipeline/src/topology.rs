@@ -233,38 +233,32 @@ pub async fn ensure_streams_replicated(
                 stream: name,
                 source: Box::new(e),
             })?;
-        // A record stream made by an older portshift remembers ids for two minutes:
-        // shorten it, keeping everything else.
-        if name == RECORD_STREAM {
-            let current = stream.cached_info().config.clone();
-            if current.duplicate_window != RECORD_DUPLICATE_WINDOW {
-                let updated = stream::Config {
-                    duplicate_window: RECORD_DUPLICATE_WINDOW,
-                    ..current
-                };
-                while_settling(name, || js.update_stream(updated.clone()))
-                    .await
-                    .map_err(|e| TopologyError::Stream {
-                        stream: name,
-                        source: Box::new(e),
-                    })?;
-            }
-        }
-        // A work stream made by an older portshift has no limits: add them, keeping
-        // everything else (e.g. the replicas an operator chose).
-        if name == WORK_STREAM {
-            // The stream as the server has it (get-or-create returns its current info).
-            let current = stream.cached_info().config.clone();
-            if current.max_age.is_zero() {
+        // A stream made by an older portshift is brought up to date, keeping everything
+        // else (e.g. the replicas an operator chose): a work stream without limits gets
+        // them, a record stream remembering ids for two minutes gets the short window.
+        // The stream as the server has it (get-or-create returns its current info):
+        let current = stream.cached_info().config.clone();
+        let upgraded = match name {
+            WORK_STREAM if current.max_age.is_zero() => {
                 let mut updated = current;
                 (updated.max_age, updated.max_bytes, updated.discard) = limits;
-                while_settling(name, || js.update_stream(updated.clone()))
-                    .await
-                    .map_err(|e| TopologyError::Stream {
-                        stream: name,
-                        source: Box::new(e),
-                    })?;
+                Some(updated)
             }
+            RECORD_STREAM if current.duplicate_window != RECORD_DUPLICATE_WINDOW => {
+                Some(stream::Config {
+                    duplicate_window: RECORD_DUPLICATE_WINDOW,
+                    ..current
+                })
+            }
+            _ => None,
+        };
+        if let Some(updated) = upgraded {
+            while_settling(name, || js.update_stream(updated.clone()))
+                .await
+                .map_err(|e| TopologyError::Stream {
+                    stream: name,
+                    source: Box::new(e),
+                })?;
         }
     }
     Ok(())
