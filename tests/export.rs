@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use pipeline::runner::RunnerConfig;
 use pipeline::topology::{self, Stage};
 use pipeline::{ExportKinds, JobId, JobStatus};
 use stages::chorus::Faults;
@@ -601,8 +602,9 @@ async fn listing_stays_a_bounded_distance_ahead_of_the_fetches() {
 }
 
 /// A list stage waiting for the backlog does not hold its worker: stopped while it
-/// waits, the worker returns at once, and the page it had not listed yet is listed by
-/// the next worker, which exports everything.
+/// waits, the worker returns at once and puts the unlisted page back as a new message.
+/// Stopped that way more often than a message may be delivered (8 times), the listing
+/// is still not dead-lettered, and the next worker exports everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
     let (h, out, job) = small_media_job(120, 32).await;
@@ -612,43 +614,59 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
         stages: vec![Stage::List],
         ..fast_options()
     };
-    let ctx = stages::worker::prepare(
-        &job,
-        h.store.clone(),
-        h.js.clone(),
-        &credentials(),
-        &options,
-    )
-    .await
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let lister = tokio::spawn(stages::worker::run(
-        ctx,
-        options,
-        stages::worker::WorkerCounters::default(),
-        stop_rx,
-    ));
-    let waiting = async {
-        while h.store.pending_up_to(&job, u64::MAX).await.unwrap() < 25 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let list_consumer = Stage::List.consumer_name(&job);
+    let in_flight = || async {
+        let mut stream = h.js.get_stream(topology::WORK_STREAM).await.unwrap();
+        stream
+            .consumer_info(&list_consumer)
+            .await
+            .map(|c| c.num_ack_pending)
+            .unwrap_or(0)
     };
-    tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("the first page was never listed");
-    // Longer than a few backlog polls: the stage is waiting, not listing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        h.store.pending_up_to(&job, u64::MAX).await.unwrap(),
-        25,
-        "a second page was listed while 25 recordings waited (list_ahead 10)"
-    );
-    stop_tx.send(true).unwrap();
-    let stopped = tokio::time::timeout(Duration::from_secs(5), lister).await;
-    assert!(
-        stopped.is_ok(),
-        "the worker did not return within 5 s of being stopped"
-    );
+    let stops = RunnerConfig::default().max_deliveries + 1;
+    for stop in 1..=stops {
+        let ctx =
+            stages::worker::prepare(&job, h.store.clone(), h.js.clone(), &credentials(), &options)
+                .await
+                .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let counters = stages::worker::WorkerCounters::default();
+        let lister = tokio::spawn(stages::worker::run(
+            ctx,
+            options.clone(),
+            counters.clone(),
+            stop_rx,
+        ));
+        // Wait until the page is listed (first round) and the next one is held.
+        let waiting = async {
+            while h.store.pending_up_to(&job, u64::MAX).await.unwrap() < 25
+                || in_flight().await == 0
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("stop {stop}: the listing never waited"));
+        // Longer than a few backlog polls: the stage is waiting, not listing.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            h.store.pending_up_to(&job, u64::MAX).await.unwrap(),
+            25,
+            "stop {stop}: a second page was listed while 25 recordings waited (list_ahead 10)"
+        );
+        stop_tx.send(true).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), lister).await;
+        assert!(
+            stopped.is_ok(),
+            "stop {stop}: the worker did not return within 5 s of being stopped"
+        );
+        assert_eq!(
+            counters.list.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "stop {stop}"
+        );
+    }
     let (status, _) = h
         .run_worker(&job, fast_options(), Duration::from_secs(300))
         .await;

@@ -28,15 +28,23 @@ pub struct ListStage {
     pub ctx: Arc<JobContext>,
     /// The most recordings listed and not yet fetched before the next page is listed.
     pub list_ahead: u64,
-    /// Turns true when the worker stops: a wait for the backlog ends there.
+    /// Turns true when the worker stops: a wait for the backlog ends there, and the page
+    /// goes back in the queue.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Whether the list stage may list its page now.
+enum Backlog {
+    /// At most `list_ahead` recordings wait: list the page.
+    Room,
+    /// The worker is stopping while the stage waited.
+    Stopping,
+}
+
 impl ListStage {
-    /// Returns once the job's backlog is at most `list_ahead`. The runner keeps the
-    /// message alive meanwhile (progress acks); a stopping worker gives it back
-    /// unlisted, for whichever worker goes on with the job.
-    async fn wait_for_backlog(&self) -> Result<(), StageError> {
+    /// Returns once the job's backlog is at most `list_ahead`, or the worker stops. The
+    /// runner keeps the message alive meanwhile (progress acks).
+    async fn wait_for_backlog(&self) -> Result<Backlog, StageError> {
         let ctx = &self.ctx;
         let mut stopping = self.stopping.clone();
         let mut waited = false;
@@ -47,26 +55,40 @@ impl ListStage {
                 .await
                 .map_err(store_err)?;
             if backlog <= self.list_ahead {
-                return Ok(());
+                return Ok(Backlog::Room);
             }
             if !waited {
                 tracing::debug!(job = %ctx.job, backlog, list_ahead = self.list_ahead, "waiting for fetches before listing the next page");
                 waited = true;
             }
-            let stop = || {
-                StageError::Transient(
-                    "the worker is stopping; the next page is listed when the job goes on".into(),
-                )
-            };
             if *stopping.borrow() {
-                return Err(stop());
+                return Ok(Backlog::Stopping);
             }
             tokio::select! {
                 _ = tokio::time::sleep(BACKLOG_POLL) => {}
                 // A closed channel means the worker is gone: stop as well.
-                changed = stopping.changed() => if changed.is_err() { return Err(stop()); },
+                changed = stopping.changed() => if changed.is_err() { return Ok(Backlog::Stopping); },
             }
         }
+    }
+
+    /// Puts the page, unlisted, back in the queue as a new message for whichever worker
+    /// goes on with the job, and lets the runner ack this one. A nak would count a
+    /// delivery, and a long backfill stopped eight times while its listing waited would
+    /// dead-letter the listing. Publish first, ack second: a crash in between leaves
+    /// the page queued twice, which is harmless (recordings are added once, their fetch
+    /// tasks and the next page's task keep their msg-ids).
+    async fn hand_back(&self, task: &ListTask) -> Result<(), StageError> {
+        let ctx = &self.ctx;
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        topology::publish_json(
+            &ctx.js,
+            Stage::List.subject(&ctx.job),
+            &topology::msg_id(&ctx.job, "list", &[&task.page.to_string(), &fresh]),
+            task,
+        )
+        .await
+        .map_err(publish_err)
     }
 }
 
@@ -79,7 +101,9 @@ impl StageHandler for ListStage {
     }
 
     async fn handle(&self, task: ListTask) -> Result<(), StageError> {
-        self.wait_for_backlog().await?;
+        if let Backlog::Stopping = self.wait_for_backlog().await? {
+            return self.hand_back(&task).await;
+        }
         let ctx = &self.ctx;
         let page = match ctx
             .chorus
