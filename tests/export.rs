@@ -616,7 +616,7 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
     };
     let list_consumer = Stage::List.consumer_name(&job);
     let in_flight = || async {
-        let mut stream = h.js.get_stream(topology::WORK_STREAM).await.unwrap();
+        let stream = h.js.get_stream(topology::WORK_STREAM).await.unwrap();
         stream
             .consumer_info(&list_consumer)
             .await
@@ -625,10 +625,15 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
     };
     let stops = RunnerConfig::default().max_deliveries + 1;
     for stop in 1..=stops {
-        let ctx =
-            stages::worker::prepare(&job, h.store.clone(), h.js.clone(), &credentials(), &options)
-                .await
-                .unwrap();
+        let ctx = stages::worker::prepare(
+            &job,
+            h.store.clone(),
+            h.js.clone(),
+            &credentials(),
+            &options,
+        )
+        .await
+        .unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let counters = stages::worker::WorkerCounters::default();
         let lister = tokio::spawn(stages::worker::run(
@@ -662,7 +667,10 @@ async fn a_worker_stops_at_once_while_its_listing_waits_for_the_fetches() {
             "stop {stop}: the worker did not return within 5 s of being stopped"
         );
         assert_eq!(
-            counters.list.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+            counters
+                .list
+                .dead_lettered
+                .load(std::sync::atomic::Ordering::Relaxed),
             0,
             "stop {stop}"
         );
