@@ -76,8 +76,10 @@ impl ListStage {
     /// goes on with the job, and lets the runner ack this one. A nak would count a
     /// delivery, and a long backfill stopped eight times while its listing waited would
     /// dead-letter the listing. Publish first, ack second: a crash in between leaves
-    /// the page queued twice, which is harmless (recordings are added once, their fetch
-    /// tasks and the next page's task keep their msg-ids).
+    /// the page queued twice. That stays correct (recordings are added once, a fetch
+    /// finds its files done, a page's own number is not a loop), but if the two copies
+    /// run further apart than JetStream's duplicate window, the rest of the listing is
+    /// requested twice.
     async fn hand_back(&self, task: &ListTask) -> Result<(), StageError> {
         let ctx = &self.ctx;
         let fresh = uuid::Uuid::new_v4().simple().to_string();
