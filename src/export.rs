@@ -684,18 +684,14 @@ fn spawn_progress(
                 b.set_length(p.listed);
                 b.set_position(p.exported + p.skipped + p.dead);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
-                let settled = p.exported + p.skipped + p.dead;
                 let eta = p
-                    .expected_total(dates.0, dates.1)
-                    .and_then(|expected| {
-                        let left = pipeline::rate_budget::eta(settled, expected.total(), secs)?;
-                        Some(match expected {
-                            ExpectedTotal::Known(_) => format!("  ETA {}", human_duration(left)),
-                            ExpectedTotal::Estimated { listed_percent, .. } => format!(
-                                "  ETA ~{} (estimated: {listed_percent}% of the dates listed)",
-                                human_duration(left)
-                            ),
-                        })
+                    .time_left(dates, secs)
+                    .map(|(left, expected)| {
+                        let about = match expected {
+                            ExpectedTotal::Known(_) => "",
+                            ExpectedTotal::Estimated { .. } => "~",
+                        };
+                        format!("  ETA {about}{}{}", human_duration(left), expected.note())
                     })
                     .unwrap_or_default();
                 let waiting = match &budget {

@@ -181,6 +181,17 @@ impl ExpectedTotal {
             ExpectedTotal::Known(n) | ExpectedTotal::Estimated { total: n, .. } => n,
         }
     }
+
+    /// What a display adds after an ETA resting on this total: nothing when it is
+    /// known, else how much of the listing the estimate rests on.
+    pub fn note(self) -> String {
+        match self {
+            ExpectedTotal::Known(_) => String::new(),
+            ExpectedTotal::Estimated { listed_percent, .. } => {
+                format!(" (estimated: {listed_percent}% of the dates listed)")
+            }
+        }
+    }
 }
 
 impl Progress {
@@ -194,6 +205,19 @@ impl Progress {
     /// edge and the first recording listed, so the estimate errs high (a longer ETA)
     /// and converges as the listing goes on. `None` before a span of at least 1 % of
     /// the range is listed: too early to say.
+    /// Time left at the pace so far, for a job over `dates` (Unix seconds) that started
+    /// `elapsed_secs` ago, and the total it rests on; `None` when too early to say.
+    pub fn time_left(
+        &self,
+        dates: (i64, i64),
+        elapsed_secs: f64,
+    ) -> Option<(std::time::Duration, ExpectedTotal)> {
+        let expected = self.expected_total(dates.0, dates.1)?;
+        let settled = self.exported + self.skipped + self.dead;
+        let left = crate::rate_budget::eta(settled, expected.total(), elapsed_secs)?;
+        Some((left, expected))
+    }
+
     pub fn expected_total(&self, from: i64, to: i64) -> Option<ExpectedTotal> {
         if self.listing_complete {
             return Some(ExpectedTotal::Known(self.listed));

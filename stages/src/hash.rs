@@ -43,10 +43,50 @@ impl DigestHandle {
     }
 }
 
+/// `body`, checked against the length its source announced: a body that runs long or
+/// ends short yields an error instead of its extra bytes or its end, so no destination
+/// commits it. [`tee`] applies it, and so does every destination given a size hint.
+pub fn exact_length(body: ByteStream, size: u64) -> ByteStream {
+    use futures::StreamExt;
+    let checked = futures::stream::unfold(
+        (body, 0u64, false),
+        move |(mut body, seen, ended)| async move {
+            if ended {
+                return None;
+            }
+            let (item, seen, ended) = match body.next().await {
+                Some(Ok(chunk)) => match seen.checked_add(chunk.len() as u64) {
+                    Some(total) if total <= size => (Ok(chunk), total, false),
+                    _ => (
+                        Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the body is longer than the {size} bytes announced"),
+                        )),
+                        seen,
+                        true,
+                    ),
+                },
+                Some(Err(e)) => (Err(e), seen, true),
+                None if seen < size => (
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the body ended after {seen} of the {size} bytes announced"),
+                    )),
+                    seen,
+                    true,
+                ),
+                None => return None,
+            };
+            Some((item, (body, seen, ended)))
+        },
+    );
+    Box::pin(checked)
+}
+
 struct Tee {
+    /// Length-checked already when a length was announced.
     inner: ByteStream,
     state: Arc<Mutex<State>>,
-    expected: Option<u64>,
     ended: bool,
 }
 
@@ -55,11 +95,14 @@ struct Tee {
 pub fn tee(inner: ByteStream, expected: Option<u64>) -> (ByteStream, DigestHandle) {
     let state = Arc::new(Mutex::new(State::default()));
     let handle = DigestHandle(state.clone());
+    let inner = match expected {
+        Some(size) => exact_length(inner, size),
+        None => inner,
+    };
     (
         Box::pin(Tee {
             inner,
             state,
-            expected,
             ended: false,
         }),
         handle,
@@ -76,46 +119,23 @@ impl Stream for Tee {
         match self.inner.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
-                let expected = self.expected;
                 let Ok(mut st) = self.state.lock() else {
                     return Poll::Ready(Some(Err(io::Error::other("hash state poisoned"))));
                 };
                 st.hasher.update(&chunk);
                 st.bytes += chunk.len() as u64;
-                if let Some(exp) = expected
-                    && st.bytes > exp
-                {
-                    let got = st.bytes;
-                    drop(st);
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("the body is longer than announced: {got} bytes > {exp}"),
-                    ))));
-                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.ended = true;
                 Poll::Ready(Some(Err(e)))
             }
+            // The body ended, and (when a length was announced) at that length.
             Poll::Ready(None) => {
                 self.ended = true;
-                let expected = self.expected;
                 let Ok(mut st) = self.state.lock() else {
                     return Poll::Ready(Some(Err(io::Error::other("hash state poisoned"))));
                 };
-                if let Some(exp) = expected
-                    && st.bytes != exp
-                {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the body was cut short: {} of {exp} bytes arrived",
-                            st.bytes
-                        ),
-                    ))));
-                }
                 let hasher = std::mem::take(&mut st.hasher);
                 let bytes = st.bytes;
                 let sha256_bytes: [u8; 32] = hasher.finalize().into();

@@ -279,15 +279,12 @@ pub async fn job_view(
     if !is_final {
         let elapsed_s = (now_s() - start_s).max(1) as f64;
         let dates = (job.spec.from.timestamp(), job.spec.to.timestamp());
-        if let Some(expected) = p.expected_total(dates.0, dates.1)
-            && let Some(left) = pipeline::rate_budget::eta(settled, expected.total(), elapsed_s)
-        {
-            fetch_note.push_str(&format!(", about {} left", minutes_text(left)));
-            if let pipeline::store::ExpectedTotal::Estimated { listed_percent, .. } = expected {
-                fetch_note.push_str(&format!(
-                    " (estimated: {listed_percent}% of the dates listed)"
-                ));
-            }
+        if let Some((left, expected)) = p.time_left(dates, elapsed_s) {
+            fetch_note.push_str(&format!(
+                ", about {} left{}",
+                minutes_text(left),
+                expected.note()
+            ));
         }
         // The Chorus request budget the job's workers share (see pipeline::rate_budget).
         if let Some(budget) = pipeline::rate_budget::job_view(js, &job.id).await

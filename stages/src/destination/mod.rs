@@ -26,6 +26,8 @@ use futures::stream::BoxStream;
 
 pub use self::url::{DestinationUrl, DestinationUrlError, Storage};
 use crate::hash::DigestHandle;
+/// Every destination applies it to a body given with a size hint.
+pub(crate) use crate::hash::exact_length;
 use crate::http::Egress;
 
 /// File bytes as they stream through: never collected whole, never written to our disk.
@@ -54,46 +56,6 @@ impl DestinationError {
     pub fn is_refused(&self) -> bool {
         matches!(self, DestinationError::Refused { .. })
     }
-}
-
-/// `body`, checked against the length its source announced: a body that runs long or
-/// ends short yields an error instead of its extra bytes or its end, so no destination
-/// commits it. Every destination applies it to a body given with a size hint.
-pub(crate) fn exact_length(body: ByteStream, size: u64) -> ByteStream {
-    use futures::StreamExt;
-    let checked = futures::stream::unfold(
-        (body, 0u64, false),
-        move |(mut body, seen, ended)| async move {
-            if ended {
-                return None;
-            }
-            let (item, seen, ended) = match body.next().await {
-                Some(Ok(chunk)) => match seen.checked_add(chunk.len() as u64) {
-                    Some(total) if total <= size => (Ok(chunk), total, false),
-                    _ => (
-                        Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("the body is longer than the {size} bytes announced"),
-                        )),
-                        seen,
-                        true,
-                    ),
-                },
-                Some(Err(e)) => (Err(e), seen, true),
-                None if seen < size => (
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the body ended after {seen} of the {size} bytes announced"),
-                    )),
-                    seen,
-                    true,
-                ),
-                None => return None,
-            };
-            Some((item, (body, seen, ended)))
-        },
-    );
-    Box::pin(checked)
 }
 
 /// What a completed write reports.

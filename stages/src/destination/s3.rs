@@ -144,6 +144,22 @@ impl S3Destination {
         }
     }
 
+    /// A `PutObject` of `key` with its content type and the destination's encryption.
+    fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let (sse, kms_key) = self.encryption();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+    }
+
     fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
         what: &str,
@@ -227,14 +243,7 @@ impl MultipartStore for S3Destination {
             Some(digest) => base64::engine::general_purpose::STANDARD.encode(digest),
             None => b64_sha256(&body),
         };
-        let (sse, kms_key) = self.encryption();
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
+        self.put_object(key, content_type)
             .checksum_sha256(checksum)
             .body(SdkByteStream::from(body))
             .customize()
@@ -255,16 +264,9 @@ impl MultipartStore for S3Destination {
     async fn put_sized(&self, key: &str, body: SizedBody, content_type: &str) -> StreamedPut {
         let size = body.size();
         let source_failure = body.source_failure();
-        let (sse, kms_key) = self.encryption();
         let sent = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
+            .put_object(key, content_type)
             .content_length(size as i64)
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .body(SdkByteStream::from_body_1_x(body))
             .send()
