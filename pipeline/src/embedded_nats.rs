@@ -56,6 +56,15 @@ pub enum EmbeddedNatsError {
 /// who want another trade-off run their own server (`PORTSHIFT_NATS_URL`).
 pub const MEMORY_TARGET: &str = "128MiB";
 
+/// The Go collector's growth target (`GOGC`) of the embedded server: a collection when
+/// the heap grew by a quarter of the live data, not by all of it (Go's default). Most of
+/// the server's live heap is a few large write buffers (one message block per active
+/// stream, up to 16 MiB each) that hold no pointers, so a collection costs little and
+/// the default mostly doubles them in garbage. Measured on a 50,000-recording export
+/// (issue 13): the server's peak 89 MiB with Go's default, 62 MiB with 25, for the same
+/// CPU (27.7 s and 26.4 s).
+pub const GC_PERCENT: &str = "25";
+
 /// A running child `nats-server`. Killed on drop; prefer [`EmbeddedNats::stop`].
 pub struct EmbeddedNats {
     child: Child,
@@ -133,6 +142,7 @@ impl EmbeddedNats {
             // The child gets a clean environment: nothing of ours (no secrets) is inherited.
             .env_clear()
             .env("GOMEMLIMIT", MEMORY_TARGET)
+            .env("GOGC", GC_PERCENT)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -305,6 +305,13 @@ impl JobStore {
                         sqlx::query("PRAGMA synchronous=NORMAL")
                             .execute(&mut *conn)
                             .await?;
+                        // 1 MiB of page cache per connection rather than 2: a
+                        // connection's cache is dropped whenever another one wrote
+                        // (every few statements during an export), so a larger one
+                        // only holds more memory, growing with the store.
+                        sqlx::query("PRAGMA cache_size=-1024")
+                            .execute(&mut *conn)
+                            .await?;
                         // Deleted rows are overwritten with zeros, so an erased
                         // account leaves no trace in free pages (see Accounts::delete_user).
                         sqlx::query("PRAGMA secure_delete=ON")

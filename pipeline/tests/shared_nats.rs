@@ -134,17 +134,18 @@ async fn the_server_inherits_nothing_but_its_memory_target() {
         .unwrap();
     let pid = nats.pid().expect("the server runs");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let vars: Vec<String> = environ
+    let mut vars: Vec<String> = environ
         .split(|b| *b == 0)
         .filter(|v| !v.is_empty())
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect();
+    vars.sort();
     assert_eq!(
         vars,
-        vec![format!(
-            "GOMEMLIMIT={}",
-            pipeline::embedded_nats::MEMORY_TARGET
-        )]
+        vec![
+            format!("GOGC={}", pipeline::embedded_nats::GC_PERCENT),
+            format!("GOMEMLIMIT={}", pipeline::embedded_nats::MEMORY_TARGET),
+        ]
     );
     nats.stop().await;
 }

@@ -2,60 +2,30 @@
 //! temporary name beside its final path, flushed to disk, then renamed into place, so a
 //! reader never sees a partial file at a final path.
 
-use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use super::multipart::PartReader;
 use super::{ByteStream, Destination, DestinationError, Written, checked, exact_length};
+
+/// A body that ends within this many bytes is written in one trip to the blocking pool
+/// (folder, temporary file, write, flush, rename): every metadata and transcript file
+/// and most small media. A longer body is written in pieces of this size as it arrives.
+const ONE_TRIP_UP_TO: usize = 256 * 1024;
 
 pub struct LocalFolder {
     root: PathBuf,
-    /// Folders this process made or found, so a file costs no `create_dir_all` (a
-    /// blocking-pool round trip) when its folder is known to exist.
-    known_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 impl LocalFolder {
     pub fn new(root: PathBuf) -> Self {
-        Self {
-            root,
-            known_dirs: Mutex::new(HashSet::new()),
-        }
+        Self { root }
     }
 
-    async fn ensure_dir(&self, dir: &Path) -> Result<(), DestinationError> {
-        if self.known(dir) {
-            return Ok(());
-        }
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| self.refused("creating the folder", e))?;
-        self.known_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dir.to_path_buf());
-        Ok(())
-    }
-
-    fn known(&self, dir: &Path) -> bool {
-        self.known_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(dir)
-    }
-
-    fn forget(&self, dir: &Path) {
-        self.known_dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(dir);
-    }
-
-    fn refused(&self, what: &str, e: std::io::Error) -> DestinationError {
+    fn refused(&self, (what, e): (&str, std::io::Error)) -> DestinationError {
         let detail = format!("{what}: {e}");
         let destination = self.location();
         match e.kind() {
@@ -73,33 +43,56 @@ impl LocalFolder {
     }
 }
 
-async fn write_all(file: &mut tokio::fs::File, mut body: ByteStream) -> Result<u64, WriteFailure> {
-    let mut n = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(WriteFailure::Source)?;
-        file.write_all(&chunk).await.map_err(WriteFailure::Sink)?;
-        n += chunk.len() as u64;
+/// A failed step of a write: what was being done, and the error.
+type StepError = (&'static str, std::io::Error);
+
+/// Creates the temporary file `temp`, and its folder if that is missing. No cache of
+/// known folders: the file's creation finds out (a folder per recording would make such
+/// a cache grow with the export), and a folder removed meanwhile is simply made again.
+fn create_temp(temp: &Path) -> Result<(std::fs::File, PartialFile), StepError> {
+    let file = match std::fs::File::create(temp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = temp.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| ("creating the folder", e))?;
+            }
+            std::fs::File::create(temp)
+        }
+        other => other,
     }
-    file.flush().await.map_err(WriteFailure::Sink)?;
-    Ok(n)
+    .map_err(|e| ("creating a file", e))?;
+    Ok((file, PartialFile(Some(temp.to_path_buf()))))
+}
+
+/// The whole of a small file, from folder to rename, in one blocking call.
+fn write_whole(temp: &Path, final_path: &Path, bytes: &[u8]) -> Result<(), StepError> {
+    let (mut file, partial) = create_temp(temp)?;
+    file.write_all(bytes).map_err(|e| ("writing", e))?;
+    commit(file, temp, final_path)?;
+    partial.renamed();
+    Ok(())
 }
 
 /// Flushes the file to disk, renames it into place and makes the rename durable, in one
 /// trip to the blocking pool (three would cost three thread hand-offs per file).
-fn commit(file: std::fs::File, temp: &Path, final_path: &Path, dir: &Path) -> std::io::Result<()> {
-    file.sync_all()?;
+fn commit(file: std::fs::File, temp: &Path, final_path: &Path) -> Result<(), StepError> {
+    let step = "flushing and renaming into place";
+    file.sync_all().map_err(|e| (step, e))?;
     drop(file);
-    std::fs::rename(temp, final_path)?;
+    std::fs::rename(temp, final_path).map_err(|e| (step, e))?;
     // Makes the rename itself durable; best effort (not every filesystem allows it).
-    if let Ok(d) = std::fs::File::open(dir) {
+    if let Some(Ok(d)) = final_path.parent().map(std::fs::File::open) {
         let _ = d.sync_all();
     }
     Ok(())
 }
 
-enum WriteFailure {
-    Source(std::io::Error),
-    Sink(std::io::Error),
+/// Runs a step in the blocking pool; a task that panicked is reported, not propagated.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .unwrap_or_else(|e| Err(("writing", std::io::Error::other(e))))
 }
 
 /// A `.portshift-partial-*` file that is deleted when dropped, unless it was renamed
@@ -140,8 +133,7 @@ impl Destination for LocalFolder {
             None => body,
         };
         let final_path = self.root.join(rel);
-        let dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
-        self.ensure_dir(&dir).await?;
+        let dir = final_path.parent().unwrap_or(&self.root);
         let name = final_path
             .file_name()
             .and_then(|n| n.to_str())
@@ -150,39 +142,48 @@ impl Destination for LocalFolder {
             ".{name}.portshift-partial-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        // Removed on every way out but the rename, including a transfer dropped
-        // mid-way (a cancelled job aborts its transfers).
-        let partial = PartialFile(Some(temp.clone()));
-        let created = match tokio::fs::File::create(&temp).await {
-            // The folder was removed since this process saw it: make it again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.known(&dir) => {
-                self.forget(&dir);
-                self.ensure_dir(&dir).await?;
-                tokio::fs::File::create(&temp).await
-            }
-            other => other,
-        };
-        let mut file = created.map_err(|e| self.refused("creating a file", e))?;
-        let written = write_all(&mut file, body).await;
-        let bytes = match written {
-            Ok(n) => n,
-            Err(failure) => {
-                return Err(match failure {
-                    WriteFailure::Source(e) => DestinationError::Source(e),
-                    WriteFailure::Sink(e) => self.refused("writing", e),
-                });
-            }
-        };
-        let file = file.into_std().await;
-        let paths = (temp.clone(), final_path.clone(), dir.clone());
-        let committed =
-            tokio::task::spawn_blocking(move || commit(file, &paths.0, &paths.1, &paths.2))
+        let mut pieces = PartReader::new(body, ONE_TRIP_UP_TO);
+        let first = pieces
+            .next_part()
+            .await
+            .map_err(DestinationError::Source)?
+            .unwrap_or_default();
+        let bytes = if pieces.is_finished() {
+            let size = first.len() as u64;
+            let (temp, final_path) = (temp, final_path.clone());
+            blocking(move || write_whole(&temp, &final_path, &first))
                 .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(e) = committed {
-            return Err(self.refused("flushing and renaming into place", e));
-        }
-        partial.renamed();
+                .map_err(|e| self.refused(e))?;
+            size
+        } else {
+            // The partial file is removed on every way out but the rename, including a
+            // transfer dropped mid-way (a cancelled job aborts its transfers).
+            let opened = blocking({
+                let temp = temp.clone();
+                move || create_temp(&temp)
+            });
+            let (file, partial) = opened.await.map_err(|e| self.refused(e))?;
+            let mut file = tokio::fs::File::from_std(file);
+            let mut n = 0u64;
+            let mut piece = Some(first);
+            while let Some(bytes) = piece {
+                file.write_all(&bytes)
+                    .await
+                    .map_err(|e| self.refused(("writing", e)))?;
+                n += bytes.len() as u64;
+                piece = pieces.next_part().await.map_err(DestinationError::Source)?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| self.refused(("writing", e)))?;
+            let file = file.into_std().await;
+            let (temp, final_path) = (temp, final_path.clone());
+            blocking(move || commit(file, &temp, &final_path))
+                .await
+                .map_err(|e| self.refused(e))?;
+            partial.renamed();
+            n
+        };
         Ok(Written {
             key: final_path.display().to_string(),
             bytes,
@@ -198,7 +199,7 @@ impl Destination for LocalFolder {
                 std::io::ErrorKind::NotFound => {
                     DestinationError::NotFound(path.display().to_string())
                 }
-                _ => self.refused("opening", e),
+                _ => self.refused(("opening", e)),
             })?;
         Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
             file,
