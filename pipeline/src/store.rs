@@ -270,6 +270,10 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Listed recordings written by one `INSERT` (four parameters each, well under SQLite's
+/// and PostgreSQL's limits).
+const LISTED_ROWS_PER_INSERT: usize = 100;
+
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -449,19 +453,32 @@ impl JobStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        for r in found {
-            sqlx::query(
-                "INSERT INTO recordings (job_id, recording_id, status, recorded_at, duration_s, engagement_type, updated_ms) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6) ON CONFLICT (job_id, recording_id) DO NOTHING",
-            )
-            .bind(job.as_str())
-            .bind(&r.recording_id)
-            .bind(r.recorded_at)
-            .bind(r.duration_s)
-            .bind(r.engagement_type.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        // One statement per hundred rows, not one per row: each statement is a round trip
+        // to the database (a thread hand-off for SQLite), and a page lists up to 100.
+        for rows in found.chunks(LISTED_ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO recordings (job_id, recording_id, status, recorded_at, duration_s, engagement_type, updated_ms) VALUES ",
+            );
+            for i in 0..rows.len() {
+                let p = 3 + 4 * i;
+                let sep = if i == 0 { "" } else { ", " };
+                sql.push_str(&format!(
+                    "{sep}($1, ${p}, 'pending', ${}, ${}, ${}, $2)",
+                    p + 1,
+                    p + 2,
+                    p + 3
+                ));
+            }
+            sql.push_str(" ON CONFLICT (job_id, recording_id) DO NOTHING");
+            let mut insert = sqlx::query(&sql).bind(job.as_str()).bind(now);
+            for r in rows {
+                insert = insert
+                    .bind(&r.recording_id)
+                    .bind(r.recorded_at)
+                    .bind(r.duration_s)
+                    .bind(r.engagement_type.as_deref());
+            }
+            insert.execute(&mut *tx).await?;
         }
         let dates = found.iter().filter_map(|r| r.recorded_at);
         if let (Some(oldest), Some(newest)) = (dates.clone().min(), dates.max()) {
@@ -834,8 +851,6 @@ impl JobStore {
         Ok(p)
     }
 
-    /// Whether every listed recording is settled, by an indexed lookup: called after
-    /// each recording, so it must not scan the job's rows as `progress` does.
     /// How many of the job's listed recordings are still pending (not yet exported,
     /// skipped or dead), counting no further than `cap`: the list stage's backlog check,
     /// a range read of at most `cap` index entries.
@@ -850,6 +865,8 @@ impl JobStore {
         Ok(count.max(0) as u64)
     }
 
+    /// Whether every listed recording is settled, by an indexed lookup: called after
+    /// each recording, so it must not scan the job's rows as `progress` does.
     pub async fn is_settled(&self, job: &JobId) -> Result<bool, StoreError> {
         let row = sqlx::query(
             "SELECT listing_complete, \

@@ -567,6 +567,43 @@ async fn the_listed_span_and_the_pending_backlog(store: JobStore) {
     assert_eq!(store.pending_up_to(&id, 100).await.unwrap(), 5);
 }
 
+/// A listing longer than one INSERT (100 rows) is written whole, each row with its own
+/// fields; a recording listed twice, in the same page or again later, is one row.
+async fn a_long_listing_is_written_whole_and_once(store: JobStore) {
+    let id = JobId::new();
+    store.create_job(&id, "org", "ana", &spec()).await.unwrap();
+    let row = |i: usize| ListedRecording {
+        recording_id: format!("R{i:03}"),
+        recorded_at: Some(1_700_000_000 + i as i64),
+        duration_s: Some(i as f64 / 2.0),
+        engagement_type: (i % 2 == 0).then(|| format!("type-{i}")),
+    };
+    let mut page: Vec<_> = (0..250).map(row).collect();
+    page.push(row(7));
+    store.add_listed(&id, &page).await.unwrap();
+    let again: Vec<_> = (200..260).map(row).collect();
+    store.add_listed(&id, &again).await.unwrap();
+    let stored = store.pending_recordings(&id).await.unwrap();
+    assert_eq!(stored.len(), 260);
+    for (i, got) in stored.iter().enumerate() {
+        let want = row(i);
+        assert_eq!(
+            (
+                &got.recording_id,
+                got.recorded_at,
+                got.duration_s,
+                &got.engagement_type
+            ),
+            (
+                &want.recording_id,
+                want.recorded_at,
+                want.duration_s,
+                &want.engagement_type
+            )
+        );
+    }
+}
+
 macro_rules! contract {
     ($($case:ident),*) => {
         mod sqlite_backend { $( #[tokio::test] async fn $case() { let (s, _d) = super::sqlite().await; super::$case(s).await; } )* }
@@ -584,7 +621,8 @@ contract!(
     versions_states_and_the_manifest_generation,
     an_organisations_recent_runs_come_in_one_list,
     manifest_pages_cover_every_row_once_in_order,
-    the_listed_span_and_the_pending_backlog
+    the_listed_span_and_the_pending_backlog,
+    a_long_listing_is_written_whole_and_once
 );
 
 #[tokio::test]
