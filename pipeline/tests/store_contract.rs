@@ -576,7 +576,7 @@ async fn a_long_listing_is_written_whole_and_once(store: JobStore) {
         recording_id: format!("R{i:03}"),
         recorded_at: Some(1_700_000_000 + i as i64),
         duration_s: Some(i as f64 / 2.0),
-        engagement_type: (i % 2 == 0).then(|| format!("type-{i}")),
+        engagement_type: i.is_multiple_of(2).then(|| format!("type-{i}")),
     };
     let mut page: Vec<_> = (0..250).map(row).collect();
     page.push(row(7));
