@@ -12,8 +12,8 @@ use super::multipart::PartReader;
 use super::{ByteStream, Destination, DestinationError, Written, checked, exact_length};
 
 /// A body that ends within this many bytes is written in one trip to the blocking pool
-/// (folder, temporary file, write, flush, rename): every metadata and transcript file
-/// and most small media. A longer body is written in pieces of this size as it arrives.
+/// (folder, temporary file, write, flush, rename): most metadata and transcript files,
+/// and small media. A longer body is written in pieces of this size as it arrives.
 const ONE_TRIP_UP_TO: usize = 256 * 1024;
 
 pub struct LocalFolder {
@@ -142,12 +142,7 @@ impl Destination for LocalFolder {
             ".{name}.portshift-partial-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let mut pieces = PartReader::new(body, ONE_TRIP_UP_TO);
-        let first = pieces
-            .next_part()
-            .await
-            .map_err(DestinationError::Source)?
-            .unwrap_or_default();
+        let (mut pieces, first) = PartReader::start(body, ONE_TRIP_UP_TO).await?;
         let bytes = if pieces.is_finished() {
             let size = first.len() as u64;
             let (temp, final_path) = (temp, final_path.clone());

@@ -158,6 +158,21 @@ impl PartReader {
         })
     }
 
+    /// A reader of `body` and its first part (empty for an empty body): the peek that
+    /// decides between writing a body in one go and in pieces.
+    pub(crate) async fn start(
+        body: ByteStream,
+        part_size: usize,
+    ) -> Result<(Self, Bytes), DestinationError> {
+        let mut reader = Self::new(body, part_size);
+        let first = reader
+            .next_part()
+            .await
+            .map_err(DestinationError::Source)?
+            .unwrap_or_default();
+        Ok((reader, first))
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished && self.pending.is_none()
     }
@@ -383,12 +398,7 @@ pub(crate) async fn put_streaming<S: MultipartStore>(
         Some(size) => exact_length(body, size),
         None => body,
     };
-    let mut parts = PartReader::new(body, tuning.part_size);
-    let first = parts
-        .next_part()
-        .await
-        .map_err(DestinationError::Source)?
-        .unwrap_or_default();
+    let (mut parts, first) = PartReader::start(body, tuning.part_size).await?;
     // Peek: if the body ended within the first part, one request does it.
     let second = if parts.is_finished() {
         None
