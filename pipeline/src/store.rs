@@ -5,6 +5,7 @@
 //! Completion is derived from rows, never guessed: a job is settled when its listing is
 //! complete and no recording is still pending.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -462,12 +463,14 @@ impl JobStore {
             for i in 0..rows.len() {
                 let p = 3 + 4 * i;
                 let sep = if i == 0 { "" } else { ", " };
-                sql.push_str(&format!(
+                // Writing to a String cannot fail.
+                let _ = write!(
+                    sql,
                     "{sep}($1, ${p}, 'pending', ${}, ${}, ${}, $2)",
                     p + 1,
                     p + 2,
                     p + 3
-                ));
+                );
             }
             sql.push_str(" ON CONFLICT (job_id, recording_id) DO NOTHING");
             let mut insert = sqlx::query(&sql).bind(job.as_str()).bind(now);

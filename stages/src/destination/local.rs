@@ -133,6 +133,7 @@ impl Destination for LocalFolder {
             None => body,
         };
         let final_path = self.root.join(rel);
+        let key = final_path.display().to_string();
         let dir = final_path.parent().unwrap_or(&self.root);
         let name = final_path
             .file_name()
@@ -145,7 +146,6 @@ impl Destination for LocalFolder {
         let (mut pieces, first) = PartReader::start(body, ONE_TRIP_UP_TO).await?;
         let bytes = if pieces.is_finished() {
             let size = first.len() as u64;
-            let (temp, final_path) = (temp, final_path.clone());
             blocking(move || write_whole(&temp, &final_path, &first))
                 .await
                 .map_err(|e| self.refused(e))?;
@@ -172,17 +172,13 @@ impl Destination for LocalFolder {
                 .await
                 .map_err(|e| self.refused(("writing", e)))?;
             let file = file.into_std().await;
-            let (temp, final_path) = (temp, final_path.clone());
             blocking(move || commit(file, &temp, &final_path))
                 .await
                 .map_err(|e| self.refused(e))?;
             partial.renamed();
             n
         };
-        Ok(Written {
-            key: final_path.display().to_string(),
-            bytes,
-        })
+        Ok(Written { key, bytes })
     }
 
     async fn open(&self, relative_path: &str) -> Result<ByteStream, DestinationError> {
