@@ -39,8 +39,6 @@ use serde_json::{Value, json};
 use stages::chorus::{ChorusClient, ChorusConfig, ChorusError, EngagementFilter};
 use tokio::sync::watch;
 
-const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
 // ---------------------------------------------------------------------------------
 // Stage payloads
 // ---------------------------------------------------------------------------------
@@ -71,11 +69,31 @@ fn message_types(job: &JobId) -> Vec<MessageType> {
             valid: json!({"job": j, "page": 0}),
             required: &["job", "page"],
             extra: vec![
-                ("page -1".into(), json!({"job": j, "page": -1}), "invalid value"),
-                ("page 2^32".into(), json!({"job": j, "page": 4_294_967_296u64}), "invalid value"),
-                ("page 1.5".into(), json!({"job": j, "page": 1.5}), "invalid type"),
-                ("page as text".into(), json!({"job": j, "page": "0"}), "invalid type"),
-                ("continuation_key number".into(), json!({"job": j, "page": 1, "continuation_key": 7}), "invalid type"),
+                (
+                    "page -1".into(),
+                    json!({"job": j, "page": -1}),
+                    "invalid value",
+                ),
+                (
+                    "page 2^32".into(),
+                    json!({"job": j, "page": 4_294_967_296u64}),
+                    "invalid value",
+                ),
+                (
+                    "page 1.5".into(),
+                    json!({"job": j, "page": 1.5}),
+                    "invalid type",
+                ),
+                (
+                    "page as text".into(),
+                    json!({"job": j, "page": "0"}),
+                    "invalid type",
+                ),
+                (
+                    "continuation_key number".into(),
+                    json!({"job": j, "page": 1, "continuation_key": 7}),
+                    "invalid type",
+                ),
                 (
                     "continuation_key 4097 bytes".into(),
                     json!({"job": j, "page": 1, "continuation_key": long(4097)}),
@@ -88,7 +106,11 @@ fn message_types(job: &JobId) -> Vec<MessageType> {
             valid: json!({"job": j, "recording_id": "A1", "recorded_at": 1_700_000_000}),
             required: &["job", "recording_id"],
             extra: vec![
-                ("empty recording_id".into(), json!({"job": j, "recording_id": ""}), "recording_id: must not be empty"),
+                (
+                    "empty recording_id".into(),
+                    json!({"job": j, "recording_id": ""}),
+                    "recording_id: must not be empty",
+                ),
                 (
                     "recording_id 1025 bytes".into(),
                     json!({"job": j, "recording_id": long(1025)}),
@@ -99,7 +121,11 @@ fn message_types(job: &JobId) -> Vec<MessageType> {
                     json!({"job": j, "recording_id": long(900_000)}),
                     "recording_id: is 900000 bytes long",
                 ),
-                ("recorded_at 1.5".into(), json!({"job": j, "recording_id": "A", "recorded_at": 1.5}), "invalid type"),
+                (
+                    "recorded_at 1.5".into(),
+                    json!({"job": j, "recording_id": "A", "recorded_at": 1.5}),
+                    "invalid type",
+                ),
                 (
                     "recorded_at past i64".into(),
                     json!({"job": j, "recording_id": "A", "recorded_at": 9_223_372_036_854_775_808u64}),
@@ -126,43 +152,85 @@ fn message_types(job: &JobId) -> Vec<MessageType> {
             label: "notify task",
             valid: json!({"job": j}),
             required: &["job"],
-            extra: vec![("job twice in an array".into(), json!({"job": [j, j]}), "invalid type")],
+            extra: vec![(
+                "job twice in an array".into(),
+                json!({"job": [j, j]}),
+                "invalid type",
+            )],
         },
         MessageType {
             label: "hash record",
-            valid: json!({"job": j, "recording_id": "A", "file": "media", "sha256": SHA, "bytes": 1}),
-            required: &["job", "recording_id", "file", "sha256", "bytes"],
-            extra: vec![
-                ("upper-case sha256".into(), json!({"job": j, "recording_id": "A", "file": "media", "sha256": SHA.to_uppercase(), "bytes": 1}), "sha256: must be 64"),
-                ("63-digit sha256".into(), json!({"job": j, "recording_id": "A", "file": "media", "sha256": &SHA[1..], "bytes": 1}), "sha256: must be 64"),
-                ("non-hex sha256".into(), json!({"job": j, "recording_id": "A", "file": "media", "sha256": "z".repeat(64), "bytes": 1}), "sha256: must be 64"),
-                ("unknown file kind".into(), json!({"job": j, "recording_id": "A", "file": "video", "sha256": SHA, "bytes": 1}), "unknown variant"),
-                ("negative bytes".into(), json!({"job": j, "recording_id": "A", "file": "media", "sha256": SHA, "bytes": -1}), "invalid value"),
-                ("bytes past u64".into(), json!({"job": j, "recording_id": "A", "file": "media", "sha256": SHA, "bytes": 18_446_744_073_709_551_616f64}), "invalid type"),
-                ("empty recording_id".into(), json!({"job": j, "recording_id": "", "file": "media", "sha256": SHA, "bytes": 1}), "recording_id: must not be empty"),
-            ],
+            valid: json!({"job": j, "worker": WORKER, "seq": 1, "files": 3, "bytes": 0}),
+            required: &["job", "worker", "seq", "files", "bytes"],
+            extra: record_cases(
+                json!({"job": j, "worker": WORKER, "seq": 1, "files": 3, "bytes": 0}),
+            ),
         },
         MessageType {
             label: "upload record",
-            valid: json!({"job": j, "recording_id": "A", "file": "media", "key": "p/A/A.mp4", "bytes": 1, "elapsed_ms": 2}),
-            required: &["job", "recording_id", "file", "key", "bytes", "elapsed_ms"],
-            extra: ["", "../x", "p/../../x", "/abs", "a//b", "a/./b", "a\\b", "a\nb", "a\u{0}b"]
-                .into_iter()
-                .map(|key| {
-                    (
-                        format!("key {key:?}"),
-                        json!({"job": j, "recording_id": "A", "file": "media", "key": key, "bytes": 1, "elapsed_ms": 2}),
-                        "key: must",
-                    )
-                })
-                .chain([(
-                    "key 1025 bytes".to_string(),
-                    json!({"job": j, "recording_id": "A", "file": "media", "key": long(1025), "bytes": 1, "elapsed_ms": 2}),
-                    "key: is 1025 bytes long",
-                )])
-                .collect(),
+            valid: json!({"job": j, "worker": WORKER, "seq": 1, "files": 3, "bytes": 9, "elapsed_ms": 2}),
+            required: &["job", "worker", "seq", "files", "bytes", "elapsed_ms"],
+            extra: record_cases(
+                json!({"job": j, "worker": WORKER, "seq": 1, "files": 3, "bytes": 9, "elapsed_ms": 2}),
+            ),
         },
     ]
+}
+
+/// A worker id as portshift makes them.
+const WORKER: &str = "5f0c2b3a9d8e4f6a8b7c6d5e4f3a2b1c";
+
+/// The cases both records share (they differ only in `elapsed_ms`): the worker id goes
+/// into the msg-id, so it must be a plain token; an empty interval is never published.
+fn record_cases(valid: Value) -> Vec<(String, Value, &'static str)> {
+    let with = |field: &str, value: Value| {
+        let mut v = valid.clone();
+        v[field] = value;
+        v
+    };
+    let mut cases: Vec<(String, Value, &'static str)> = ["", "a.b", "a b", "a*", "a>", "é"]
+        .into_iter()
+        .map(|w| {
+            (
+                format!("worker {w:?}"),
+                with("worker", json!(w)),
+                "worker: must be 1 to 64",
+            )
+        })
+        .collect();
+    cases.extend([
+        (
+            "worker 65 bytes".to_string(),
+            with("worker", json!("w".repeat(65))),
+            "worker: must be 1 to 64",
+        ),
+        (
+            "seq 0".to_string(),
+            with("seq", json!(0)),
+            "seq: must be at least 1",
+        ),
+        (
+            "files 0".to_string(),
+            with("files", json!(0)),
+            "files: must be at least 1",
+        ),
+        (
+            "negative bytes".to_string(),
+            with("bytes", json!(-1)),
+            "invalid value",
+        ),
+        (
+            "bytes past u64".to_string(),
+            with("bytes", json!(18_446_744_073_709_551_616f64)),
+            "invalid type",
+        ),
+        (
+            "unknown field sha256".to_string(),
+            with("sha256", json!("00")),
+            "unknown field",
+        ),
+    ]);
+    cases
 }
 
 /// Values of another JSON type than `value` (a float and a negative number count as

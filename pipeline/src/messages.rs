@@ -10,15 +10,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{FileKind, JobId};
+use crate::JobId;
 
 /// Longest recording id accepted in a message, in bytes. Chorus ids are 32 characters;
 /// anything past this is not an id but a broken or hostile payload.
 pub const MAX_RECORDING_ID_BYTES: usize = 1024;
 /// Longest Chorus continuation key accepted in a list task, in bytes.
 pub const MAX_CONTINUATION_KEY_BYTES: usize = 4096;
-/// Longest object key accepted in an upload record, in bytes (S3's own limit).
-pub const MAX_OBJECT_KEY_BYTES: usize = 1024;
 
 /// Why a message that parsed is still not acceptable. The text names the field and the
 /// rule, never the value (a recording id can be long or hostile).
@@ -99,76 +97,89 @@ impl Validate for FetchTask {
     }
 }
 
-/// `portshift.hash.<job>`: one file's digest, published when its streaming pass finished.
+/// Longest worker id accepted in a hash or upload record, in bytes (portshift's own are
+/// 32 hex digits).
+pub const MAX_WORKER_ID_BYTES: usize = 64;
+
+/// `portshift.hash.<job>`: what one worker hashed since its previous hash record, one
+/// record a second at most (see `RECORD_EVERY` in the stages crate). Counts, not a record
+/// per file: each file's SHA-256 is in the job store and the manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashRecord {
     pub job: JobId,
-    #[schemars(length(min = 1, max = 1024))]
-    pub recording_id: String,
-    pub file: FileKind,
-    /// 64 lower-case hex digits.
-    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
-    pub sha256: String,
+    /// The publishing worker's id (random, one per worker run).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[0-9A-Za-z_-]+$"))]
+    pub worker: String,
+    /// This worker's record number for the job, from 1: the msg-id's last part.
+    #[schemars(range(min = 1))]
+    pub seq: u64,
+    /// Files whose streaming pass (hash and upload) finished in the interval.
+    #[schemars(range(min = 1))]
+    pub files: u64,
     pub bytes: u64,
 }
 
 impl Validate for HashRecord {
     fn validate(&self) -> Result<(), InvalidMessage> {
-        recording_id(&self.recording_id)?;
-        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(hex) {
-            return Err(InvalidMessage {
-                field: "sha256",
-                rule: "must be 64 lower-case hex digits".into(),
-            });
-        }
-        Ok(())
+        record_source(&self.worker, self.seq, self.files)
     }
 }
 
-/// `portshift.upload.<job>`: one file durably written at its final key.
+/// `portshift.upload.<job>`: what one worker durably wrote at final keys since its
+/// previous upload record (published together with the hash record of the same
+/// interval), with the time those writes took, summed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadRecord {
     pub job: JobId,
-    #[schemars(length(min = 1, max = 1024))]
-    pub recording_id: String,
-    pub file: FileKind,
-    /// The full object key (prefix included).
-    #[schemars(length(min = 1, max = 1024))]
-    pub key: String,
+    /// The publishing worker's id (random, one per worker run).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[0-9A-Za-z_-]+$"))]
+    pub worker: String,
+    /// This worker's record number for the job, from 1: the msg-id's last part.
+    #[schemars(range(min = 1))]
+    pub seq: u64,
+    /// Files written in the interval.
+    #[schemars(range(min = 1))]
+    pub files: u64,
     pub bytes: u64,
+    /// The files' upload times added up (with parallel transfers, more than the interval).
     pub elapsed_ms: u64,
 }
 
 impl Validate for UploadRecord {
     fn validate(&self) -> Result<(), InvalidMessage> {
-        recording_id(&self.recording_id)?;
-        let key = &self.key;
-        let rule = if key.is_empty() {
-            Some("must not be empty".to_string())
-        } else if key.len() > MAX_OBJECT_KEY_BYTES {
-            Some(format!(
-                "is {} bytes long; at most {MAX_OBJECT_KEY_BYTES} are accepted",
-                key.len()
-            ))
-        } else if key.starts_with('/')
-            || key
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..")
-        {
-            Some("must be a relative key without empty, '.' or '..' segments".to_string())
-        } else if key.chars().any(|c| c.is_control() || c == '\\') {
-            Some("must not contain control characters or backslashes".to_string())
-        } else {
-            None
-        };
-        match rule {
-            Some(rule) => Err(InvalidMessage { field: "key", rule }),
-            None => Ok(()),
-        }
+        record_source(&self.worker, self.seq, self.files)
     }
+}
+
+/// The checks both records share: a usable worker id (it goes into the msg-id), a
+/// sequence number and at least one file (an empty interval publishes nothing).
+fn record_source(worker: &str, seq: u64, files: u64) -> Result<(), InvalidMessage> {
+    let fail = |field, rule: &str| {
+        Err(InvalidMessage {
+            field,
+            rule: rule.into(),
+        })
+    };
+    if worker.is_empty()
+        || worker.len() > MAX_WORKER_ID_BYTES
+        || !worker
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return fail("worker", "must be 1 to 64 letters, digits, '-' or '_'");
+    }
+    if seq == 0 {
+        return fail("seq", "must be at least 1");
+    }
+    if files == 0 {
+        return fail(
+            "files",
+            "must be at least 1 (an empty interval is not published)",
+        );
+    }
+    Ok(())
 }
 
 /// `portshift.manifest.<job>`: every recording is settled; write the manifest.
@@ -203,7 +214,7 @@ mod tests {
     use serde::de::DeserializeOwned;
 
     const JOB: &str = "0123456789abcdef0123456789abcdef";
-    const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const WORKER: &str = "5f0c2b3a9d8e4f6a8b7c6d5e4f3a2b1c";
 
     fn decode<T: DeserializeOwned + Validate>(json: &str) -> Result<T, String> {
         let t: T = serde_json::from_str(json).map_err(|e| format!("parse: {e}"))?;
@@ -216,11 +227,11 @@ mod tests {
         decode::<ListTask>(&format!(r#"{{"job":"{JOB}","page":0}}"#)).unwrap();
         decode::<FetchTask>(&format!(r#"{{"job":"{JOB}","recording_id":"A"}}"#)).unwrap();
         decode::<HashRecord>(&format!(
-            r#"{{"job":"{JOB}","recording_id":"A","file":"media","sha256":"{SHA}","bytes":1}}"#
+            r#"{{"job":"{JOB}","worker":"{WORKER}","seq":1,"files":3,"bytes":0}}"#
         ))
         .unwrap();
         decode::<UploadRecord>(&format!(
-            r#"{{"job":"{JOB}","recording_id":"A","file":"media","key":"p/2024/A.mp4","bytes":1,"elapsed_ms":2}}"#
+            r#"{{"job":"{JOB}","worker":"{WORKER}","seq":7,"files":1,"bytes":1,"elapsed_ms":2}}"#
         ))
         .unwrap();
         decode::<ManifestTask>(&format!(r#"{{"job":"{JOB}"}}"#)).unwrap();
@@ -251,25 +262,32 @@ mod tests {
             ),
             (
                 decode::<HashRecord>(&format!(
-                    r#"{{"job":"{JOB}","recording_id":"A","file":"media","sha256":"{}","bytes":1}}"#,
-                    SHA.to_uppercase()
+                    r#"{{"job":"{JOB}","worker":"a.b","seq":1,"files":1,"bytes":1}}"#
                 ))
                 .unwrap_err(),
-                "sha256: must be 64 lower-case hex digits",
+                "worker: must be 1 to 64 letters",
+            ),
+            (
+                decode::<HashRecord>(&format!(
+                    r#"{{"job":"{JOB}","worker":"{}","seq":1,"files":1,"bytes":1}}"#,
+                    "v".repeat(MAX_WORKER_ID_BYTES + 1)
+                ))
+                .unwrap_err(),
+                "worker: must be 1 to 64 letters",
             ),
             (
                 decode::<UploadRecord>(&format!(
-                    r#"{{"job":"{JOB}","recording_id":"A","file":"media","key":"p/../x","bytes":1,"elapsed_ms":2}}"#
+                    r#"{{"job":"{JOB}","worker":"{WORKER}","seq":0,"files":1,"bytes":1,"elapsed_ms":2}}"#
                 ))
                 .unwrap_err(),
-                "key: must be a relative key",
+                "seq: must be at least 1",
             ),
             (
                 decode::<UploadRecord>(&format!(
-                    r#"{{"job":"{JOB}","recording_id":"A","file":"media","key":"p/a\\b","bytes":1,"elapsed_ms":2}}"#
+                    r#"{{"job":"{JOB}","worker":"{WORKER}","seq":1,"files":0,"bytes":0,"elapsed_ms":0}}"#
                 ))
                 .unwrap_err(),
-                "key: must not contain control characters or backslashes",
+                "files: must be at least 1",
             ),
         ];
         for (err, want) in cases {
@@ -291,10 +309,14 @@ mod tests {
             schema["properties"]["continuation_key"]["maxLength"],
             MAX_CONTINUATION_KEY_BYTES
         );
-        let schema = serde_json::to_value(schemars::schema_for!(UploadRecord)).unwrap();
-        assert_eq!(
-            schema["properties"]["key"]["maxLength"],
-            MAX_OBJECT_KEY_BYTES
-        );
+        for schema in [
+            serde_json::to_value(schemars::schema_for!(HashRecord)).unwrap(),
+            serde_json::to_value(schemars::schema_for!(UploadRecord)).unwrap(),
+        ] {
+            assert_eq!(
+                schema["properties"]["worker"]["maxLength"],
+                MAX_WORKER_ID_BYTES
+            );
+        }
     }
 }

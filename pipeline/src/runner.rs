@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::backoff;
 use crate::messages::Validate;
 use crate::topology::{self, Stage, TopologyError};
-use crate::{FileKind, JobId, messages};
+use crate::{JobId, messages};
 
 /// Payloads larger than this are dead-lettered as a prefix of this size (plus the
 /// `Portshift-Payload-Bytes` header with the original size): the DLQ message must stay
@@ -93,28 +93,22 @@ macro_rules! job_task {
     };
 }
 
-/// `<job>.<stage>.<recording>.<file>`: the msg-id of a hash or upload record.
-fn file_msg_id(stage: &str, job: &JobId, recording_id: &str, file: FileKind) -> String {
-    let id = crate::keys::sanitize_segment(recording_id);
-    topology::msg_id(job, stage, &[&id, file.as_str()])
-}
-
 job_task!(messages::ListTask, |t| topology::msg_id(
     &t.job,
     "list",
     &[&t.page.to_string()]
 ));
-job_task!(messages::HashRecord, |t| file_msg_id(
+// A record's msg-id is `<job>.<stage>.<worker>.<seq>`: a publish retried by the client
+// is dropped as a duplicate, two workers' records never are.
+job_task!(messages::HashRecord, |t| topology::msg_id(
+    &t.job,
     "hash",
-    &t.job,
-    &t.recording_id,
-    t.file
+    &[&t.worker, &t.seq.to_string()]
 ));
-job_task!(messages::UploadRecord, |t| file_msg_id(
-    "upload",
+job_task!(messages::UploadRecord, |t| topology::msg_id(
     &t.job,
-    &t.recording_id,
-    t.file
+    "upload",
+    &[&t.worker, &t.seq.to_string()]
 ));
 job_task!(messages::ManifestTask, |t| topology::msg_id(
     &t.job,

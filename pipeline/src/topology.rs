@@ -74,11 +74,9 @@ pub const CONSUMER_INACTIVE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long JetStream remembers msg-ids to drop duplicate publishes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// The same for the hash and upload records: two deliveries of one fetch racing each
-/// other publish the same record within seconds, and nothing republishes one later (a
-/// redelivery after the upload finds its file done). Every remembered id costs the
-/// server memory: with the work stream's two minutes, the records' ids were a sixth of
-/// a 50,000-recording export's peak (nats-server 98 → 82 MiB with a short window).
+/// The same for the hash and upload records. A record's msg-id names its worker and
+/// sequence number, and only a publish retried by the client repeats one, within
+/// seconds; a short window keeps the server from remembering ids for two minutes.
 pub const RECORD_DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Header names on dead letters (documented in docs/replay.md; stable).

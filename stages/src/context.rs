@@ -33,6 +33,8 @@ pub struct JobContext {
     pub egress: crate::http::Egress,
     /// The optional BigQuery metadata sink (one row per exported recording).
     pub metadata_sink: Option<Arc<crate::bigquery::BigQuerySink>>,
+    /// The hash and upload records this worker counts and publishes once a second.
+    pub records: crate::records::JobRecords,
     /// Signalled when this process changes the job's status, so the worker notices a
     /// final state at once instead of at its next look at the store.
     pub status_changed: tokio::sync::Notify,

@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::DateTime;
 use pipeline::backoff::{GaveUp, Outcome, RetryPolicy};
-use pipeline::messages::{FetchTask, HashRecord, UploadRecord};
+use pipeline::messages::FetchTask;
 use pipeline::runner::{StageError, StageHandler};
 use pipeline::store::FileRow;
-use pipeline::topology::{self, Stage};
+use pipeline::topology::Stage;
 use pipeline::{FileKind, keys};
 
 use crate::chorus::{ChorusError, METADATA_FIELDS};
@@ -127,54 +127,8 @@ impl FetchStage {
             .record_file_version(&ctx.job, &row, version.as_deref())
             .await
             .map_err(|e| Failure::Stage(store_err(e)))?;
-        self.publish_records(task, kind, &row, &written.key, started.elapsed())
-            .await;
+        ctx.records.add(row.bytes, started.elapsed());
         Ok(())
-    }
-
-    /// The hash and upload records feed the console's per-stage throughput. They are
-    /// observations, not state: the file row above is the durable effect, so a failed
-    /// publish is logged rather than failing an upload that succeeded.
-    async fn publish_records(
-        &self,
-        task: &FetchTask,
-        kind: FileKind,
-        row: &FileRow,
-        key: &str,
-        took: Duration,
-    ) {
-        let ctx = &self.0;
-        let id = keys::sanitize_segment(&task.recording_id);
-        let hash = HashRecord {
-            job: ctx.job.clone(),
-            recording_id: task.recording_id.clone(),
-            file: kind,
-            sha256: row.sha256.clone(),
-            bytes: row.bytes,
-        };
-        let upload = UploadRecord {
-            job: ctx.job.clone(),
-            recording_id: task.recording_id.clone(),
-            file: kind,
-            key: key.to_string(),
-            bytes: row.bytes,
-            elapsed_ms: took.as_millis() as u64,
-        };
-        let hash_id = topology::msg_id(&ctx.job, "hash", &[&id, kind.as_str()]);
-        let upload_id = topology::msg_id(&ctx.job, "upload", &[&id, kind.as_str()]);
-        // Both in flight at once: one round trip to JetStream per file, not two.
-        let (r1, r2) = futures::join!(
-            topology::publish_json(&ctx.js, topology::hash_subject(&ctx.job), &hash_id, &hash),
-            topology::publish_json(
-                &ctx.js,
-                topology::upload_subject(&ctx.job),
-                &upload_id,
-                &upload
-            ),
-        );
-        if let Err(e) = r1.and(r2) {
-            tracing::warn!(job = %ctx.job, error = %e, "could not publish a progress record");
-        }
     }
 
     /// Skips the recording for good. One Chorus answered 404 for after listing it is

@@ -26,6 +26,7 @@ pub mod list;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod records;
 pub mod scheduler;
 pub mod upload_journal;
 pub mod verify;

@@ -850,6 +850,9 @@ impl StageHandler for ManifestStage {
             // A stale request (e.g. replayed by hand): the last settling will ask again.
             return Ok(());
         }
+        // This worker's last counts go out now rather than within a second, so the
+        // console's stage totals are whole by the time the job shows as finished.
+        ctx.records.publish(&ctx.js).await;
         // Every file is settled: an upload still open is a killed worker's leftover.
         match ctx.destination.abort_left_open().await {
             Ok(0) => {}

@@ -215,6 +215,7 @@ pub async fn prepare(
         http,
         egress,
         metadata_sink,
+        records: crate::records::JobRecords::new(job.clone()),
         status_changed: tokio::sync::Notify::new(),
     }))
 }
@@ -315,7 +316,27 @@ pub async fn run(
     result
 }
 
+/// Runs the stages with the job's record publisher beside them; the publisher stops
+/// after the stages, so what their last transfers wrote is published too.
 async fn run_leased(
+    ctx: Arc<JobContext>,
+    options: WorkerOptions,
+    counters: WorkerCounters,
+    stop: watch::Receiver<bool>,
+    lease: &Lease,
+) -> Result<JobStatus, WorkerError> {
+    let (records_stop, records_rx) = watch::channel(false);
+    let records = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.records.run(&ctx.js, records_rx).await }
+    });
+    let status = run_stages(ctx, options, counters, stop, lease).await;
+    let _ = records_stop.send(true);
+    let _ = records.await;
+    status
+}
+
+async fn run_stages(
     ctx: Arc<JobContext>,
     options: WorkerOptions,
     counters: WorkerCounters,

@@ -24,8 +24,9 @@ struct Series {
 }
 
 impl Series {
-    fn add(&mut self, at_s: i64, bytes: u64) {
-        self.items += 1;
+    /// `files` files of `bytes` in all, recorded at second `at_s`.
+    fn add(&mut self, at_s: i64, files: u64, bytes: u64) {
+        self.items += files;
         self.bytes += bytes;
         *self.per_second.entry(at_s).or_default() += bytes;
     }
@@ -183,10 +184,10 @@ async fn read_records(
             let at_s = info.published.unix_timestamp();
             if msg.subject.as_str() == hash_subject {
                 if let Ok(r) = serde_json::from_slice::<HashRecord>(&msg.payload) {
-                    s.hash.add(at_s, r.bytes);
+                    s.hash.add(at_s, r.files, r.bytes);
                 }
             } else if let Ok(r) = serde_json::from_slice::<UploadRecord>(&msg.payload) {
-                s.upload.add(at_s, r.bytes);
+                s.upload.add(at_s, r.files, r.bytes);
                 s.upload_elapsed_ms += r.elapsed_ms;
             }
         }
@@ -426,8 +427,9 @@ mod tests {
     #[test]
     fn chart_and_shape() {
         let mut s = Series::default();
-        s.add(100, 10);
-        s.add(105, 30);
+        s.add(100, 1, 10);
+        s.add(105, 3, 30);
+        assert_eq!((s.items, s.bytes), (4, 40));
         let (rate, buckets) = shape(&s, 100, 109, true);
         assert_eq!(buckets.iter().sum::<u64>(), 40);
         assert!((rate - 4.0).abs() < 1e-9);
