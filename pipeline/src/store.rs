@@ -310,11 +310,13 @@ impl JobStore {
                         sqlx::query("PRAGMA synchronous=NORMAL")
                             .execute(&mut *conn)
                             .await?;
-                        // 1 MiB of page cache per connection rather than 2: a
-                        // connection's cache is dropped whenever another one wrote
-                        // (every few statements during an export), so a larger one
-                        // only holds more memory, growing with the store.
-                        sqlx::query("PRAGMA cache_size=-1024")
+                        // 64 KiB of page cache per connection (SQLite's default is
+                        // 2 MiB): a connection's cache is dropped whenever another one
+                        // wrote, every few statements during an export, so a larger one
+                        // only holds memory that grows with the store. Measured on
+                        // 1,000 and 20,000 recordings: the peak grew 44 → 47 MiB with
+                        // 1 MiB, 42 → 43 MiB with 64 KiB, at the same CPU.
+                        sqlx::query("PRAGMA cache_size=-64")
                             .execute(&mut *conn)
                             .await?;
                         // Deleted rows are overwritten with zeros, so an erased
