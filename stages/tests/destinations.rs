@@ -770,6 +770,13 @@ async fn killed_workers_upload(
     store: &pipeline::store::JobStore,
     job: &pipeline::JobId,
 ) -> String {
+    let id = unjournaled_upload(client, bucket, key).await;
+    store.record_open_upload(job, key, &id).await.unwrap();
+    id
+}
+
+/// Starts a multipart upload with one part and notes nothing.
+async fn unjournaled_upload(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> String {
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -788,7 +795,6 @@ async fn killed_workers_upload(
         .send()
         .await
         .unwrap();
-    store.record_open_upload(job, key, &id).await.unwrap();
     id
 }
 
@@ -847,6 +853,64 @@ async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
     assert!(open_upload_ids(&client, &bucket).await.is_empty());
     assert!(store.open_uploads(&job, None).await.unwrap().is_empty());
     assert_eq!(d.abort_left_open().await.unwrap(), 0);
+}
+
+/// A worker killed after S3 created its upload but before the journal noted the id
+/// leaves only its intent (the key, noted first). The key's own uploads are found by
+/// listing and aborted, at the next attempt at the key and at the end of the job;
+/// uploads at other keys (a longer key with the same beginning, another prefix) are
+/// not the job's and stay open.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_an_upload_killed_before_its_id_was_noted_is_found_by_its_key() {
+    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
+    let (client, bucket) = s3_admin_with_bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
+        .await
+        .unwrap();
+    let job = pipeline::JobId::new();
+    let mut d = s3_dest_at(&endpoint, &bucket, "enc", "").await;
+    d.set_upload_journal(std::sync::Arc::new(
+        stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
+    ));
+    let intent = |n: &str| format!("{}{n}", stages::destination::s3::INTENT_PREFIX);
+
+    // Retried at the key: the put aborts the leftover first.
+    let rewritten = unjournaled_upload(&client, &bucket, "enc/a/video.mp4").await;
+    store
+        .record_open_upload(&job, "enc/a/video.mp4", &intent("1"))
+        .await
+        .unwrap();
+    // Never retried: the end of the job finds it.
+    let abandoned = unjournaled_upload(&client, &bucket, "enc/b/video.mp4").await;
+    store
+        .record_open_upload(&job, "enc/b/video.mp4", &intent("2"))
+        .await
+        .unwrap();
+    let longer = unjournaled_upload(&client, &bucket, "enc/b/video.mp4.part").await;
+    let elsewhere = unjournaled_upload(&client, &bucket, "other/b/video.mp4").await;
+
+    let data = pattern(12 * MIB + 5, 4);
+    d.put("a/video.mp4", body(data.clone(), None), "video/mp4", None)
+        .await
+        .unwrap();
+    assert_eq!(read_back(d.as_ref(), "a/video.mp4").await.unwrap(), data);
+    let open = open_upload_ids(&client, &bucket).await;
+    assert!(!open.contains(&rewritten), "{open:?}");
+    assert!(open.contains(&abandoned), "{open:?}");
+    assert_eq!(
+        store.open_uploads(&job, None).await.unwrap(),
+        vec![("enc/b/video.mp4".to_string(), intent("2"))],
+        "the put's own intent and id are gone once it completed"
+    );
+
+    assert_eq!(d.abort_left_open().await.unwrap(), 1);
+    let mut open = open_upload_ids(&client, &bucket).await;
+    open.sort();
+    let mut others = vec![longer, elsewhere];
+    others.sort();
+    assert_eq!(open, others, "only the job's key was aborted");
+    assert!(store.open_uploads(&job, None).await.unwrap().is_empty());
 }
 
 /// `sse=AES256` asks S3 for SSE-S3 on single puts and multipart uploads alike, and

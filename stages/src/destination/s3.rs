@@ -12,7 +12,11 @@
 //! `s3:AbortMultipartUpload` and `s3:ListMultipartUploadParts` (plus `kms:GenerateDataKey`
 //! on the key for SSE-KMS) are needed to write. Open multipart uploads are noted in an
 //! [`UploadJournal`] (the job store), so those of a killed worker are aborted by the
-//! next attempt at the key or at the end of the job, without listing the bucket.
+//! next attempt at the key or at the end of the job, without listing the bucket. The
+//! key is noted before the upload is created ([`INTENT_PREFIX`]), so a worker killed
+//! between S3 creating it and the journal noting its id leaves a note too; that one
+//! upload is found by listing the key's uploads, which needs
+//! `s3:ListBucketMultipartUploads` (optional: without it a lifecycle rule cleans up).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,10 @@ use super::multipart::{
 use super::url::{S3Encryption, S3Url};
 use super::{ByteStream, Destination, DestinationError, Tuning, UploadJournal, Written, checked};
 use crate::hash::DigestHandle;
+
+/// The journal's note of a multipart upload being created, whose id S3 has not given
+/// yet: `intent:` and a random token, in place of the upload id.
+pub const INTENT_PREFIX: &str = "intent:";
 
 pub struct S3Destination {
     client: Client,
@@ -124,13 +132,68 @@ impl S3Destination {
         let Some(journal) = &self.journal else {
             return Ok(0);
         };
-        let mut aborted = 0;
+        // One that fails (a denied listing, say) does not keep the others open.
+        let (mut aborted, mut first_error) = (0, None);
         for (k, id) in journal.left_open(key).await {
-            abort_upload(&self.client, &self.bucket, &self.location, &k, &id).await?;
-            journal.closed(&id).await;
-            aborted += 1;
+            let done = if id.starts_with(INTENT_PREFIX) {
+                self.abort_all_at(&k).await
+            } else {
+                abort_upload(&self.client, &self.bucket, &self.location, &k, &id)
+                    .await
+                    .map(|()| 1)
+            };
+            match done {
+                Ok(n) => {
+                    aborted += n;
+                    journal.closed(&id).await;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(aborted)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(aborted),
+        }
+    }
+
+    /// Aborts every multipart upload open at exactly `key` (for a journal note whose
+    /// upload id was never written: the worker was killed while S3 created it). Keys
+    /// are the job's own, so whatever is open there is a leftover of this export.
+    async fn abort_all_at(&self, key: &str) -> Result<usize, DestinationError> {
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut found = Vec::new();
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.classify("ListMultipartUploads", e))?;
+            found.extend(
+                page.uploads()
+                    .iter()
+                    .filter(|u| u.key() == Some(key))
+                    .filter_map(|u| u.upload_id().map(str::to_string)),
+            );
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        for id in &found {
+            abort_upload(&self.client, &self.bucket, &self.location, key, id).await?;
+        }
+        Ok(found.len())
     }
 
     /// The `x-amz-server-side-encryption` value and KMS key id for every new object.
@@ -282,6 +345,15 @@ impl MultipartStore for S3Destination {
         if let Err(e) = self.abort_journaled(Some(key)).await {
             tracing::warn!(key, error = %e, "could not abort an earlier upload of this key; the end of the job tries again");
         }
+        // Noted before S3 is asked, so a kill before the id is noted leaves a trace.
+        let intent = match &self.journal {
+            Some(journal) => {
+                let token = format!("{INTENT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+                journal.opened(key, &token).await;
+                Some((journal, token))
+            }
+            None => None,
+        };
         let (sse, kms_key) = self.encryption();
         let created = self
             .client
@@ -301,8 +373,12 @@ impl MultipartStore for S3Destination {
                 detail: "CreateMultipartUpload returned no upload id".into(),
             });
         };
-        if let Some(journal) = &self.journal {
+        // With the id noted, the intent has served. After a failure it stays: a request
+        // that timed out may still have created an upload, which the next attempt at
+        // this key (or the end of the job) finds by listing.
+        if let Some((journal, token)) = intent {
             journal.opened(key, &upload_id).await;
+            journal.closed(&token).await;
         }
         Ok(S3Upload {
             target: Arc::new(UploadTarget {
