@@ -118,6 +118,50 @@ async fn three_hundred_recordings_to_a_local_folder() {
     let lines = sha256sum_check(&root);
     assert_eq!(lines, files.len() - 2, "manifest lines != files");
     assert_eq!(lines, 900);
+
+    // The console's stage totals come from the hash and upload records: they count
+    // every file the job store holds, the last second's too, once.
+    let progress = h.store.progress(&job).await.unwrap();
+    assert_eq!(progress.files, 900);
+    for subject in [topology::hash_subject(&job), topology::upload_subject(&job)] {
+        assert_eq!(
+            record_totals(&h.js, &subject).await,
+            (progress.files, progress.bytes),
+            "{subject}"
+        );
+    }
+}
+
+/// Files and bytes summed over every record on `subject` (a hash or upload subject).
+async fn record_totals(js: &async_nats::jetstream::Context, subject: &str) -> (u64, u64) {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let stream = js.get_stream(topology::RECORD_STREAM).await.unwrap();
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut left = consumer.cached_info().num_pending;
+    let (mut files, mut bytes) = (0, 0);
+    while left > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(left.min(500) as usize)
+            .messages()
+            .await
+            .unwrap();
+        while let Some(msg) = batch.next().await {
+            let record: serde_json::Value = serde_json::from_slice(&msg.unwrap().payload).unwrap();
+            files += record["files"].as_u64().unwrap();
+            bytes += record["bytes"].as_u64().unwrap();
+            left -= 1;
+        }
+    }
+    (files, bytes)
 }
 
 /// At-least-once delivery: every fetch task is delivered twice (re-published with a new
