@@ -807,23 +807,54 @@ async fn open_upload_ids(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<Strin
         .collect()
 }
 
+/// An S3 destination under `enc/` in a fresh bucket, with a job store as its journal.
+struct JournaledS3 {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    _dir: tempfile::TempDir,
+    store: pipeline::store::JobStore,
+    job: pipeline::JobId,
+    d: Box<dyn Destination>,
+}
+
+impl JournaledS3 {
+    async fn new() -> Self {
+        let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
+        let (client, bucket) = s3_admin_with_bucket().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
+            .await
+            .unwrap();
+        let job = pipeline::JobId::new();
+        let mut d = s3_dest_at(&endpoint, &bucket, "enc", "").await;
+        d.set_upload_journal(std::sync::Arc::new(
+            stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
+        ));
+        Self {
+            client,
+            bucket,
+            _dir: dir,
+            store,
+            job,
+            d,
+        }
+    }
+}
+
 /// A worker killed mid-upload leaves an open multipart upload (invisible, but billed).
 /// With the job store as journal, the next upload of that key aborts it first, and the
 /// end of the job aborts one whose key is never written again; nothing needs
 /// s3:ListBucketMultipartUploads, and the journal ends empty.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
-    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
-    let (client, bucket) = s3_admin_with_bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
-        .await
-        .unwrap();
-    let job = pipeline::JobId::new();
-    let mut d = s3_dest_at(&endpoint, &bucket, "enc", "").await;
-    d.set_upload_journal(std::sync::Arc::new(
-        stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
-    ));
+    let JournaledS3 {
+        client,
+        bucket,
+        _dir,
+        store,
+        job,
+        d,
+    } = JournaledS3::new().await;
 
     let rewritten = killed_workers_upload(&client, &bucket, "enc/a/video.mp4", &store, &job).await;
     let abandoned = killed_workers_upload(&client, &bucket, "enc/b/video.mp4", &store, &job).await;
@@ -862,17 +893,14 @@ async fn s3_uploads_left_open_by_a_killed_worker_are_aborted() {
 /// not the job's and stay open.
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_an_upload_killed_before_its_id_was_noted_is_found_by_its_key() {
-    let endpoint = env_or_fail("PORTSHIFT_TEST_S3_ENDPOINT");
-    let (client, bucket) = s3_admin_with_bucket().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = pipeline::store::JobStore::open_sqlite_in(dir.path())
-        .await
-        .unwrap();
-    let job = pipeline::JobId::new();
-    let mut d = s3_dest_at(&endpoint, &bucket, "enc", "").await;
-    d.set_upload_journal(std::sync::Arc::new(
-        stages::upload_journal::StoreJournal::new(store.clone(), job.clone()),
-    ));
+    let JournaledS3 {
+        client,
+        bucket,
+        _dir,
+        store,
+        job,
+        d,
+    } = JournaledS3::new().await;
     let intent = |n: &str| format!("{}{n}", stages::destination::s3::INTENT_PREFIX);
 
     // Retried at the key: the put aborts the leftover first.
