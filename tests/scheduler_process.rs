@@ -135,21 +135,24 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
         .unwrap();
 
     let data_dir = tempfile::tempdir().unwrap();
-    let mut scheduler = Command::new(env!("CARGO_BIN_EXE_portshift"))
-        .args(["scheduler", "--tick-secs", "1"])
-        .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
-        .arg("--data-dir")
-        .arg(data_dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("PORTSHIFT_DATABASE_URL", &database_url)
-        .env("PORTSHIFT_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(data_dir.path().join("scheduler.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let spid = scheduler.id();
+    // Stopped if the test fails, so a failure leaves no scheduler (or worker) running.
+    let mut scheduler = test_support::process::Killed(
+        Command::new(env!("CARGO_BIN_EXE_portshift"))
+            .args(["scheduler", "--tick-secs", "1"])
+            .args(["--nats-url", &h.nats.as_ref().unwrap().url()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("PORTSHIFT_DATABASE_URL", &database_url)
+            .env("PORTSHIFT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data_dir.path().join("scheduler.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let spid = scheduler.0.id();
 
     let credentials = [&chorus, &hook_secret, &s3_secret];
     let mut children: BTreeMap<u32, Seen> = BTreeMap::new();
@@ -158,7 +161,7 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
     let deadline = Instant::now() + Duration::from_secs(90);
     let finished_runs = loop {
         assert!(
-            scheduler.try_wait().unwrap().is_none(),
+            scheduler.0.try_wait().unwrap().is_none(),
             "the scheduler exited: {}",
             std::fs::read_to_string(data_dir.path().join("scheduler.log")).unwrap_or_default()
         );
@@ -177,6 +180,14 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
             }
         }
         for pid in children_of(spid) {
+            // A child that has not exec'd yet is still a copy of the scheduler, with the
+            // scheduler's environment (the operator's database URL included): only the
+            // worker it becomes is checked.
+            let is_worker = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|argv| argv.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice()));
+            if !is_worker {
+                continue;
+            }
             let seen = children.entry(pid).or_default();
             for what in ["cmdline", "environ"] {
                 let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{what}")) else {
@@ -221,7 +232,7 @@ async fn scheduled_runs_are_hardened_worker_processes_and_proc_shows_no_secret()
     unsafe {
         libc::kill(spid as i32, libc::SIGINT);
     }
-    let exited = tokio::task::spawn_blocking(move || scheduler.wait())
+    let exited = tokio::task::spawn_blocking(move || scheduler.0.wait())
         .await
         .unwrap()
         .unwrap();

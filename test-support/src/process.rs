@@ -51,6 +51,10 @@ pub fn log_file(path: &Path) -> std::fs::File {
 /// Stops a process the way systemd would: SIGTERM, then SIGKILL if it has not exited
 /// within 15 s.
 pub fn stop_gracefully(child: &mut Child) {
+    // Already reaped (or exited): its pid may belong to another process by now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: a signal to a child process this test started and has not reaped.
         unsafe {
