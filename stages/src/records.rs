@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use pipeline::JobId;
 use pipeline::messages::{HashRecord, UploadRecord};
+use pipeline::runner::JobTask;
 use pipeline::topology;
 use tokio::sync::watch;
 
@@ -85,9 +86,7 @@ impl JobRecords {
             bytes: c.bytes,
             elapsed_ms: c.elapsed_ms,
         };
-        let seq = seq.to_string();
-        let hash_id = topology::msg_id(&self.job, "hash", &[&self.worker, &seq]);
-        let upload_id = topology::msg_id(&self.job, "upload", &[&self.worker, &seq]);
+        let (hash_id, upload_id) = (hash.canonical_msg_id(), upload.canonical_msg_id());
         let (r1, r2) = futures::join!(
             topology::publish_json(js, topology::hash_subject(&self.job), &hash_id, &hash),
             topology::publish_json(js, topology::upload_subject(&self.job), &upload_id, &upload),

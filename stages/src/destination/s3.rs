@@ -515,6 +515,10 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" => {
                 "S3 rejected the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the role) and the region"
             }
+            // Only needed to find an upload a killed worker left before its id was noted.
+            _ if what == "ListMultipartUploads" => {
+                "to abort an upload a killed worker left open, allow s3:ListBucketMultipartUploads on the bucket, or let a lifecycle rule with AbortIncompleteMultipartUpload remove it (docs/permissions.md)"
+            }
             _ => {
                 "S3 denied the request: the bucket policy must allow s3:PutObject, s3:AbortMultipartUpload and s3:ListMultipartUploadParts (docs/permissions.md)"
             }
